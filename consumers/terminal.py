@@ -1,0 +1,109 @@
+"""The terminal labeler: one task at a time, with why it was chosen.
+
+``feedbackloop label`` pulls the next task from ``labeling.tasks``, shows the
+item, the suggested label, the model's confidence and the reasons in plain
+words, and sends the annotator's answer to ``labels``.
+
+>>> print(explain({"reasons": ["uncertain", "disagreement"], "kind": "prediction",
+...     "signals": {"margin": 0.04}, "suggested_label": "a", "confidence": 0.52,
+...     "predicted_label": "a", "user_label": None, "note": None, "selection_probability": 0.2}))
+the model is unsure: 52% for 'a', margin 4 points
+the production model and the shadow model pick different labels
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer
+
+from feedbackloop.settings import Settings
+from schemas import codec
+
+
+def explain(task: dict) -> str:
+    """Why the task was chosen, one plain sentence per reason."""
+    lines = []
+    for reason in task["reasons"]:
+        if reason == "uncertain":
+            margin = task["signals"].get("margin", 0.0)
+            lines.append(f"the model is unsure: {task['confidence']:.0%} for {task['suggested_label']!r}, "
+                         f"margin {margin * 100:.0f} points")
+        elif reason == "disagreement":
+            lines.append("the production model and the shadow model pick different labels")
+        elif reason == "override":
+            lines.append(f"a user overrode the model: it said {task['predicted_label']!r}, "
+                         f"the user chose {task['user_label']!r}")
+        elif reason == "appeal":
+            note = f": {task['note']!r}" if task.get("note") else ""
+            lines.append(f"a user appealed the model's answer {task['predicted_label']!r}{note}")
+        elif reason == "control":
+            lines.append(f"random control sample (chosen with probability {task['selection_probability']:.1%})")
+        else:
+            lines.append(reason)
+    return "\n".join(lines)
+
+
+def show(task: dict, out=sys.stdout) -> None:
+    print("\n" + "=" * 60, file=out)
+    print(f"item {task['item_id']}   (task {task['task_id']})", file=out)
+    if task.get("text"):
+        print(f"\n  {task['text']}\n", file=out)
+    for name, value in sorted(task["features"].items()):
+        print(f"  {name:>24} = {value:.4g}", file=out)
+    print(f"\nwhy: {explain(task)}", file=out)
+    print(f"suggested: {task['suggested_label']!r} (confidence {task['confidence']:.0%})", file=out)
+    for i, label in enumerate(task["label_set"], start=1):
+        print(f"  [{i}] {label}", file=out)
+    print("Enter to accept the suggestion, a number to choose, s to skip, q to quit.", file=out)
+
+
+def ask(task: dict, read=input) -> str | None:
+    """The chosen label, None to skip; raises EOFError to quit."""
+    labels = task["label_set"]
+    while True:
+        answer = read("> ").strip().lower()
+        if answer == "" and task["suggested_label"] in labels:
+            return task["suggested_label"]
+        if answer == "s":
+            return None
+        if answer == "q":
+            raise EOFError
+        if answer.isdigit() and 1 <= int(answer) <= len(labels):
+            return labels[int(answer) - 1]
+        print(f"choose 1-{len(labels)}, Enter, s or q")
+
+
+def main(settings: Settings, annotator: str | None = None, limit: int = 0) -> int:
+    annotator = annotator or getpass.getuser()
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-terminal-labelers",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    producer = Producer(settings.kafka_config())
+    consumer.subscribe([settings.topic("labeling.tasks")])
+    done = 0
+    try:
+        while not limit or done < limit:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            _, task = codec.decode(message.value(), ("LabelingTask",))
+            show(task)
+            started = time.monotonic()
+            label = ask(task)
+            if label is not None:
+                record = {"event_id": str(uuid.uuid4()), "task_id": task["task_id"], "item_id": task["item_id"],
+                          "label": label, "annotator_id": annotator, "ts": int(time.time() * 1000),
+                          "duration_ms": int((time.monotonic() - started) * 1000), "note": None}
+                producer.produce(settings.topic("labels"), codec.encode("Label", record), key=task["task_id"].encode())
+                producer.flush(10)
+                done += 1
+                print(f"sent {label!r} ({done} labeled)")
+            consumer.commit(message, asynchronous=False)
+    except (EOFError, KeyboardInterrupt):
+        print()
+    finally:
+        consumer.close()
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from feedbackloop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""The whole loop on a local stack: a real dataset replayed as production traffic.
+
+A deliberately imperfect production model (trained on a small sample) predicts
+every item; users override a share of its errors and appeal a few; the worker
+scores and routes; simulated annotators label the tasks; the shadow model
+learns and publishes versions. At the end the report is read back from
+ClickHouse, so its figures are the ones analysts see.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from river import linear_model, multiclass, preprocessing
+from tqdm import tqdm
+
+from consumers.annotators import AnnotatorPool, SimulatedAnnotator
+from consumers.clickhouse_sink import optimize
+from feedbackloop import datasets, stack, worker
+from feedbackloop.clickhouse import connect_settings
+from feedbackloop.producer import Producer
+from feedbackloop.settings import Settings
+
+
+def production_model(rows, sample: float, seed: int):
+    """A weak model: a linear classifier fitted on a small random sample."""
+    rng = random.Random(seed)
+    model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+    for x, y in rng.sample(rows, max(10, int(len(rows) * sample))):
+        model.learn_one(x, y)
+    return model
+
+
+def _probabilities(model, x, classes) -> dict[str, float]:
+    raw = model.predict_proba_one(x)
+    p = {c: max(0.0, float(raw.get(c, 0.0))) for c in classes}
+    total = sum(p.values())
+    return {c: v / total for c, v in p.items()} if total > 0 else {c: 1.0 / len(classes) for c in classes}
+
+
+def report_from_clickhouse(settings: Settings, sent: dict, seconds: float) -> dict:
+    """The demo's summary, as ClickHouse holds it."""
+    client = connect_settings(settings)
+    optimize(client)
+
+    def scalar(sql):
+        return client.query(sql).result_rows[0][0]
+
+    by_reason = dict(client.query(
+        "SELECT reason, count() FROM labeling_tasks ARRAY JOIN reasons AS reason GROUP BY reason ORDER BY reason"
+    ).result_rows)
+    versions = client.query(
+        "SELECT version, control_accuracy, prequential_accuracy, labels_seen FROM model_versions ORDER BY version"
+    ).result_rows
+    return {
+        "events": scalar("SELECT count() FROM routing_decisions"),
+        "predictions": scalar("SELECT count() FROM predictions"),
+        "overrides": sent["overrides"],
+        "appeals": sent["appeals"],
+        "tasks": scalar("SELECT count() FROM labeling_tasks"),
+        "tasks_by_reason": by_reason,
+        "labels": scalar("SELECT count() FROM labels"),
+        "dead_letters": scalar("SELECT count() FROM dead_letters"),
+        "model_versions": len(versions),
+        "control_accuracy": {str(v): acc for v, acc, _, _ in versions},
+        "prequential_accuracy": {str(v): acc for v, _, acc, _ in versions},
+        "production_accuracy": sent["production_accuracy"],
+        "budget_fraction": settings.budget_fraction,
+        "label_share": round(scalar("SELECT count() FROM labeling_tasks") / max(1, sent["events"]), 4),
+        "sent": sent,
+        "clickhouse_dsn": settings.clickhouse_dsn,
+        "seconds": round(seconds, 1),
+    }
+
+
+def run(settings: Settings, dataset: str = "bananas", label_column: str | None = None, events: int = 5000,
+        rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
+        override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
+        keep: bool = False, progress: bool = True) -> dict:
+    """Run the demo end to end and return its report."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    rows = datasets.load(dataset, label_column)
+    rng.shuffle(rows)
+    rows = (rows * (events // len(rows) + 1))[:events]
+    classes = sorted({y for _, y in rows})
+    model = production_model(rows, production_sample, seed)
+
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_dir = Path(settings.state_dir).resolve() / "demo" / run_id
+    settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.",
+                                app_id=f"feedbackloop-demo-{run_id}", seed=seed,
+                                clickhouse_dsn="chdb://" + str(run_dir / "clickhouse"))
+    started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
+    settings = stack.start(settings)
+
+    truth = {}
+    proc = worker.spawn(settings, run_dir / "worker.log")
+    if progress:
+        print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
+    worker.wait_ready(settings, proc)
+    pool = AnnotatorPool(settings, [SimulatedAnnotator(f"annotator-{i + 1}", truth.get, annotator_error, seed + i)
+                                    for i in range(annotators)]).start()
+    sent = Counter()
+    correct = 0
+    try:
+        producer = Producer(settings, batch_size=20)
+        bar = tqdm(total=events, desc="replaying", unit="ev", disable=not progress)
+        t0 = time.monotonic()
+        for i, (x, y) in enumerate(rows):
+            item_id = f"{dataset}-{i}"
+            truth[item_id] = y
+            proba = _probabilities(model, x, classes)
+            predicted = max(classes, key=proba.__getitem__)
+            correct += predicted == y
+            producer.prediction(item_id, proba, predicted, features=x, model_name="production",
+                                model_version="weak-1")
+            sent["predictions"] += 1
+            if predicted != y:
+                if rng.random() < override_rate:
+                    producer.override(item_id, y, predicted_label=predicted, user_id=f"user-{rng.randrange(100)}")
+                    sent["overrides"] += 1
+                elif rng.random() < appeal_rate:
+                    producer.appeal(item_id, reason="this looks wrong to me", predicted_label=predicted)
+                    sent["appeals"] += 1
+            bar.update(1)
+            if i % 50 == 49:
+                bar.set_postfix(tasks=pool.tasks, labels=pool.labels)
+                ahead = (i + 1) / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {proc.returncode}; see {run_dir / 'worker.log'}")
+        producer.flush()
+        del producer
+        bar.close()
+        sent["events"] = sent["predictions"] + sent["overrides"] + sent["appeals"]
+        sent["production_accuracy"] = round(correct / max(1, sent["predictions"]), 4)
+        if progress:
+            print("waiting for the loop to drain...", flush=True)
+        drained = worker.wait_drained(
+            settings, proc, timeout=180,
+            extra=lambda: worker.lag(settings, group=pool.group, topics=("labeling.tasks",)) == 0)
+        if not drained:
+            raise RuntimeError(f"the loop did not drain in time; see {run_dir / 'worker.log'}")
+    finally:
+        pool.stop()
+        worker.stop(proc)
+        if started_stack and not keep:
+            stack.stop(settings)
+    if pool.error:
+        raise RuntimeError(f"annotators failed: {pool.error}")
+    return report_from_clickhouse(settings, dict(sent), time.monotonic() - started)
+
+
+def summary(report: dict) -> str:
+    """The report in a few readable lines."""
+    acc = report["control_accuracy"]
+    first = next((v for v in acc.values() if v is not None), None)
+    last = next((v for v in reversed(list(acc.values())) if v is not None), None)
+    fmt = lambda v: "n/a" if v is None else f"{v:.1%}"
+    reasons = ", ".join(f"{k} {v}" for k, v in report["tasks_by_reason"].items())
+    return "\n".join([
+        f"events            {report['events']:>7}   ({report['predictions']} predictions, "
+        f"{report['overrides']} overrides, {report['appeals']} appeals)",
+        f"tasks             {report['tasks']:>7}   ({reasons})",
+        f"labels            {report['labels']:>7}",
+        f"model versions    {report['model_versions']:>7}",
+        f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
+        f"production model  {fmt(report['production_accuracy']):>7}",
+        f"dead letters      {report['dead_letters']:>7}",
+        f"seconds           {report['seconds']:>7}",
+        f"clickhouse        {report['clickhouse_dsn']}",
+    ])
+
+
+def write_report(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,130 @@
+"""Settings, read from environment variables and an optional config file.
+
+Every setting has an environment variable; a config file (``FEEDBACKLOOP_CONFIG``,
+``KEY=value`` lines using the same names) fills in what the environment leaves
+unset. Secrets are never printed: ``Settings.public()`` masks them.
+
+>>> s = Settings.from_env({"FEEDBACKLOOP_TOPIC_PREFIX": "acme.", "FEEDBACKLOOP_BUDGET_PER_HOUR": "50"})
+>>> s.topic("labeling.tasks")
+'acme.labeling.tasks'
+>>> s.budget_per_hour
+50
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+#: Topic name -> (partitions, extra topic config). Inputs scale out by partition;
+#: candidates and labels have one partition, so one worker owns the global budget
+#: and the learner.
+TOPICS: dict[str, tuple[int, dict[str, str]]] = {
+    "predictions": (4, {}),
+    "overrides": (4, {}),
+    "appeals": (4, {}),
+    "labeling.candidates": (1, {}),
+    "labeling.tasks": (1, {}),
+    "labels": (1, {}),
+    "models": (1, {"cleanup.policy": "compact"}),
+    "deadletter": (1, {}),
+}
+
+SECRET_FIELDS = {"kafka_sasl_password", "clickhouse_password", "model_signing_key"}
+
+
+def _env_name(name: str) -> str:
+    if name in {"kafka_bootstrap_servers", "clickhouse_dsn"}:
+        return name.upper()
+    return "FEEDBACKLOOP_" + name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of a worker; the env var for ``x`` is ``FEEDBACKLOOP_X``
+    (``KAFKA_BOOTSTRAP_SERVERS`` and ``CLICKHOUSE_DSN`` keep their usual names)."""
+
+    kafka_bootstrap_servers: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    topic_prefix: str = ""
+    clickhouse_dsn: str = ""
+    clickhouse_username: str = ""
+    clickhouse_password: str = ""
+    state_dir: str = ".feedbackloop"
+    stack_kafka_port: int = 9092
+    stack_zookeeper_port: int = 2181
+    app_id: str = "feedbackloop"
+    budget_fraction: float = 0.1
+    budget_per_hour: int = 1000
+    budget_per_day: int = 10000
+    control_fraction: float = 0.1
+    model_name: str = "shadow"
+    model_kind: str = "knn"
+    publish_every: int = 25
+    model_signing_key: str = "feedbackloop-dev-key"
+    seed: int = 0
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        config = env.get("FEEDBACKLOOP_CONFIG")
+        if config:
+            for line in Path(config).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    key, _, value = line.partition("=")
+                    env.setdefault(key.strip(), value.strip())
+        values = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(_env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{_env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        if not settings.clickhouse_dsn:
+            dsn = "chdb://" + str(Path(settings.state_dir).resolve() / "clickhouse")
+            settings = settings.replace(clickhouse_dsn=dsn)
+        return settings
+
+    def replace(self, **changes) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return type(self)(**values)
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings for confluent-kafka clients."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap_servers,
+                "security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        return conf
+
+    def public(self) -> dict:
+        """Settings as a dict, secrets masked (safe to log)."""
+        out = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in SECRET_FIELDS and value else value
+        return out

@@ -1,0 +1,249 @@
+"""The Faust app: topics declared once, and three short agents over the core.
+
+* ``score`` (scales out by input partition): decode predictions, overrides and
+  appeals, score them with the newest shadow model, send candidates on.
+* ``route`` (one owner, ``labeling.candidates`` has one partition): the policy
+  and the global budget decide; selected items become labeling tasks.
+* ``learn`` (one owner): labels are joined to their tasks and learned; new
+  model versions are published on ``models`` and picked up by every scorer.
+
+Every stage writes its rows to ClickHouse and flushes them before its batch of
+messages is acknowledged, so offsets are committed only after the effects are
+durable. Input that cannot be processed goes to ``deadletter`` with its reason.
+Run it with ``feedbackloop worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+import uuid
+
+import faust
+
+from consumers.clickhouse_sink import ClickHouseSink
+from dashboards.migrate import migrate
+from feedbackloop.clickhouse import connect_settings
+from feedbackloop.settings import Settings
+from schemas import codec
+from streams.budget import Budget
+from streams.learner import Learner, SnapshotRejected, load_version
+from streams.policy import Policy
+from streams.router import Router
+from streams.scorer import Scorer
+from streams.trainer import Trainer, UnknownLabel
+
+log = logging.getLogger("feedbackloop")
+settings = Settings.from_env()
+
+#: Largest number of candidates packed into one message on ``labeling.candidates``.
+CANDIDATES_PER_MESSAGE = 500
+#: Scorers take up to this many messages at a time, waiting at most WITHIN seconds.
+BATCH, WITHIN = 1000, 0.05
+
+
+def _credentials(s: Settings):
+    context = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None)
+    if s.kafka_sasl_mechanism:
+        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                                     mechanism=s.kafka_sasl_mechanism,
+                                     ssl_context=context if "SSL" in s.kafka_security_protocol else None)
+    if s.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
+
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{server.strip()}" for server in (settings.kafka_bootstrap_servers or "127.0.0.1:9092").split(",")],
+    broker_credentials=_credentials(settings),
+    value_serializer="raw",
+    key_serializer="raw",
+    store="memory://",
+    web_enabled=False,
+    topic_allow_declare=False,
+    producer_max_request_size=4_000_000,
+)
+
+inputs = app.topic(*(settings.topic(t) for t in ("predictions", "overrides", "appeals")))
+candidates_topic = app.topic(settings.topic("labeling.candidates"))
+tasks_topic = app.topic(settings.topic("labeling.tasks"))
+labels_topic = app.topic(settings.topic("labels"))
+models_topic = app.topic(settings.topic("models"))
+deadletter_topic = app.topic(settings.topic("deadletter"))
+joined = app.topic(settings.topic("labeling.tasks"), settings.topic("labels"))
+
+ACCEPT = {
+    settings.topic("predictions"): ("Prediction", "PredictionBatch"),
+    settings.topic("overrides"): ("Override",),
+    settings.topic("appeals"): ("Appeal",),
+    settings.topic("labeling.candidates"): ("CandidateBatch",),
+    settings.topic("labeling.tasks"): ("LabelingTask",),
+    settings.topic("labels"): ("Label",),
+}
+
+
+class Runtime:
+    """The core objects of one worker, created on first use."""
+
+    def __init__(self, s: Settings):
+        self.key = s.model_signing_key.encode()
+        self.scorer = Scorer()
+        self.router = Router(Policy(Budget(s.budget_fraction, s.budget_per_hour, s.budget_per_day),
+                                    control_share=s.control_fraction, seed=s.seed), seed=s.seed)
+        self.trainer = Trainer(Learner(s.model_name, kind=s.model_kind, publish_every=s.publish_every))
+        client = connect_settings(s)
+        migrate(client)
+        self.sink = ClickHouseSink(client)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(settings)
+    return _runtime
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def dead_letter(message, reason: str, error: str) -> None:
+    """Keep unprocessable input whole, with the reason, on ``deadletter``."""
+    where = f"{message.topic}/{message.partition}/{message.offset}"
+    record = {"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, where)), "ts": now_ms(),
+              "topic": message.topic, "partition": message.partition, "offset": message.offset,
+              "key": message.key, "payload": message.value or b"", "reason": reason, "error": error}
+    log.warning("dead letter %s: %s", where, reason)
+    await deadletter_topic.send(key=message.key, value=codec.encode("DeadLetter", record))
+    runtime().sink.add("dead_letters", record)
+
+
+async def each(events, handle) -> None:
+    """Run ``handle(name, record)`` on every event's decoded message; whatever
+    fails goes to the dead-letter topic and the stream goes on."""
+    for event in events:
+        message = event.message
+        try:
+            name, record = codec.decode(message.value or b"", ACCEPT[message.topic])
+            await handle(name, record)
+        except codec.DecodeError as exc:
+            await dead_letter(message, exc.reason, exc.error)
+        except UnknownLabel as exc:
+            await dead_letter(message, str(exc), "unknown_label")
+        except Exception as exc:  # a bug must not stop the stream or lose the event
+            log.exception("failed on %s/%s/%s", message.topic, message.partition, message.offset)
+            await dead_letter(message, f"{type(exc).__name__}: {exc}", "internal")
+
+
+async def flush(rt: "Runtime") -> None:
+    """Make the batch's rows durable before its offsets may be committed;
+    while ClickHouse is unreachable, wait and retry."""
+    delay = 0.5
+    while True:
+        try:
+            rt.sink.flush()
+            return
+        except Exception as exc:
+            log.error("ClickHouse write failed, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+
+
+@app.agent(inputs)
+async def score(stream):
+    """Score every input event and pass it to the router."""
+    rt = runtime()
+    async for events in stream.take_events(BATCH, within=WITHIN):
+        now, out = now_ms(), []
+
+        async def handle(name, record):
+            if name == "PredictionBatch":
+                out.extend(rt.scorer.prediction(p, now) for p in record["events"])
+            elif name == "Prediction":
+                out.append(rt.scorer.prediction(record, now))
+            elif name == "Override":
+                out.append(rt.scorer.override(record, now))
+            else:
+                out.append(rt.scorer.appeal(record, now))
+
+        await each(events, handle)
+        for c in out:
+            if c["kind"] == "prediction":
+                rt.sink.add("predictions", {**c, "confidence": max(c["probabilities"].values()),
+                                            "scored_at": c["scored_ts"]}, project=True)
+        for i in range(0, len(out), CANDIDATES_PER_MESSAGE):
+            batch = {"candidates": out[i:i + CANDIDATES_PER_MESSAGE]}
+            await candidates_topic.send(value=codec.encode("CandidateBatch", batch, check=False))
+        await flush(rt)
+
+
+@app.agent(candidates_topic)
+async def route(stream):
+    """Decide for each candidate under the global budget; send the tasks."""
+    rt = runtime()
+    async for events in stream.take_events(100, within=0.01):
+
+        async def handle(name, record):
+            for c in record["candidates"]:
+                decision, task = rt.router.route(c, now_ms())
+                if decision is not None:
+                    rt.sink.add("routing_decisions", decision)
+                if task is not None:
+                    await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
+                    rt.sink.add("labeling_tasks", {**task, "created_at": task["created_ts"]}, project=True)
+
+        await each(events, handle)
+        await flush(rt)
+
+
+@app.agent(joined)
+async def learn(stream):
+    """Join labels to tasks, learn them, publish model versions."""
+    rt = runtime()
+    async for events in stream.take_events(100, within=0.01):
+
+        async def handle(name, record):
+            rows = rt.trainer.add_task(record) if name == "LabelingTask" else rt.trainer.add_label(record)
+            for row in rows:
+                rt.sink.add("labels", row)
+            if rt.trainer.learner.due:
+                await publish(rt)
+
+        await each(events, handle)
+        await flush(rt)
+
+
+async def publish(rt: "Runtime") -> None:
+    record = rt.trainer.learner.publish(now_ms(), rt.key)
+    await models_topic.send(key=record["model_name"].encode(), value=codec.encode("ModelVersion", record))
+    rt.sink.add("model_versions", record, project=True)
+    rt.scorer.use(load_version(record, rt.key))
+    log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
+             record["version"], record["labels_seen"], record["control_accuracy"])
+
+
+@app.timer(1.0)
+async def follow_models():
+    """Pick up model versions published by the learner of another worker."""
+    rt = runtime()
+    follower = getattr(rt, "follower", None)
+    if follower is None:
+        from confluent_kafka import Consumer, TopicPartition
+        follower = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-models-{uuid.uuid4()}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        follower.assign([TopicPartition(settings.topic("models"), 0)])
+        rt.follower = follower
+    for message in follower.consume(100, timeout=0):
+        if message.error():
+            continue
+        try:
+            _, record = codec.decode(message.value(), ("ModelVersion",))
+            rt.scorer.use(load_version(record, rt.key))
+        except (codec.DecodeError, SnapshotRejected) as exc:
+            log.error("refused model version at offset %s: %s", message.offset(), exc)

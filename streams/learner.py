@@ -1,0 +1,198 @@
+"""The online shadow model: learned from labels one at a time, published in versions.
+
+A :class:`Learner` owns the model. Each label is first predicted (for the
+prequential accuracy), then learned, except labels of the random control
+slice, which are held out: they are the loop's unbiased test set, and every
+published version records its accuracy on them. :meth:`Learner.publish`
+returns a ``ModelVersion`` record whose snapshot is signed with HMAC-SHA256;
+:func:`load_version` refuses a snapshot whose signature does not match, since
+unpickling is running code.
+
+>>> learner = Learner("demo", kind="linear", publish_every=2, min_control=1)
+>>> for i in range(4):
+...     _ = learner.learn({"x": float(i % 2)}, "yes" if i % 2 else "no", control=(i == 3))
+>>> record = learner.publish(now_ms=0, key=b"k")
+>>> record["version"], record["labels_seen"], record["control_labels"]
+(1, 4, 1)
+>>> model = load_version(record, key=b"k")
+>>> model.version, sorted(model.classes)
+(1, ['no', 'yes'])
+>>> load_version(record, key=b"wrong")
+Traceback (most recent call last):
+...
+streams.learner.SnapshotRejected: signature of model 'demo' version 1 does not match
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from river import linear_model, multiclass, neighbors, preprocessing, tree
+
+_TOKEN = re.compile(r"\w+")
+
+
+def make_model(kind: str = "knn"):
+    """A fresh River classifier: ``knn`` (default; strong with few labels),
+    ``linear`` (fastest) or ``tree``."""
+    if kind == "knn":
+        return preprocessing.StandardScaler() | neighbors.KNNClassifier(n_neighbors=5)
+    if kind == "linear":
+        return preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+    if kind == "tree":
+        return tree.HoeffdingAdaptiveTreeClassifier(grace_period=20, seed=0)
+    raise ValueError(f"unknown model kind {kind!r}: choose knn, linear or tree")
+
+
+def featurize(features: dict[str, float], text: str | None = None) -> dict[str, float]:
+    """Model input: the numeric features, plus word counts when there is text.
+
+    >>> featurize({"len": 2.0}, "Good good dog")
+    {'len': 2.0, 'w:good': 2.0, 'w:dog': 1.0}
+    """
+    if not text:
+        return features
+    x = dict(features)
+    for token in _TOKEN.findall(text.lower()):
+        key = "w:" + token
+        x[key] = x.get(key, 0.0) + 1.0
+    return x
+
+
+@dataclass
+class ShadowModel:
+    """One published version of the online model, as scorers use it."""
+
+    name: str
+    version: int
+    model: object = None
+    classes: list[str] = field(default_factory=list)
+
+    def predict_proba(self, x: dict[str, float]) -> dict[str, float]:
+        """Class probabilities, or ``{}`` before the model has seen a label."""
+        if self.model is None or not self.classes:
+            return {}
+        return self.model.predict_proba_one(x)
+
+
+class SnapshotRejected(Exception):
+    """A model snapshot whose signature does not verify."""
+
+
+def sign(snapshot: bytes, key: bytes) -> str:
+    return hmac.new(key, snapshot, hashlib.sha256).hexdigest()
+
+
+def load_version(record: dict, key: bytes) -> ShadowModel:
+    """Verify and unpickle a ``ModelVersion`` record into a :class:`ShadowModel`."""
+    if not hmac.compare_digest(sign(record["snapshot"], key), record["signature"]):
+        raise SnapshotRejected(
+            f"signature of model {record['model_name']!r} version {record['version']} does not match")
+    state = pickle.loads(record["snapshot"])
+    return ShadowModel(record["model_name"], record["version"], state["model"], list(state["classes"]))
+
+
+class Learner:
+    """Learns labels incrementally and publishes signed model versions.
+
+    Parameters
+    ----------
+    name
+        Model name, the key of its versions on the ``models`` topic.
+    kind
+        Model family, see :func:`make_model`.
+    publish_every
+        A new version is due after this many new labels.
+    control_window
+        How many held-out control labels are kept for evaluation.
+    min_control
+        The first version waits for this many control labels, so its
+        accuracy is measured on more than a handful of items.
+    """
+
+    def __init__(self, name: str, kind: str = "knn", publish_every: int = 25, control_window: int = 1000,
+                 min_control: int = 20):
+        self.name = name
+        self.kind = kind
+        self.publish_every = publish_every
+        self.min_control = min_control
+        self.model = make_model(kind)
+        self.classes: set[str] = set()
+        self.version = 0
+        self.labels_seen = 0
+        self.prequential_hits = 0
+        self.prequential_total = 0
+        self.control: deque[tuple[dict, str]] = deque(maxlen=control_window)
+        self._since_publish = 0
+
+    def predict(self, x: dict[str, float]) -> str | None:
+        if not self.classes:
+            return None
+        return self.model.predict_one(x)
+
+    def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> str | None:
+        """Predict ``x``, then learn it (or hold it out if ``control``); return the prediction."""
+        predicted = self.predict(x)
+        if predicted is not None:
+            self.prequential_total += 1
+            self.prequential_hits += predicted == label
+        self.labels_seen += 1
+        self._since_publish += 1
+        if control:
+            self.control.append((x, label))
+        else:
+            self.classes.add(label)
+            self.model.learn_one(x, label) if weight == 1.0 else self._learn_weighted(x, label, weight)
+        return predicted
+
+    def _learn_weighted(self, x, label, weight):
+        try:
+            self.model.learn_one(x, label, w=weight)
+        except TypeError:
+            self.model.learn_one(x, label)
+
+    @property
+    def prequential_accuracy(self) -> float | None:
+        return self.prequential_hits / self.prequential_total if self.prequential_total else None
+
+    def control_accuracy(self) -> float | None:
+        """Accuracy of the current model on the held-out control labels."""
+        if not self.control or not self.classes:
+            return None
+        return sum(self.model.predict_one(x) == y for x, y in self.control) / len(self.control)
+
+    @property
+    def due(self) -> bool:
+        return (self._since_publish >= self.publish_every and bool(self.classes)
+                and (self.version > 0 or len(self.control) >= self.min_control))
+
+    def publish(self, now_ms: int, key: bytes) -> dict:
+        """Bump the version and return it as a signed ``ModelVersion`` record."""
+        self.version += 1
+        self._since_publish = 0
+        snapshot = pickle.dumps({"model": self.model, "classes": sorted(self.classes)})
+        return {
+            "model_name": self.name,
+            "version": self.version,
+            "ts": now_ms,
+            "labels_seen": self.labels_seen,
+            "prequential_accuracy": self.prequential_accuracy,
+            "control_accuracy": self.control_accuracy(),
+            "control_labels": len(self.control),
+            "classes": sorted(self.classes),
+            "snapshot": snapshot,
+            "signature": sign(snapshot, key),
+        }
+
+    def checkpoint(self) -> bytes:
+        """Everything needed to resume learning after a restart."""
+        return pickle.dumps(self)
+
+    @staticmethod
+    def restore(data: bytes) -> "Learner":
+        return pickle.loads(data)

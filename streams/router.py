@@ -1,0 +1,97 @@
+"""Routing: apply the policy to each candidate and build the labeling task.
+
+The :class:`Router` is the single owner of the global budget. Its random draw
+for an event is derived from the event id and the seed, so a re-delivered
+candidate gets the very same decision and the same task id; candidates it has
+already decided are skipped.
+
+>>> from streams.budget import Budget
+>>> from streams.policy import Policy
+>>> router = Router(Policy(Budget(fraction=0.5)), seed=0)
+>>> cand = {"event_id": "e1", "item_id": "i1", "ts": 1, "kind": "override", "model_name": "prod",
+...     "model_version": "3", "predicted_label": "a", "probabilities": {"a": 0.9, "b": 0.1},
+...     "features": {}, "text": None, "context": {}, "shadow_label": None, "shadow_version": 0,
+...     "signals": {"uncertainty": 0.2}, "user_label": "b", "note": None, "scored_ts": 1}
+>>> decision, task = router.route(cand, now_ms=2)
+>>> decision["selected"], task["reasons"], task["suggested_label"], task["label_set"]
+(1, ['override'], 'b', ['a', 'b'])
+>>> router.route(cand, now_ms=3)
+(None, None)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+
+from streams.policy import Policy
+from streams.signals import top_label
+
+_NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
+
+
+def stable_draw(event_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by the event id and the seed.
+
+    >>> stable_draw("e1", 0) == stable_draw("e1", 0) != stable_draw("e1", 1)
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}:{event_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Router:
+    """Decides for each candidate, once, and builds the task of a selected one."""
+
+    def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000):
+        self.policy = policy
+        self.seed = seed
+        self.memory = memory
+        self.labels: set[str] = set()
+        self._decided: OrderedDict[str, None] = OrderedDict()
+
+    def _seen(self, event_id: str) -> bool:
+        if event_id in self._decided:
+            return True
+        self._decided[event_id] = None
+        if len(self._decided) > self.memory:
+            self._decided.popitem(last=False)
+        return False
+
+    def route(self, c: dict, now_ms: int) -> tuple[dict | None, dict | None]:
+        """Return ``(decision_row, task)``; task is None when not selected,
+        and both are None for a candidate already decided."""
+        if self._seen(c["event_id"]):
+            return None, None
+        self.labels.update(c["probabilities"])
+        for label in (c["user_label"], c["predicted_label"]):
+            if label:
+                self.labels.add(label)
+        d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed))
+        task_id = str(uuid.uuid5(_NAMESPACE, c["event_id"])) if d.selected else None
+        decision = {
+            "event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],
+            "selected": int(d.selected), "reasons": d.reasons, "selection_probability": d.probability,
+            "priority": d.priority, "signals": c["signals"], "task_id": task_id,
+            "policy_version": self.policy.version, "model_version": c["model_version"],
+            "shadow_version": c["shadow_version"], "decided_at": now_ms,
+        }
+        if not d.selected:
+            return decision, None
+        suggested = c["user_label"] or c["shadow_label"] or c["predicted_label"]
+        probabilities = c["probabilities"]
+        if c["kind"] == "prediction" and c["shadow_label"] is None:
+            suggested = top_label(probabilities) or suggested
+        task = {
+            "task_id": task_id, "event_id": c["event_id"], "item_id": c["item_id"], "created_ts": now_ms,
+            "source_ts": c["ts"], "kind": c["kind"], "reasons": d.reasons, "signals": c["signals"],
+            "selection_probability": d.probability, "priority": d.priority, "suggested_label": suggested,
+            "confidence": probabilities.get(suggested, 0.0) if suggested else 0.0,
+            "label_set": sorted(self.labels), "features": c["features"], "text": c["text"],
+            "predicted_label": c["predicted_label"], "user_label": c["user_label"], "note": c["note"],
+            "model_name": c["model_name"], "model_version": c["model_version"],
+            "shadow_version": c["shadow_version"], "policy_version": self.policy.version,
+            "context": c["context"],
+        }
+        return decision, task

@@ -1,0 +1,83 @@
+"""Scoring: turn input events into candidates carrying every signal.
+
+A :class:`Scorer` holds the newest shadow model version and a bounded memory
+of recent predictions by item, so an override or an appeal (which names only
+the item) is scored with the features and probabilities of the prediction it
+contests.
+
+>>> scorer = Scorer()
+>>> c = scorer.prediction({"event_id": "e1", "item_id": "i1", "ts": 5, "model_name": "prod",
+...     "model_version": "3", "predicted_label": "a", "probabilities": {"a": 0.55, "b": 0.45},
+...     "features": {"x": 1.0}, "text": None, "context": {}}, now_ms=7)
+>>> c["kind"], round(c["signals"]["margin"], 2), c["shadow_version"]
+('prediction', 0.1, 0)
+>>> o = scorer.override({"event_id": "e2", "item_id": "i1", "ts": 9, "predicted_label": None,
+...     "override_label": "b", "user_id": "u", "context": {}}, now_ms=10)
+>>> o["kind"], o["user_label"], o["predicted_label"], o["features"]
+('override', 'b', 'a', {'x': 1.0})
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from streams import signals
+from streams.learner import ShadowModel, featurize
+
+
+class Scorer:
+    """Scores predictions, overrides and appeals against the current shadow model."""
+
+    def __init__(self, model: ShadowModel | None = None, memory: int = 100_000):
+        self.model = model or ShadowModel("shadow", 0)
+        self.memory = memory
+        self._recent: OrderedDict[str, dict] = OrderedDict()
+
+    def use(self, model: ShadowModel) -> bool:
+        """Swap in ``model`` if it is newer than the current one."""
+        if model.version <= self.model.version and model.name == self.model.name:
+            return False
+        self.model = model
+        return True
+
+    def _remember(self, item_id: str, candidate: dict) -> None:
+        self._recent[item_id] = candidate
+        self._recent.move_to_end(item_id)
+        if len(self._recent) > self.memory:
+            self._recent.popitem(last=False)
+
+    def prediction(self, event: dict, now_ms: int) -> dict:
+        probabilities = event["probabilities"]
+        shadow = self.model.predict_proba(featurize(event["features"], event.get("text")))
+        classes = set(probabilities) | set(self.model.classes)
+        candidate = {
+            "event_id": event["event_id"], "item_id": event["item_id"], "ts": event["ts"],
+            "kind": "prediction", "model_name": event["model_name"], "model_version": event["model_version"],
+            "predicted_label": event["predicted_label"], "probabilities": probabilities,
+            "features": event["features"], "text": event.get("text"), "context": event.get("context") or {},
+            "shadow_label": signals.top_label(shadow), "shadow_version": self.model.version,
+            "signals": signals.score(probabilities, shadow, len(classes)),
+            "user_label": None, "note": None, "scored_ts": now_ms,
+        }
+        self._remember(event["item_id"], candidate)
+        return candidate
+
+    def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> dict:
+        seen = self._recent.get(event["item_id"], {})
+        candidate = {
+            "event_id": event["event_id"], "item_id": event["item_id"], "ts": event["ts"], "kind": kind,
+            "model_name": seen.get("model_name", ""), "model_version": seen.get("model_version", ""),
+            "predicted_label": event.get("predicted_label") or seen.get("predicted_label"),
+            "probabilities": seen.get("probabilities", {}), "features": seen.get("features", {}),
+            "text": seen.get("text"), "context": {**seen.get("context", {}), **(event.get("context") or {})},
+            "shadow_label": seen.get("shadow_label"), "shadow_version": self.model.version,
+            "signals": dict(seen.get("signals", {})), "user_label": user_label, "note": note, "scored_ts": now_ms,
+        }
+        candidate["signals"]["known_item"] = float(bool(seen))
+        return candidate
+
+    def override(self, event: dict, now_ms: int) -> dict:
+        return self._error("override", event, now_ms, event["override_label"], None)
+
+    def appeal(self, event: dict, now_ms: int) -> dict:
+        return self._error("appeal", event, now_ms, None, event.get("reason"))

@@ -1,0 +1,96 @@
+"""Per-item signals: how unsure the models are, and how much they disagree.
+
+Every function takes class probabilities as a ``{label: probability}`` dict and
+returns a float in ``[0, 1]`` where higher means *more worth a label*, except
+:func:`margin`, which keeps its usual meaning (gap between the two most likely
+classes; small means unsure). Uncertainty measures are normalised by their value
+on the uniform distribution, so binary and multi-class items compare.
+
+>>> p = {"cat": 0.5, "dog": 0.3, "fox": 0.2}
+>>> round(least_confidence(p), 3), round(margin(p), 3), round(entropy(p), 3)
+(0.75, 0.2, 0.937)
+>>> round(disagreement(p, {"cat": 0.1, "dog": 0.9}), 3)
+0.6
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+Proba = Mapping[str, float]
+
+
+def _top2(proba: Proba) -> tuple[float, float]:
+    first = second = 0.0
+    for p in proba.values():
+        if p > first:
+            first, second = p, first
+        elif p > second:
+            second = p
+    return first, second
+
+
+def least_confidence(proba: Proba, n_classes: int | None = None) -> float:
+    """``1 - max p``, scaled so the uniform distribution scores 1."""
+    k = max(n_classes or len(proba), 2)
+    first, _ = _top2(proba)
+    return min(1.0, max(0.0, (1.0 - first) / (1.0 - 1.0 / k)))
+
+
+def margin(proba: Proba) -> float:
+    """Gap between the two most likely classes (0: a coin toss, 1: certain)."""
+    first, second = _top2(proba)
+    return first - second
+
+
+def entropy(proba: Proba, n_classes: int | None = None) -> float:
+    """Shannon entropy divided by ``log k`` (0: certain, 1: uniform)."""
+    k = max(n_classes or len(proba), 2)
+    h = -sum(p * math.log(p) for p in proba.values() if p > 0.0)
+    return min(1.0, max(0.0, h / math.log(k)))
+
+
+def disagreement(p: Proba, q: Proba) -> float:
+    """Total variation distance between two models' class probabilities."""
+    labels = set(p) | set(q)
+    return 0.5 * sum(abs(p.get(c, 0.0) - q.get(c, 0.0)) for c in labels)
+
+
+def top_label(proba: Proba) -> str | None:
+    """The most likely label (ties broken by label order), or None if empty.
+
+    >>> top_label({"a": 0.4, "b": 0.6})
+    'b'
+    """
+    if not proba:
+        return None
+    return max(sorted(proba), key=proba.__getitem__)
+
+
+def score(production: Proba, shadow: Proba | None = None, n_classes: int | None = None) -> dict[str, float]:
+    """All signals of one item, as a flat dict (what a routing decision records).
+
+    ``uncertainty`` is the summary the policy samples on: ``1 - margin`` of the
+    production model, averaged with the shadow model's once it has one, and
+    raised to at least the models' disagreement.
+
+    >>> s = score({"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.8})
+    >>> s["label_disagreement"], round(s["uncertainty"], 2)
+    (1.0, 0.7)
+    """
+    out = {
+        "least_confidence": least_confidence(production, n_classes),
+        "margin": margin(production),
+        "entropy": entropy(production, n_classes),
+    }
+    uncertainty = 1.0 - out["margin"]
+    if shadow:
+        out["shadow_least_confidence"] = least_confidence(shadow, n_classes)
+        out["shadow_margin"] = margin(shadow)
+        out["shadow_entropy"] = entropy(shadow, n_classes)
+        out["disagreement"] = disagreement(production, shadow)
+        out["label_disagreement"] = float(top_label(production) != top_label(shadow))
+        uncertainty = max(0.5 * (uncertainty + 1.0 - out["shadow_margin"]), out["disagreement"])
+    out["uncertainty"] = uncertainty
+    return out

@@ -1,0 +1,445 @@
+"""The wire contract: Avro single-object encoding, JSON input, and what gets refused."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+import random
+import sys
+from pathlib import Path
+
+import fastavro
+import pytest
+from fastavro.schema import to_parsing_canonical_form
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the project is not installed in the venv
+    sys.path.insert(0, str(ROOT))
+
+from schemas import codec  # noqa: E402
+from schemas.codec import DecodeError, InvalidEvent  # noqa: E402
+
+INPUTS = ("Prediction", "PredictionBatch")
+
+# --------------------------------------------------------------------------- realistic events
+# name -> (record as a producer writes it, the defaults decoding must fill in)
+
+PREDICTION = {
+    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": 1732704000123,
+    "model_name": "fraud-gbm", "model_version": "2024.11.3", "predicted_label": "legit",
+    "probabilities": {"legit": 0.87, "fraud": 0.13},
+    "features": {"amount": 182.5, "n_items": 3.0, "account_age_days": 412.0, "hour": 14.0,
+                 "ip_risk": 0.12, "card_present": 0.0, "velocity_1h": 2.0, "avg_amount_30d": 96.4,
+                 "country_mismatch": 1.0, "device_new": 0.0},
+    "context": {"tenant": "acme", "surface": "checkout"},
+}
+PREDICTION_DEFAULTS = {"text": None}
+CANDIDATE = {
+    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": 1732704000123, "kind": "prediction",
+    "model_name": "fraud-gbm", "model_version": "2024.11.3", "predicted_label": "legit",
+    "probabilities": {"legit": 0.87, "fraud": 0.13}, "features": {"amount": 182.5, "hour": 14.0},
+    "shadow_label": "fraud", "shadow_version": 12,
+    "signals": {"entropy": 0.557, "margin": 0.74, "disagreement": 1.0}, "scored_ts": 1732704000150,
+}
+CANDIDATE_DEFAULTS = {"text": None, "context": {}, "user_label": None, "note": None}
+OVERRIDE_CANDIDATE = {"event_id": "ovr-19", "item_id": "txn-000977", "ts": 1732704100000, "kind": "override",
+                      "user_label": "fraud"}
+OVERRIDE_CANDIDATE_DEFAULTS = {
+    "model_name": "", "model_version": "", "predicted_label": None, "probabilities": {}, "features": {},
+    "text": None, "context": {}, "shadow_label": None, "shadow_version": 0, "signals": {}, "note": None,
+    "scored_ts": 0,
+}
+
+CASES = {
+    "Prediction": (PREDICTION, PREDICTION_DEFAULTS),
+    "PredictionBatch": (
+        {"events": [PREDICTION, {**PREDICTION, "event_id": "pred-2", "text": "gift card x5",
+                                 "probabilities": {"legit": 0.4, "fraud": 0.6}, "predicted_label": "fraud"}]},
+        {},
+    ),
+    "Override": (
+        {"event_id": "ovr-19", "item_id": "txn-000977", "ts": 1732704100000,
+         "predicted_label": "legit", "override_label": "fraud"},
+        {"user_id": None, "context": {}},
+    ),
+    "Appeal": (
+        {"event_id": "apl-3", "item_id": "post-5521", "ts": 1732704200000, "predicted_label": "spam",
+         "reason": "It is my own bakery's opening hours, not an ad.", "user_id": "u-88"},
+        {"context": {}},
+    ),
+    "Candidate": (CANDIDATE, CANDIDATE_DEFAULTS),
+    "CandidateBatch": ({"candidates": [{**CANDIDATE, **CANDIDATE_DEFAULTS},
+                                       {**OVERRIDE_CANDIDATE, **OVERRIDE_CANDIDATE_DEFAULTS}]}, {}),
+    "LabelingTask": (
+        {"task_id": "task-000031", "event_id": "pred-7f3a9c2e", "item_id": "txn-000482",
+         "created_ts": 1732704000300, "source_ts": 1732704000123, "kind": "prediction",
+         "reasons": ["uncertain", "disagreement"], "signals": {"entropy": 0.557, "margin": 0.74},
+         "selection_probability": 0.25, "priority": 0.83, "suggested_label": "legit", "confidence": 0.87,
+         "label_set": ["fraud", "legit"], "features": {"amount": 182.5}, "predicted_label": "legit",
+         "model_name": "fraud-gbm", "model_version": "2024.11.3", "shadow_version": 12,
+         "policy_version": "uncertainty+budget/1"},
+        {"text": None, "user_label": None, "note": None, "context": {}},
+    ),
+    "Label": (
+        {"event_id": "lbl-000031-ann7", "task_id": "task-000031", "item_id": "txn-000482", "label": "fraud",
+         "annotator_id": "ann-7", "ts": 1732704090000, "duration_ms": 8400},
+        {"note": None},
+    ),
+    "ModelVersion": (
+        {"model_name": "shadow", "version": 12, "ts": 1732704095000, "labels_seen": 300,
+         "prequential_accuracy": 0.91, "classes": ["fraud", "legit"],
+         "snapshot": b"\x80\x05\x95\x00\x01river.linear_model\x94", "signature": "ab" * 32},
+        {"control_accuracy": None, "control_labels": 0},
+    ),
+    "DeadLetter": (
+        {"event_id": "dl-1", "ts": 1732704000999, "topic": "predictions", "partition": 3, "offset": 80213,
+         "payload": b"\xc3\x01\x00\x00garbage\xff", "reason": "unknown schema fingerprint 0000676172626167",
+         "error": "unknown_schema"},
+        {"key": None},
+    ),
+}
+
+
+BATCH_EXPECTED = {  # defaults are filled inside batch items too
+    "PredictionBatch": {"events": [{**PREDICTION_DEFAULTS, **e} for e in CASES["PredictionBatch"][0]["events"]]},
+    "CandidateBatch": CASES["CandidateBatch"][0],
+}
+
+
+def expected(name):
+    record, defaults = CASES[name]
+    return BATCH_EXPECTED.get(name) or {**defaults, **record}
+
+
+def to_json(value):
+    """JSON text of a record; bytes as Avro's JSON encoding writes them (one char per byte)."""
+    def plain(v):
+        if isinstance(v, bytes):
+            return v.decode("latin-1")
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+    return json.dumps(plain(value)).encode()
+
+
+def pred(**changes):
+    return {**PREDICTION, **changes}
+
+
+# --------------------------------------------------------------------------- independent CRC-64-AVRO
+
+EMPTY = 0xC15D213AA4D7A795
+
+
+def _table():
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+TABLE = _table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Rabin fingerprint of the Avro spec, bit for bit."""
+    fp = EMPTY
+    for b in data:
+        fp = (fp >> 8) ^ TABLE[(fp ^ b) & 0xFF]
+    return fp
+
+
+RAW = {}
+for _path in sorted((ROOT / "schemas").glob("*.avsc")):
+    _raw = json.loads(_path.read_text())
+    RAW[f"{_raw['namespace']}.{_raw['name']}"] = _raw
+
+
+def inline(t, seen):
+    """The schema with each named type written out at its first use (standalone schema)."""
+    if isinstance(t, str):
+        full = t if "." in t else f"feedbackloop.{t}"
+        if full in RAW and full not in seen:
+            return inline(RAW[full], seen)
+        return t
+    if isinstance(t, list):
+        return [inline(b, seen) for b in t]
+    t = dict(t)
+    if t["type"] == "record":
+        seen.add(t["name"] if "." in t["name"] else f"{t.get('namespace', '')}.{t['name']}")
+        t["fields"] = [dict(f, type=inline(f["type"], seen)) for f in t["fields"]]
+    elif t["type"] == "array":
+        t["items"] = inline(t["items"], seen)
+    elif t["type"] == "map":
+        t["values"] = inline(t["values"], seen)
+    return t
+
+
+def standalone(name):
+    return inline(RAW[f"feedbackloop.{name}"], set())
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_schema_is_loaded():
+    assert set(codec.NAMES) == {"Prediction", "PredictionBatch", "Override", "Appeal", "Candidate",
+                                "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter"}
+    assert set(CASES) == set(codec.NAMES)
+    assert len(list(codec.SCHEMA_DIR.glob("*.avsc"))) == len(codec.NAMES)
+    assert codec.schema("Prediction")["name"] == "feedbackloop.Prediction"
+    assert codec.schema("feedbackloop.Prediction") is codec.schema("Prediction")
+    assert len({codec.fingerprint(n) for n in codec.NAMES}) == len(codec.NAMES)
+    with pytest.raises(ValueError, match="unknown schema 'Nope'"):
+        codec.encode("Nope", {})
+    with pytest.raises(ValueError):
+        codec.decode(b"{}", accept=("Nope",))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_header_is_marker_and_independent_crc64_fingerprint(name):
+    canonical = to_parsing_canonical_form(standalone(name))
+    fp = crc64_avro(canonical.encode()).to_bytes(8, "little")
+    assert codec.fingerprint(name) == fp
+    assert codec.encode(name, CASES[name][0])[:10] == b"\xc3\x01" + fp
+    # the crc above is the spec's, not just fastavro's: both agree
+    assert fastavro.schema.fingerprint(canonical, "CRC-64-AVRO") == fp.hex()
+
+
+def test_batch_fingerprint_is_over_the_inlined_item_schema():
+    canonical = to_parsing_canonical_form(standalone("PredictionBatch"))
+    assert '"items":{"name":"feedbackloop.Prediction","type":"record"' in canonical
+    assert crc64_avro(b"") == EMPTY
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip(name):
+    record, _ = CASES[name]
+    before = copy.deepcopy(record)
+    got_name, got = codec.decode(codec.encode(name, record), accept=(name,))
+    assert got_name == name
+    assert got == expected(name)
+    assert record == before  # encode leaves its input alone
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_json_input_equals_avro_path(name):
+    record, _ = CASES[name]
+    from_avro = codec.decode(codec.encode(name, record), accept=(name,))
+    assert codec.decode(to_json(record), accept=(name,)) == from_avro
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_record_written_by_another_avro_tool(name):
+    """Header and body built by hand from the .avsc files, without the codec."""
+    record, _ = CASES[name]
+    canonical = to_parsing_canonical_form(standalone(name))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(standalone(name)), record)
+    data = b"\xc3\x01" + crc64_avro(canonical.encode()).to_bytes(8, "little") + body.getvalue()
+    assert codec.decode(data, accept=(name,)) == (name, expected(name))
+
+
+def test_json_coerces_integers_for_doubles_and_picks_the_schema():
+    name, got = codec.decode(to_json(pred(probabilities={"legit": 1, "fraud": 0})), accept=INPUTS)
+    assert name == "Prediction" and got["probabilities"] == {"legit": 1.0, "fraud": 0.0}
+    assert all(type(v) is float for v in got["probabilities"].values())
+    name, got = codec.decode(to_json(CASES["PredictionBatch"][0]), accept=INPUTS)
+    assert name == "PredictionBatch" and len(got["events"]) == 2
+    both = ("Override", "Appeal")
+    assert codec.decode(to_json(CASES["Override"][0]), accept=both)[0] == "Override"
+    assert codec.decode(to_json(CASES["Appeal"][0]), accept=both)[0] == "Appeal"
+    assert codec.decode(to_json(CASES["Appeal"][0]), accept=both[::-1])[0] == "Appeal"
+
+
+def test_bytes_like_inputs_and_fresh_defaults():
+    data = codec.encode("Prediction", PREDICTION)
+    for form in (bytearray(data), memoryview(data)):
+        assert codec.decode(form, accept=INPUTS) == ("Prediction", expected("Prediction"))
+    appeal = to_json({k: v for k, v in CASES["Appeal"][0].items()})
+    a = codec.decode(appeal, accept=("Appeal",))[1]
+    a["context"]["mutated"] = "yes"
+    assert codec.decode(appeal, accept=("Appeal",))[1]["context"] == {}
+
+
+# --------------------------------------------------------------------------- refused input
+
+
+def avro_unchecked(name, record):
+    """Bytes a careless producer could write: valid Avro, bad semantics."""
+    return codec.encode(name, record, check=False)
+
+
+def no(field):
+    return to_json({k: v for k, v in PREDICTION.items() if k != field})
+
+
+BAD = {
+    "missing required field": (no("probabilities"), INPUTS, "invalid", "missing required field(s) 'probabilities'"),
+    "missing required field in a batch": (
+        to_json({"events": [PREDICTION, {k: v for k, v in PREDICTION.items() if k != "ts"}]}),
+        INPUTS, "invalid", "'events[1].ts'"),
+    "wrong type": (to_json(pred(ts="yesterday")), INPUTS, "invalid", "field 'ts': expected long, got string"),
+    "wrong type in a map": (to_json(pred(features={"amount": "12"})), INPUTS, "invalid", "features['amount']"),
+    "boolean for a long": (to_json(pred(ts=True)), INPUTS, "invalid", "'ts'"),
+    "long out of range": (to_json(pred(ts=2**70)), INPUTS, "invalid", "out of range for long"),
+    "unknown field": (to_json(pred(colour="red", size=3)), INPUTS, "invalid", "unknown field(s) 'colour', 'size'"),
+    "NaN probability (JSON token)": (
+        json.dumps(pred(probabilities={"a": 0.5, "b": float("nan")}, predicted_label="a")).encode(),
+        INPUTS, "invalid", "probabilities contain NaN for class 'b'"),
+    "NaN probability (Avro)": (
+        avro_unchecked("Prediction", pred(probabilities={"a": 0.5, "b": float("nan")}, predicted_label="a")),
+        INPUTS, "invalid", "probabilities contain NaN for class 'b'"),
+    "NaN probability in a batch": (
+        avro_unchecked("PredictionBatch", {"events": [PREDICTION, pred(probabilities={"legit": float("nan")})]}),
+        INPUTS, "invalid", "events[1]: probabilities contain NaN for class 'legit'"),
+    "infinite feature": (
+        json.dumps(pred(features={"amount": float("inf")})).encode(), INPUTS, "invalid",
+        "features contain inf for key 'amount'"),
+    "probabilities not summing to 1": (
+        to_json(pred(probabilities={"legit": 0.7, "fraud": 0.2})), INPUTS, "invalid", "probabilities sum to 0.9"),
+    "probability above 1": (
+        to_json(pred(probabilities={"legit": 1.5, "fraud": -0.5})), INPUTS, "invalid", "outside [0, 1]"),
+    "empty probabilities": (to_json(pred(probabilities={})), INPUTS, "invalid", "probabilities are empty"),
+    "predicted label not in probabilities": (
+        to_json(pred(predicted_label="chargeback")), INPUTS, "invalid",
+        "predicted_label 'chargeback' is not a class in probabilities"),
+    "empty item_id": (avro_unchecked("Prediction", pred(item_id="")), INPUTS, "invalid", "item_id is empty"),
+    "empty label": (
+        to_json({**CASES["Label"][0], "label": ""}), ("Label",), "invalid", "label is empty"),
+    "oversize": (b"{" + b" " * (2_000_000 - 2) + b"}", INPUTS, "too_large",
+                 "payload of 2000000 bytes exceeds the 1048576-byte limit"),
+    "random garbage": (bytes(random.Random(1).randrange(256) for _ in range(64)), INPUTS, "undecodable",
+                       "not Avro single-object encoding nor a JSON object"),
+    "JSON but not an object": (b"[1, 2, 3]", INPUTS, "undecodable", "nor a JSON object"),
+    "broken JSON": (to_json(PREDICTION)[:-3], INPUTS, "undecodable", "nor a JSON object"),
+    "not UTF-8": (b'{"event_id": "\xff\xfe"}', INPUTS, "undecodable", "nor a JSON object"),
+    "empty payload": (b"", INPUTS, "undecodable", "empty payload"),
+    "tombstone": (None, INPUTS, "undecodable", "NoneType"),
+    "truncated Avro body": (codec.encode("Prediction", PREDICTION)[:-7], INPUTS, "undecodable",
+                            "truncated Avro body for Prediction"),
+    "truncated header": (codec.encode("Prediction", PREDICTION)[:6], INPUTS, "undecodable", "header"),
+    "trailing bytes": (codec.encode("Prediction", PREDICTION) + b"\x00\x00", INPUTS, "undecodable",
+                       "2 trailing bytes"),
+    "unknown fingerprint": (b"\xc3\x01" + bytes.fromhex("0123456789abcdef") + b"\x00", INPUTS, "unknown_schema",
+                            "unknown schema fingerprint 0123456789abcdef"),
+    "valid event of the wrong schema (Avro)": (
+        codec.encode("Label", CASES["Label"][0]), INPUTS, "schema_mismatch",
+        "got a Label, this topic accepts Prediction, PredictionBatch"),
+    "valid event of the wrong schema (JSON)": (
+        to_json(CASES["Label"][0]), INPUTS, "schema_mismatch", "has the fields of a Label"),
+    "an appeal on the overrides topic": (
+        to_json(CASES["Appeal"][0]), ("Override",), "schema_mismatch", "has the fields of a Appeal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_refused_with_code_and_reason(case):
+    data, accept, error, words = BAD[case]
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, accept=accept)
+    assert info.value.error == error, info.value.reason
+    assert words in info.value.reason
+    assert str(info.value) == f"{error}: {info.value.reason}"
+    again = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries intact
+    assert (type(again), again.error, again.reason) == (type(info.value), error, info.value.reason)
+
+
+def test_max_bytes_is_an_argument():
+    data = codec.encode("Prediction", PREDICTION)
+    with pytest.raises(DecodeError, match=f"payload of {len(data)} bytes exceeds the 100-byte limit"):
+        codec.decode(data, accept=INPUTS, max_bytes=100)
+    assert codec.decode(data, accept=INPUTS, max_bytes=len(data))[0] == "Prediction"
+    assert codec.MAX_BYTES == 1 << 20
+
+
+def test_every_truncation_is_refused():
+    for name in ("Prediction", "PredictionBatch", "LabelingTask"):
+        data = codec.encode(name, CASES[name][0])
+        for cut in range(len(data)):
+            with pytest.raises(DecodeError) as info:
+                codec.decode(data[:cut], accept=(name,))
+            assert info.value.error == "undecodable", (cut, info.value.reason)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"ts": "now"}, "ts is <now>"),
+    ({"probabilities": {"legit": "high"}}, "probabilities"),
+    ({"shoe_size": 44}, "unknown field(s) 'shoe_size' in Prediction"),
+    ({"probabilities": {"legit": float("nan")}}, "probabilities contain NaN for class 'legit'"),
+    ({"event_id": ""}, "event_id is empty"),
+])
+def test_encode_validates_and_names_the_field(change, words):
+    with pytest.raises(InvalidEvent) as info:
+        codec.encode("Prediction", pred(**change))
+    assert info.value.error == "invalid"
+    assert words in info.value.reason
+
+
+def test_encode_checks_batch_items_and_leaves_defaults_out():
+    with pytest.raises(InvalidEvent, match=r"events\[1\]: unknown field\(s\) 'oops'"):
+        codec.encode("PredictionBatch", {"events": [PREDICTION, pred(oops=1)]})
+    with pytest.raises(InvalidEvent, match=r"selection_probability is 0.0, outside \(0, 1\]"):
+        codec.encode("LabelingTask", {**CASES["LabelingTask"][0], "selection_probability": 0.0})
+    with pytest.raises(InvalidEvent, match="kind 'click'"):
+        codec.encode("Candidate", {**CANDIDATE, "kind": "click"})
+    minimal = {k: PREDICTION[k] for k in ("event_id", "item_id", "ts", "model_name", "model_version",
+                                          "predicted_label", "probabilities")}
+    assert codec.decode(codec.encode("Prediction", minimal), accept=INPUTS)[1]["features"] == {}
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+def test_fuzz_only_decode_errors():
+    rng = random.Random(20241127)
+    valid = [codec.encode(n, CASES[n][0]) for n in sorted(CASES)]
+    texts = [to_json(CASES[n][0]) for n in sorted(CASES)]
+    accepts = [INPUTS, ("Override",), ("Appeal", "Override"), tuple(codec.NAMES)]
+    headers = [b"\xc3\x01" + codec.fingerprint(n) for n in codec.NAMES]
+    outcomes = {"ok": 0, "error": 0}
+
+    def mutate(data: bytes) -> bytes:
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            i = rng.randrange(len(b) + 1)
+            if op < 0.5 and b:
+                b[min(i, len(b) - 1)] = rng.randrange(256)
+            elif op < 0.75:
+                b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            else:
+                del b[i:i + rng.randint(1, 8)]
+        return bytes(b)
+
+    for i in range(6000):
+        kind = i % 4
+        if kind == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        elif kind == 1:
+            data = rng.choice(headers) + bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        elif kind == 2:
+            data = mutate(rng.choice(valid))
+        else:
+            data = mutate(rng.choice(texts))
+        accept = rng.choice(accepts)
+        try:
+            name, record = codec.decode(data, accept=accept)
+        except DecodeError as e:
+            assert e.error in {"undecodable", "unknown_schema", "schema_mismatch", "invalid", "too_large"}
+            assert e.reason
+            outcomes["error"] += 1
+        else:
+            assert name in accept and isinstance(record, dict)
+            outcomes["ok"] += 1
+    assert outcomes["error"] > 5000 and outcomes["ok"] > 0
