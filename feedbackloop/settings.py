@@ -67,6 +67,7 @@ class Settings:
     model_name: str = "shadow"
     model_kind: str = "knn"
     publish_every: int = 25
+    min_control: int = 20
     model_signing_key: str = "feedbackloop-dev-key"
     seed: int = 0
     extra: dict = field(default_factory=dict, compare=False, repr=False)

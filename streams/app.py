@@ -92,14 +92,51 @@ class Runtime:
         self.key = s.model_signing_key.encode()
         self.scorer = Scorer()
         self.router = Router(Policy(Budget(s.budget_fraction, s.budget_per_hour, s.budget_per_day),
-                                    control_share=s.control_fraction, seed=s.seed), seed=s.seed)
-        self.trainer = Trainer(Learner(s.model_name, kind=s.model_kind, publish_every=s.publish_every))
+                                    control_share=s.control_fraction, cold_start=s.min_control, seed=s.seed),
+                             seed=s.seed)
+        self.trainer = Trainer(Learner(s.model_name, kind=s.model_kind, publish_every=s.publish_every,
+                                       min_control=s.min_control))
+        last = latest_version(s)
+        if last is not None:
+            self.trainer.learner.resume(last, self.key)
+            self.scorer.use(load_version(last, self.key))
+            log.info("resumed %s at version %s", last["model_name"], last["version"])
         client = connect_settings(s)
         migrate(client)
         self.sink = ClickHouseSink(client)
 
 
 _runtime: Runtime | None = None
+
+
+def latest_version(s: Settings) -> dict | None:
+    """The newest version of ``s.model_name`` on the ``models`` topic, if any."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-resume", "enable.auto.commit": False})
+    try:
+        tp = TopicPartition(s.topic("models"), 0)
+        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(tp.topic, 0, low)])
+        newest, offset = None, low
+        while offset < high - 1:
+            message = consumer.poll(5.0)
+            if message is None:
+                break
+            offset = message.offset()
+            if message.error():
+                continue
+            try:
+                _, record = codec.decode(message.value(), ("ModelVersion",))
+            except codec.DecodeError:
+                continue
+            if record["model_name"] == s.model_name and (newest is None or record["version"] > newest["version"]):
+                newest = record
+        return newest
+    finally:
+        consumer.close()
 
 
 def runtime() -> Runtime:

@@ -17,6 +17,10 @@ unpickling is running code.
 >>> model = load_version(record, key=b"k")
 >>> model.version, sorted(model.classes)
 (1, ['no', 'yes'])
+>>> again = Learner("demo", kind="linear")
+>>> again.resume(record, key=b"k")
+>>> again.version, again.labels_seen, len(again.control)
+(1, 4, 1)
 >>> load_version(record, key=b"wrong")
 Traceback (most recent call last):
 ...
@@ -175,7 +179,9 @@ class Learner:
         """Bump the version and return it as a signed ``ModelVersion`` record."""
         self.version += 1
         self._since_publish = 0
-        snapshot = pickle.dumps({"model": self.model, "classes": sorted(self.classes)})
+        snapshot = pickle.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
+            "labels_seen": self.labels_seen, "prequential_hits": self.prequential_hits,
+            "prequential_total": self.prequential_total, "control": list(self.control)}})
         return {
             "model_name": self.name,
             "version": self.version,
@@ -189,10 +195,15 @@ class Learner:
             "signature": sign(snapshot, key),
         }
 
-    def checkpoint(self) -> bytes:
-        """Everything needed to resume learning after a restart."""
-        return pickle.dumps(self)
-
-    @staticmethod
-    def restore(data: bytes) -> "Learner":
-        return pickle.loads(data)
+    def resume(self, record: dict, key: bytes) -> None:
+        """Continue from a published version (after a restart): model, counters
+        and held-out control labels; labels learned after it are learned again."""
+        load_version(record, key)  # verifies the signature
+        state = pickle.loads(record["snapshot"])
+        self.model, self.classes, self.version = state["model"], set(state["classes"]), record["version"]
+        saved = state.get("state", {})
+        self.labels_seen = saved.get("labels_seen", record["labels_seen"])
+        self.prequential_hits = saved.get("prequential_hits", 0)
+        self.prequential_total = saved.get("prequential_total", 0)
+        self.control.extend(saved.get("control", []))
+        self._since_publish = 0
