@@ -156,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="linear", choices=["knn", "linear", "tree"], help="shadow model kind")
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
+
+    from feedbackloop import agreement
+
+    agreement.add_parser(sub)
     return p
 
 

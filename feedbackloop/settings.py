@@ -14,7 +14,7 @@ unset. Secrets are never printed: ``Settings.public()`` masks them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -35,7 +35,7 @@ TOPICS: dict[str, tuple[int, dict[str, str]]] = {
 SECRET_FIELDS = {"kafka_sasl_password", "clickhouse_password", "model_signing_key"}
 
 
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
     if name in {"kafka_bootstrap_servers", "clickhouse_dsn"}:
         return name.upper()
     return "FEEDBACKLOOP_" + name.upper()
@@ -63,6 +63,7 @@ class Settings:
     budget_fraction: float = 0.1
     budget_per_hour: int = 1000
     budget_per_day: int = 10000
+    budget_per_week: int = 0
     control_fraction: float = 0.1
     model_name: str = "shadow"
     model_kind: str = "knn"
@@ -70,7 +71,6 @@ class Settings:
     min_control: int = 20
     model_signing_key: str = "feedbackloop-dev-key"
     seed: int = 0
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,16 +84,14 @@ class Settings:
                     env.setdefault(key.strip(), value.strip())
         values = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(_env_name(f.name))
+            raw = env.get(env_name(f.name))
             if raw is None or raw == "":
                 continue
             kind = type(f.default)
             try:
                 values[f.name] = kind(raw)
             except ValueError:
-                raise ValueError(f"{_env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+                raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)
         if not settings.clickhouse_dsn:
             dsn = "chdb://" + str(Path(settings.state_dir).resolve() / "clickhouse")
@@ -124,8 +122,6 @@ class Settings:
         """Settings as a dict, secrets masked (safe to log)."""
         out = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
             out[f.name] = "***" if f.name in SECRET_FIELDS and value else value
         return out

@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from feedbackloop.settings import Settings, _env_name
-from dataclasses import fields
+from feedbackloop.settings import Settings, env_name
 
 #: Topics the worker's consumer group reads.
 CONSUMED = ("predictions", "overrides", "appeals", "labeling.candidates", "labeling.tasks", "labels")
@@ -28,8 +28,7 @@ def environment(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     env = dict(os.environ)
     for f in fields(settings):
-        if f.name != "extra":
-            env[_env_name(f.name)] = str(getattr(settings, f.name))
+        env[env_name(f.name)] = str(getattr(settings, f.name))
     return env
 
 

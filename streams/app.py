@@ -91,9 +91,10 @@ class Runtime:
     def __init__(self, s: Settings):
         self.key = s.model_signing_key.encode()
         self.scorer = Scorer()
-        self.router = Router(Policy(Budget(s.budget_fraction, s.budget_per_hour, s.budget_per_day),
-                                    control_share=s.control_fraction, cold_start=s.min_control, seed=s.seed),
-                             seed=s.seed)
+        budget = Budget(s.budget_fraction, s.budget_per_hour or None, s.budget_per_day or None,
+                        s.budget_per_week or None)
+        policy = Policy(budget, control_share=s.control_fraction, cold_start=s.min_control, seed=s.seed)
+        self.router = Router(policy, seed=s.seed)
         self.trainer = Trainer(Learner(s.model_name, kind=s.model_kind, publish_every=s.publish_every,
                                        min_control=s.min_control))
         last = latest_version(s)

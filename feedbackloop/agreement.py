@@ -1,0 +1,228 @@
+"""``feedbackloop agreement``: annotator agreement metrics from a label export.
+
+Reads a CSV (with a header) or JSONL export, one label per row, with the
+columns ``item_id``, ``annotator_id`` and ``label``, and optionally ``ts``
+(epoch milliseconds or ISO 8601; naive times are UTC), ``duration_ms`` and a
+gold answer column (``gold``). Prints the metrics of :mod:`streams.agreement`
+and writes them as JSON with ``--out``. A malformed file is refused with a
+``ValueError`` naming the file and line.
+
+>>> rows, gold = parse_export("item_id,annotator_id,label,gold\\ni1,ann,cat,cat\\ni1,bob,dog,\\n", "x.csv")
+>>> [r.label for r in rows], gold
+(['cat', 'dog'], {'i1': 'cat'})
+>>> parse_export('{"item_id": "i1", "annotator_id": "ann", "label": "cat"}\\n{"item_id": "i2"', "x.jsonl")
+Traceback (most recent call last):
+...
+ValueError: x.jsonl:2: bad JSON at column 17: Expecting ',' delimiter
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from streams.agreement import Annotation, report
+
+REQUIRED = ("item_id", "annotator_id", "label")
+
+DESCRIPTION = """\
+How far do the annotators agree, and whom can you trust? Reads a CSV or JSONL
+export with one label per row: item_id, annotator_id, label, and optionally
+ts (epoch ms or ISO 8601), duration_ms and a gold answer column. Prints:
+
+  overall      percent agreement, Fleiss' kappa, Krippendorff's alpha (nominal),
+               multi-rater Cohen's kappa (items labeled at least twice)
+  annotators   labels, agreement with the majority of the others, accuracy on
+               gold items, drift of their label mix (first vs second half of
+               their labels), time to label p50/p90, labels per hour
+  pairs        the annotator pairs with the lowest Cohen's kappa
+  classes      per majority class, the share of items with any disagreement
+
+Undefined coefficients (a single class, nothing labeled twice) print as n/a
+and are null in the JSON. With a ts on every row, rows are taken in time order.
+"""
+
+
+def _text(value, column: str, where: str, required: bool = True) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ValueError(f"{where}: empty {column}")
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    raise ValueError(f"{where}: {column} must be a string or a number, got {json.dumps(value)[:40]}")
+
+
+def _ts(value, where: str) -> int | None:
+    text = _text(value, "ts", where, required=False)
+    if text is None:
+        return None
+    try:
+        return round(float(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{where}: bad ts {text!r} (epoch milliseconds or ISO 8601)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return round(moment.timestamp() * 1000)
+
+
+def _duration(value, where: str) -> float | None:
+    text = _text(value, "duration_ms", where, required=False)
+    if text is None:
+        return None
+    try:
+        duration = float(text)
+    except ValueError:
+        duration = -1.0
+    if not 0.0 <= duration < float("inf"):
+        raise ValueError(f"{where}: bad duration_ms {text!r} (milliseconds, >= 0)")
+    return duration
+
+
+def _records(text: str, name: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` of a CSV or JSONL text, by its first character."""
+    if text.lstrip().startswith("{"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name}:{n}: bad JSON at column {exc.colno}: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{name}:{n}: expected a JSON object, got {type(row).__name__}")
+            missing = [c for c in REQUIRED if c not in row]
+            if missing:
+                raise ValueError(f"{name}:{n}: missing column {missing[0]!r}")
+            yield n, row
+        return
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader)]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ValueError(f"{name}:{reader.line_num}: missing column {missing[0]!r} (header: {', '.join(header)})")
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise ValueError(f"{name}:{reader.line_num}: expected {len(header)} fields, got {len(fields)}")
+        yield reader.line_num, dict(zip(header, fields))
+
+
+def parse_export(text: str, name: str = "<export>", gold_column: str | None = None
+                 ) -> tuple[list[Annotation], dict[str, str]]:
+    """The annotations and gold answers ``{item_id: label}`` of an export's text.
+
+    ``gold_column`` defaults to ``gold`` where present; named explicitly, it
+    must exist. Ids and labels are strings (JSON numbers are written as JSON).
+    """
+    if not text.strip():
+        raise ValueError(f"{name}:1: empty file")
+    rows: list[Annotation] = []
+    gold: dict[str, str] = {}
+    gold_line: dict[str, int] = {}
+    column = gold_column or "gold"
+    seen_gold = False
+    for n, row in _records(text, name):
+        where = f"{name}:{n}"
+        item, annotator, label = (_text(row[c], c, where) for c in REQUIRED)
+        rows.append(Annotation(item, annotator, label, _ts(row.get("ts"), where),
+                               _duration(row.get("duration_ms"), where)))
+        seen_gold = seen_gold or column in row
+        answer = _text(row.get(column), column, where, required=False)
+        if answer is not None:
+            if gold.setdefault(item, answer) != answer:
+                raise ValueError(f"{where}: gold for item {item!r} is {answer!r} here but "
+                                 f"{gold[item]!r} on line {gold_line[item]}")
+            gold_line.setdefault(item, n)
+    if not rows:
+        raise ValueError(f"{name}: no annotations (only a header)")
+    if gold_column and not seen_gold:
+        raise ValueError(f"{name}: no column {gold_column!r}")
+    if all(r.ts_ms is not None for r in rows):
+        rows.sort(key=lambda r: r.ts_ms)
+    return rows, gold
+
+
+def read_export(path: str, gold_column: str | None = None) -> tuple[list[Annotation], dict[str, str]]:
+    """:func:`parse_export` of a file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    return parse_export(text, path, gold_column)
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary(rep: dict, pairs: int = 5) -> str:
+    """The report as a few short tables.
+
+    >>> print(summary(report([("i1", "x", 1), ("i1", "y", 1)])).splitlines()[1])
+    percent agreement      1.000
+    """
+    lines = [
+        f"{rep['n_annotations']} labels, {rep['n_items']} items ({rep['n_items_multi']} labeled at least twice), "
+        f"{rep['n_annotators']} annotators, {len(rep['classes'])} classes",
+        f"percent agreement   {_fmt(rep['percent_agreement']):>8}",
+        f"Fleiss' kappa       {_fmt(rep['fleiss_kappa']):>8}",
+        f"Krippendorff alpha  {_fmt(rep['krippendorff_alpha']):>8}   (nominal)",
+        f"multi-rater kappa   {_fmt(rep['multi_kappa']):>8}   (Davies-Fleiss)",
+        "",
+    ]
+    per = rep["per_annotator"]
+    width = max([len("annotator")] + [len(str(a)) for a in per])
+    lines.append(f"{'annotator':<{width}}  labels  majority  gold   drift  p50 s  p90 s  labels/h")
+    for a, row in per.items():
+        p50, p90 = (None if v is None else v / 1000 for v in (row["time_to_label_p50_ms"], row["time_to_label_p90_ms"]))
+        lines.append(f"{str(a):<{width}}  {row['n_labels']:>6}  {_fmt(row['agreement_with_majority']):>8}  "
+                     f"{_fmt(row['gold_accuracy'], '.2f'):>4}  {_fmt(row['drift'], '.2f'):>6}  {_fmt(p50, '.1f'):>5}  "
+                     f"{_fmt(p90, '.1f'):>5}  {_fmt(row['labels_per_hour'], '.1f'):>8}")
+    worst = sorted((p for p in rep["cohen_kappa"] if p["kappa"] is not None), key=lambda p: p["kappa"])[:pairs]
+    if worst:
+        w = max(len(str(p[k])) for p in worst for k in ("a", "b"))
+        lines += ["", f"{'worst pairs':<{2 * w + 2}}  items  agree   kappa"]
+        lines += [f"{str(p['a']):<{w}}  {str(p['b']):<{w}}  {p['n']:>5}  {p['agreement']:.3f}  {p['kappa']:>6.3f}"
+                  for p in worst]
+    if rep["disagreement_by_class"]:
+        w = max(len("majority class"), *(len(str(c)) for c in rep["disagreement_by_class"]))
+        lines += ["", f"{'majority class':<{w}}  items  disagreement"]
+        lines += [f"{str(c):<{w}}  {s['items']:>5}  {s['disagreement_rate']:>12.1%}"
+                  for c, s in rep["disagreement_by_class"].items()]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``agreement`` subcommand on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser("agreement", help="annotator agreement metrics from a label export",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="CSV (with a header) or JSONL export, one label per row")
+    p.add_argument("--out", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--gold-column", metavar="NAME", default=None,
+                   help="column holding gold answers (default: 'gold', when the export has it)")
+    p.add_argument("--pairs", type=int, default=5, metavar="N", help="worst annotator pairs to show (default 5)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Read ``args.file``, print the summary, write ``args.out`` if given."""
+    rows, gold = read_export(args.file, args.gold_column)
+    rep = report(rows, gold=gold)
+    print(summary(rep, pairs=args.pairs))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
+    return 0
