@@ -164,7 +164,7 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, ru
 
 
 def run(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str = "linear",
-        latency_rate: float = 2000.0, latency_seconds: float = 10.0) -> dict:
+        latency_rate: float = 1000.0, latency_seconds: float = 10.0) -> dict:
     """Run all three measurements on a fresh set of topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id

@@ -89,7 +89,8 @@ def cmd_label(args) -> int:
 def cmd_bench(args) -> int:
     from feedbackloop import bench
 
-    result = bench.run(_settings(args), events=args.events, batch_size=args.batch_size, model_kind=args.model)
+    result = bench.run(_settings(args), events=args.events, batch_size=args.batch_size, model_kind=args.model,
+                       latency_rate=args.rate, latency_seconds=args.seconds)
     print(bench.summary(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -154,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--events", type=int, default=100_000)
     b.add_argument("--batch-size", type=int, default=500, help="predictions per Kafka message")
     b.add_argument("--model", default="linear", choices=["knn", "linear", "tree"], help="shadow model kind")
+    b.add_argument("--rate", type=float, default=1000.0, help="events/s while latency is measured")
+    b.add_argument("--seconds", type=float, default=10.0, help="how long latency is measured")
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
 

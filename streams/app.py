@@ -7,15 +7,14 @@
 * ``learn`` (one owner): labels are joined to their tasks and learned; new
   model versions are published on ``models`` and picked up by every scorer.
 
-Every stage writes its rows to ClickHouse and flushes them before its batch of
-messages is acknowledged, so offsets are committed only after the effects are
-durable. Input that cannot be processed goes to ``deadletter`` with its reason.
+Every stage buffers its rows for ClickHouse; they are inserted in large blocks,
+and always right before offsets are committed (:class:`FlushBeforeCommit`),
+so a committed offset never runs ahead of the rows it stands for. Input that cannot be processed goes to ``deadletter`` with its reason.
 Run it with ``feedbackloop worker``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -75,6 +74,7 @@ models_topic = app.topic(settings.topic("models"))
 deadletter_topic = app.topic(settings.topic("deadletter"))
 joined = app.topic(settings.topic("labeling.tasks"), settings.topic("labels"))
 
+INTERNAL = {settings.topic("labeling.candidates")}
 ACCEPT = {
     settings.topic("predictions"): ("Prediction", "PredictionBatch"),
     settings.topic("overrides"): ("Override",),
@@ -168,7 +168,8 @@ async def each(events, handle) -> None:
     for event in events:
         message = event.message
         try:
-            name, record = codec.decode(message.value or b"", ACCEPT[message.topic])
+            name, record = codec.decode(message.value or b"", ACCEPT[message.topic],
+                                        check=message.topic not in INTERNAL)
             await handle(name, record)
         except codec.DecodeError as exc:
             await dead_letter(message, exc.reason, exc.error)
@@ -179,18 +180,36 @@ async def each(events, handle) -> None:
             await dead_letter(message, f"{type(exc).__name__}: {exc}", "internal")
 
 
-async def flush(rt: "Runtime") -> None:
-    """Make the batch's rows durable before its offsets may be committed;
-    while ClickHouse is unreachable, wait and retry."""
+class FlushBeforeCommit(faust.Sensor):
+    """Makes every buffered ClickHouse row durable right before offsets are
+    committed, so a committed event always has its rows written. Agents only
+    add rows; inserts happen in large blocks (by size, age, or at commit).
+    While ClickHouse is unreachable the commit waits and retries."""
+
+    def on_commit_initiated(self, consumer):
+        if _runtime is not None:
+            write_rows(_runtime.sink, force=True)
+        return None
+
+
+def write_rows(sink, force: bool = False) -> None:
     delay = 0.5
     while True:
         try:
-            rt.sink.flush()
+            sink.flush() if force else sink.maybe_flush()
             return
         except Exception as exc:
             log.error("ClickHouse write failed, retrying in %.1f s: %s", delay, exc)
-            await asyncio.sleep(delay)
+            time.sleep(delay)
             delay = min(30.0, delay * 2)
+
+
+app.sensors.add(FlushBeforeCommit())
+
+
+async def flush(rt: "Runtime") -> None:
+    """Write the buffered rows if a block is full or old enough."""
+    write_rows(rt.sink)
 
 
 @app.agent(inputs)

@@ -1,15 +1,22 @@
-"""The labeling budget: hard caps per hour, day and week, and the realised spend.
+"""The labeling budget: hard caps, pacing of the spend, and variable thresholds.
 
-:class:`Budget` is composed with a selection policy (as budget managers are in
-stream-based active learning, e.g. Žliobaitė et al., "Active Learning With
-Drifting Streaming Data", IEEE TNNLS 2014): the policy proposes, the budget
-says whether a label may still be bought now and how much of the stream has
-been bought lately.
+Two budget managers, composed with a query strategy as in stream-based active
+learning (Žliobaitė, Bifet, Pfahringer and Holmes, "Active Learning With
+Drifting Streaming Data", IEEE TNNLS 25(1), 2014):
 
-Caps count labels in calendar windows of event time (UTC hours, days and
-weeks since the epoch), so they hold however fast or slow events arrive.
-The realised spend is the share of recent items bought, over a sliding
-window of ``window`` items.
+* :class:`Budget` owns the global spend. Hard caps count labels per calendar
+  hour, day and week of event time. The spend is *paced*: the number of labels
+  bought is kept close to ``fraction`` times the items seen, so labels are spread
+  over the stream instead of spent on its first items. ``pace`` is the factor by
+  which selection probabilities are scaled to catch up (behind schedule) or hold
+  back (ahead of it), and :meth:`Budget.allows` refuses labels more than
+  ``burst`` ahead of schedule. The realised spend is also estimated over a
+  window of ``window`` items, as in the paper (``u = λu + bought``).
+* :class:`VariableThreshold` turns a score (higher: more worth a label) into a
+  selection probability for one reason, with the paper's randomised variable
+  threshold: an item is selected when its score exceeds ``θ·η`` with
+  ``η ~ N(1, δ)``, which happens with probability ``Φ((s/θ - 1)/δ)``, exactly
+  known. ``θ`` adapts so the expected rate of selection meets the reason's rate.
 
 >>> b = Budget(fraction=0.5, per_hour=2, per_day=100)
 >>> hour = 3_600_000
@@ -19,19 +26,28 @@ window of ``window`` items.
 True
 >>> b.spent_in_day(hour + 10)
 3
+>>> t = VariableThreshold(rate=0.1)
+>>> ps = [t.probability(s / 100) for s in range(100) for _ in range(50)]
+>>> round(sum(ps) / len(ps), 2), t.probability(0.99) > t.probability(0.2)
+(0.1, True)
 """
 
 from __future__ import annotations
 
-from collections import deque
+import math
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS
 
 
+def normal_cdf(z: float) -> float:
+    """The standard normal distribution function."""
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
 class Budget:
-    """Hard caps plus an estimate of the share of the stream being labeled.
+    """Hard caps plus the pacing of the share of the stream being labeled.
 
     Parameters
     ----------
@@ -41,17 +57,24 @@ class Budget:
         Hard caps on labels bought per calendar window; ``None`` for no cap.
     window
         Number of recent items over which the realised spend is estimated.
+    burst
+        How many labels the spend may run ahead of schedule.
+    stiffness
+        How many labels behind (or ahead of) schedule double (or halve) the pace.
     """
 
-    def __init__(self, fraction: float = 0.1, per_hour: int | None = None,
-                 per_day: int | None = None, per_week: int | None = None, window: int = 1000):
+    def __init__(self, fraction: float = 0.1, per_hour: int | None = None, per_day: int | None = None,
+                 per_week: int | None = None, window: int = 1000, burst: float = 3.0, stiffness: float = 2.0):
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"budget fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
         self.caps = {HOUR_MS: per_hour, DAY_MS: per_day, WEEK_MS: per_week}
+        self.window = window
+        self.burst = burst
+        self.stiffness = stiffness
         self._spent: dict[int, tuple[int, int]] = {size: (-1, 0) for size in self.caps}
-        self._recent: deque[bool] = deque(maxlen=window)
-        self._recent_bought = 0
+        self._decay = 1.0 - 1.0 / window
+        self._estimate = fraction * window
         self.total_bought = 0
         self.total_seen = 0
 
@@ -72,12 +95,23 @@ class Budget:
         """True while every cap still allows one more label at ``now_ms``."""
         return all(cap is None or self._count(size, now_ms) < cap for size, cap in self.caps.items())
 
+    @property
+    def ahead(self) -> float:
+        """Labels bought beyond the schedule (negative: behind it)."""
+        return self.total_bought - self.fraction * self.total_seen
+
+    @property
+    def pace(self) -> float:
+        """Factor on selection probabilities that brings the spend back on schedule."""
+        return 2.0 ** max(-4.0, min(4.0, -self.ahead / self.stiffness))
+
+    def allows(self, now_ms: int) -> bool:
+        """True if the caps have room and the spend is not too far ahead of schedule."""
+        return self.ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
+
     def observe(self, bought: bool) -> None:
         """Count one item of the stream, bought or not, in the realised spend."""
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_bought -= self._recent[0]
-        self._recent.append(bought)
-        self._recent_bought += bought
+        self._estimate = self._decay * self._estimate + bought
         self.total_seen += 1
 
     def spend(self, now_ms: int) -> None:
@@ -97,10 +131,55 @@ class Budget:
 
     @property
     def realised(self) -> float:
-        """Share of the last ``window`` items that were bought."""
-        return self._recent_bought / len(self._recent) if self._recent else 0.0
+        """Estimated share of the last ``window`` items that were bought."""
+        return self._estimate / self.window
 
     def state(self) -> dict:
         """Counters for dashboards and snapshots."""
         return {"fraction": self.fraction, "realised": self.realised, "bought": self.total_bought,
-                "seen": self.total_seen, "caps": {str(k): v for k, v in self.caps.items()}}
+                "seen": self.total_seen, "ahead": self.ahead, "caps": {str(k): v for k, v in self.caps.items()}}
+
+
+class VariableThreshold:
+    """Randomised variable threshold on a score, adapted to a target selection rate.
+
+    The score's scale does not matter: the threshold is multiplicative. After
+    each item ``log θ`` moves by ``step · (p - rate) / rate``, so the mean
+    selection probability settles at ``rate`` whatever the score distribution.
+
+    Parameters
+    ----------
+    rate
+        Target share of items this reason selects.
+    spread
+        ``δ``, the standard deviation of the threshold's randomisation: small
+        values select almost only scores above ``θ``, large ones smooth it out.
+    step
+        Adaptation speed of the threshold.
+    """
+
+    def __init__(self, rate: float, spread: float = 0.3, step: float = 0.01, threshold: float = 0.5):
+        self.rate = rate
+        self.spread = spread
+        self.step = step
+        self.threshold = threshold
+
+    def peek(self, score: float) -> float:
+        """Selection probability of ``score`` under the current threshold."""
+        if score <= 0.0:
+            return 0.0
+        return normal_cdf((score / self.threshold - 1.0) / self.spread)
+
+    def update(self, p: float, rate: float | None = None) -> None:
+        """Adapt the threshold after an item whose probability was ``p``."""
+        target = self.rate if rate is None else rate
+        if target <= 0.0:
+            return
+        change = self.step * max(-1.0, min(10.0, (p - target) / target))
+        self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
+
+    def probability(self, score: float, rate: float | None = None) -> float:
+        """The selection probability of ``score``, then adapt to it."""
+        p = self.peek(score)
+        self.update(p, rate)
+        return p

@@ -1,145 +1,295 @@
 """The selection policy: which scored items are worth a human label.
 
-Three routes lead to a label, each recorded as a reason on the decision:
+The budget is split into a *mix* of reasons, each a share of the labels
+(by default 55% uncertain, 25% diverse, 15% failures, 5% random control):
 
-* ``override`` / ``appeal``: a user said the production model was wrong. These
-  are the strongest signal and are always routed while the caps allow, to be
-  verified by a labeler (an override is not trusted blindly).
-* ``control``: a uniform random slice, the same share of every hour, that keeps
-  an unbiased view of model quality and of the policy's lift.
-* ``uncertain``: items are sampled with probability proportional to their
-  uncertainty (sharpened by ``power``), scaled so the expected spend meets the
-  budget. ``disagreement`` is added when the production and shadow models pick
-  different labels.
+* ``uncertain``: items the models are unsure of or disagree on (the ``uncertainty``
+  signal, see :func:`streams.signals.score`), raised for items predicted as
+  classes that are rare among the labels so far (``rare`` is added to the reasons).
+* ``diverse``: items far from everything chosen so far (:mod:`streams.diversity`).
+* ``override`` / ``appeal`` (the ``failure`` share): a user said the production
+  model was wrong. The strongest signal: routed whenever the failure share allows,
+  to be verified by a labeler, not trusted blindly.
+* ``control``: a uniform random slice, the unbiased yardstick for the model's
+  quality and for the policy's lift.
 
-Every decision carries the exact probability with which the item was
-selected, so estimates made from labels can be re-weighted without bias.
-When the realised spend drifts from the target (for example because many
-items saturate at probability 1), a slow multiplicative correction brings it
-back.
+The decision is made item by item on the stream, so every item has an exact
+selection probability ``p = c + (1 - c)(1 - (1 - p_u)(1 - p_d))``: ``c`` is the
+control rate and ``p_u``, ``p_d`` come from a randomised variable threshold per
+reason (:class:`~streams.budget.VariableThreshold`, after Žliobaitė et al. 2014).
+A "batch" is then any stretch of the stream (a router micro-batch, an hour):
+its mix of reasons meets the shares in expectation. The thresholds target each
+reason's rate; when failures are too few to fill their share, the rest goes to
+uncertain and diverse in proportion; the :class:`~streams.budget.Budget` paces
+the total so the realised spend stays on the budget.
+
+Cold start: until the signals carry an uncertainty (no model yet), the
+uncertain share goes to diverse and random items. After a drift alarm
+(:mod:`streams.drift`, fed by :meth:`Policy.observe_label`) the control and
+diverse shares are raised for a while.
 
 >>> from streams.budget import Budget
->>> policy = Policy(Budget(fraction=0.2), control_share=0.25, seed=1)
+>>> policy = Policy(Budget(fraction=0.2), seed=1)
 >>> d = policy.decide("override", {"uncertainty": 0.1}, now_ms=0)
 >>> d.selected, d.reasons, d.probability
 (True, ['override'], 1.0)
 >>> picks = [policy.decide("prediction", {"uncertainty": u / 100}, now_ms=0) for u in range(100)] * 20
->>> sum(d.selected for d in picks) / len(picks) < 0.35
-True
+>>> round(sum(d.selected for d in picks) / len(picks), 1)
+0.2
+>>> d = policy.decide("prediction", {"uncertainty": 0.9}, now_ms=0, draw=0.0)
+>>> d.reasons, d.probability > d.probabilities["control"]
+(['control'], True)
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
-from streams.budget import Budget
+from streams.budget import Budget, VariableThreshold
+from streams.diversity import Novelty
+from streams.drift import DriftMonitor
 
 ERROR_KINDS = ("override", "appeal")
+REASONS = ("uncertain", "diverse", "failure", "control")
+DEFAULT_MIX = {"uncertain": 0.55, "diverse": 0.25, "failure": 0.15, "control": 0.05}
+ALIASES = {"random": "control", "failures": "failure", "uncertainty": "uncertain", "diversity": "diverse"}
+
+
+def normalize_mix(mix: dict[str, float]) -> dict[str, float]:
+    """Shares by reason, summing to 1 (``random`` is an alias of ``control``).
+
+    >>> normalize_mix({"uncertain": 3, "random": 1})
+    {'uncertain': 0.75, 'diverse': 0.0, 'failure': 0.0, 'control': 0.25}
+    """
+    out = dict.fromkeys(REASONS, 0.0)
+    for key, share in mix.items():
+        key = ALIASES.get(key, key)
+        if key not in out:
+            raise ValueError(f"unknown reason {key!r} in the mix: use {', '.join(REASONS)}")
+        if share < 0:
+            raise ValueError(f"share of {key!r} is negative")
+        out[key] += float(share)
+    total = sum(out.values())
+    if total <= 0:
+        raise ValueError("the mix has no positive share")
+    return {k: v / total for k, v in out.items()}
 
 
 @dataclass
 class Decision:
-    """A routing decision for one input event."""
+    """A routing decision for one input event.
+
+    ``probability`` is the exact probability with which the item was selected;
+    ``probabilities`` has the part of each reason (``control`` is the same for
+    every item, so it is the inclusion probability of the control slice).
+    """
 
     selected: bool
     reasons: list[str] = field(default_factory=list)
     probability: float = 0.0
     priority: float = 0.0
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 class Policy:
-    """Budgeted sampling over uncertainty, with error-driven items and a control slice.
+    """Budgeted, mixed selection over uncertainty, novelty, failures and a control slice.
 
     Parameters
     ----------
     budget
-        The :class:`~streams.budget.Budget` (target share and hard caps).
+        The :class:`~streams.budget.Budget` (target share, caps, pacing).
+    mix
+        Share of the budget per reason, see :data:`DEFAULT_MIX`.
     control_share
-        Share of the budget spent on the random control slice.
-    power
-        Sharpening of the uncertainty before sampling (1: proportional).
-    smoothing
-        Weight of each new item in the running mean of sharpened uncertainty.
+        Shortcut for the control slice's share (the others keep their proportions).
+    uncertainty
+        The signal the ``uncertain`` reason samples on (``uncertainty``,
+        ``entropy``, ``least_confidence``, ``margin`` (turned into ``1 - margin``),
+        ``committee``, ...).
+    spread, step
+        Randomisation and adaptation speed of the variable thresholds.
+    rare_boost
+        Weight of the rare-class boost on the uncertain score (0: none).
     cold_start
         Until this many control items are selected, the control slice is
-        sampled five times faster (never above half the budget), so there
-        is soon an unbiased test set to measure the first model versions on.
+        sampled five times faster (never above half the budget), so there is
+        soon an unbiased test set.
+    novelty, drift
+        The :class:`~streams.diversity.Novelty` and
+        :class:`~streams.drift.DriftMonitor` (fresh ones by default).
     """
 
-    version = "budgeted-uncertainty-1"
+    version = "mix-2"
 
-    def __init__(self, budget: Budget, control_share: float = 0.1, power: float = 2.0,
-                 smoothing: float = 0.005, cold_start: int = 20, seed: int | None = None):
-        if not 0.0 <= control_share <= 1.0:
-            raise ValueError(f"control_share must be in [0, 1], got {control_share}")
+    def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
+                 uncertainty: str = "uncertainty", spread: float = 0.3, step: float = 0.01,
+                 rare_boost: float = 0.5, cold_start: int = 20, novelty: Novelty | None = None,
+                 drift: DriftMonitor | None = None, seed: int | None = None):
+        mix = normalize_mix(mix or DEFAULT_MIX)
+        if control_share is not None:
+            if not 0.0 <= control_share <= 1.0:
+                raise ValueError(f"control_share must be in [0, 1], got {control_share}")
+            rest = 1.0 - mix["control"]
+            mix = {k: (control_share if k == "control" else
+                       (v / rest * (1.0 - control_share) if rest > 0 else 0.0)) for k, v in mix.items()}
         self.budget = budget
-        self.control_share = control_share
-        self.power = power
-        self.smoothing = smoothing
+        self.mix = mix
+        self.uncertainty = uncertainty
+        self.rare_boost = rare_boost
         self.cold_start = cold_start
+        self.novelty = novelty or Novelty()
+        self.drift = drift or DriftMonitor()
         self.rng = random.Random(seed)
+        self.thresholds = {"uncertain": VariableThreshold(0.0, spread, step),
+                           "diverse": VariableThreshold(0.0, spread, step)}
+        self.label_counts: Counter[str] = Counter()
+        self.selected = Counter()
         self.control_selected = 0
-        self._mean_score = 0.25
-        self._error_rate = 0.0
-        self._correction = 1.0
+        self._failure_rate = 0.0
+        self._failure_decay = 1.0 - 1.0 / budget.window
+
+    # -- shares -------------------------------------------------------------
+
+    def shares(self, cold: bool = False) -> dict[str, float]:
+        """The mix in force now: after cold start and drift adjustments."""
+        s = dict(self.mix)
+        if cold and s["uncertain"]:
+            explore = s["diverse"] + s["control"]
+            for k in ("diverse", "control"):
+                s[k] += s["uncertain"] * (s[k] / explore if explore else 0.5)
+            s["uncertain"] = 0.0
+        boost = self.drift.boost
+        if boost != 1.0 and s["uncertain"] > 0.0:
+            extra = min(s["uncertain"], (boost - 1.0) * (s["diverse"] + s["control"]))
+            explore = s["diverse"] + s["control"]
+            for k in ("diverse", "control"):
+                s[k] += extra * (s[k] / explore if explore else 0.5)
+            s["uncertain"] -= extra
+        return s
 
     @property
     def control_rate(self) -> float:
         """Probability that any prediction enters the control slice."""
-        rate = self.budget.fraction * self.control_share
-        if self.control_selected < self.cold_start:
-            rate = min(5.0 * rate, self.budget.fraction / 2.0)
+        rate = self.budget.fraction * self.shares()["control"]
+        if self.control_selected < self.cold_start and rate < 1.0:
+            rate = max(rate, min(5.0 * rate, self.budget.fraction / 2.0))
         return rate
 
-    def _uncertain_probability(self, uncertainty: float) -> float:
-        s = max(0.0, min(1.0, uncertainty)) ** self.power
-        self._mean_score += self.smoothing * (s - self._mean_score)
-        rate = self.budget.fraction - self.control_rate - self._error_rate
-        if rate <= 0.0 or self._mean_score <= 0.0:
+    def rarity(self, label: str | None) -> float:
+        """How under-represented ``label`` is among the labels so far (0 to 1)."""
+        if label is None or not self.label_counts:
             return 0.0
-        return min(1.0, self._correction * rate * s / self._mean_score)
+        total = sum(self.label_counts.values())
+        k = max(2, len(self.label_counts))
+        share = (self.label_counts.get(label, 0) + 1.0) / (total + k)
+        return max(0.0, 1.0 - k * share)
 
-    def _correct(self) -> None:
-        if self.budget.total_seen >= 100:
-            realised, target = self.budget.realised, self.budget.fraction
-            self._correction *= 1.0 + self.smoothing * (target - realised) / target
-            self._correction = min(10.0, max(0.1, self._correction))
+    def _score(self, signals: dict[str, float]) -> float | None:
+        if self.uncertainty == "margin":
+            value = signals.get("shadow_margin", signals.get("margin"))
+            return None if value is None else 1.0 - value
+        return signals.get(self.uncertainty)
 
-    def decide(self, kind: str, signals: dict[str, float], now_ms: int, draw: float | None = None) -> Decision:
+    # -- decisions ------------------------------------------------------------
+
+    def decide(self, kind: str, signals: dict[str, float], now_ms: int, draw: float | None = None,
+               x: dict[str, float] | None = None, label: str | None = None) -> Decision:
         """Decide for one event of ``kind`` (prediction, override or appeal).
 
         ``draw`` is the uniform random number to decide with; pass one derived
-        from the event id to make decisions repeatable.
+        from the event id to make decisions repeatable. ``x`` (the features)
+        lets the policy weigh novelty; ``label`` (the predicted label) lets it
+        favour rare classes.
         """
-        if kind in ERROR_KINDS:
-            self._error_rate += self.smoothing * (1.0 - self._error_rate)
-            bought = self.budget.try_spend(now_ms)
-            self.budget.observe(bought)
-            if bought:
-                return Decision(True, [kind], 1.0, 1.0 + signals.get("uncertainty", 0.0))
-            return Decision(False, [], 0.0, 0.0)
-        self._error_rate *= 1.0 - self.smoothing
-        self._correct()
-        c = self.control_rate
-        p_uncertain = self._uncertain_probability(signals.get("uncertainty", 0.0))
-        probability = c + (1.0 - c) * p_uncertain
         if draw is None:
             draw = self.rng.random()
+        if kind in ERROR_KINDS:
+            return self._failure(kind, signals, now_ms, draw)
+        return self._prediction(signals, now_ms, draw, x, label)
+
+    def _failure(self, kind: str, signals: dict[str, float], now_ms: int, draw: float) -> Decision:
+        self._failure_rate += 1.0 - self._failure_decay
+        target = self.budget.fraction * self.shares()["failure"]
+        p = min(1.0, target / self._failure_rate) if self._failure_rate > 0.0 else 1.0
+        if not self.budget.allows(now_ms):
+            p = 0.0
+        if draw >= p:
+            return Decision(False, [], p, 0.0, {kind: p})
+        self.budget.spend(now_ms)
+        self.selected[kind] += 1
+        return Decision(True, [kind], p, 1.0 + signals.get("uncertainty", 0.0), {kind: p})
+
+    def _prediction(self, signals, now_ms, draw, x, label) -> Decision:
+        self._failure_rate *= self._failure_decay
+        self.drift.tick()
+        score = self._score(signals)
+        shares = self.shares(cold=score is None)
+        b = self.budget.fraction
+        c = self.control_rate
+        failures = min(self._failure_rate, b * shares["failure"])
+        elastic = max(0.0, b - c - failures)
+        weight = shares["uncertain"] + shares["diverse"]
+        pace = self.budget.pace
+        sketch = self.novelty.sketch.update(x) if x is not None else None
+
+        p_u = p_d = 0.0
+        rare = 0.0
+        if shares["uncertain"] > 0.0 and score is not None:
+            rare = self.rare_boost * self.rarity(label)
+            target = elastic * shares["uncertain"] / weight
+            p_u = min(1.0, pace * self.thresholds["uncertain"].probability(score + rare, target))
+        if shares["diverse"] > 0.0 and sketch is not None:
+            target = elastic * shares["diverse"] / weight
+            distance = self.novelty.distance(sketch)
+            p_d = 1.0 if distance == float("inf") else min(
+                1.0, pace * self.thresholds["diverse"].probability(distance, target))
+        p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)
+        probability = c + (1.0 - c) * p_elastic
+        parts = {"control": c, "uncertain": p_u, "diverse": p_d}
+        if not self.budget.allows(now_ms):
+            self.budget.observe(False)
+            return Decision(False, [], 0.0, 0.0, dict.fromkeys(parts, 0.0))
+
         reasons: list[str] = []
         if draw < c:
             reasons.append("control")
         elif draw < probability:
-            reasons.append("uncertain")
-            if signals.get("label_disagreement", 0.0) >= 1.0:
-                reasons.append("disagreement")
-        if reasons and not self.budget.has_room(now_ms):
-            self.budget.observe(False)
-            return Decision(False, [], 0.0, 0.0)
+            u = (draw - c) / (1.0 - c)
+            reasons.append("uncertain" if u < p_u else "diverse")
+            if reasons[0] == "uncertain":
+                if rare > 0.0 and score is not None and rare >= score:
+                    reasons.append("rare")
+                if signals.get("label_disagreement", 0.0) >= 1.0:
+                    reasons.append("disagreement")
+            if self.drift.boost != 1.0:
+                reasons.append("drift")
         self.budget.observe(bool(reasons))
         if not reasons:
-            return Decision(False, [], probability, 0.0)
+            return Decision(False, [], probability, 0.0, parts)
         self.budget.spend(now_ms)
-        self.control_selected += reasons == ["control"]
-        priority = 0.5 if reasons == ["control"] else signals.get("uncertainty", 0.0)
-        return Decision(True, reasons, probability, priority)
+        self.selected[reasons[0]] += 1
+        self.control_selected += reasons[0] == "control"
+        if sketch is not None:
+            self.novelty.add(sketch)
+        priority = {"control": 0.5, "uncertain": min(1.0, (score or 0.0) + rare),
+                    "diverse": 0.5 * p_d + 0.25}[reasons[0]]
+        return Decision(True, reasons, probability, priority, parts)
+
+    # -- feedback -----------------------------------------------------------
+
+    def observe_label(self, label: str, predicted: str | None = None, ts: int = 0) -> dict | None:
+        """Take in one label (and what the shadow model predicted for the item
+        when it was decided); return a drift event if the error stream changed."""
+        self.label_counts[label] += 1
+        if predicted is None:
+            return None
+        return self.drift.update(predicted != label, ts)
+
+    def state(self) -> dict:
+        """Counters for dashboards and snapshots."""
+        return {"version": self.version, "mix": self.mix, "shares": self.shares(),
+                "thresholds": {k: t.threshold for k, t in self.thresholds.items()},
+                "selected": dict(self.selected), "budget": self.budget.state(),
+                "drift_events": len(self.drift.events), "exploring": self.drift.boost != 1.0}

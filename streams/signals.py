@@ -1,5 +1,11 @@
 """Per-item signals: how unsure the models are, and how much they disagree.
 
+Uncertainty sampling (Lewis and Gale, SIGIR 1994; the measures as surveyed by
+Settles, "Active Learning Literature Survey", 2009) and query by committee
+(Seung, Opper and Sompolinsky, COLT 1992): vote entropy (Dagan and Engelson,
+ICML 1995) and the mean Kullback-Leibler divergence of the members from their
+consensus (McCallum and Nigam, ICML 1998).
+
 Every function takes class probabilities as a ``{label: probability}`` dict and
 returns a float in ``[0, 1]`` where higher means *more worth a label*, except
 :func:`margin`, which keeps its usual meaning (gap between the two most likely
@@ -11,6 +17,9 @@ on the uniform distribution, so binary and multi-class items compare.
 (0.75, 0.2, 0.937)
 >>> round(disagreement(p, {"cat": 0.1, "dog": 0.9}), 3)
 0.6
+>>> members = [{"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.8}, {"a": 0.6, "b": 0.4}]
+>>> round(vote_entropy(members), 3), round(consensus_kl(members), 3)
+(0.918, 0.267)
 """
 
 from __future__ import annotations
@@ -57,6 +66,37 @@ def disagreement(p: Proba, q: Proba) -> float:
     return 0.5 * sum(abs(p.get(c, 0.0) - q.get(c, 0.0)) for c in labels)
 
 
+def vote_entropy(members: list[Proba], n_classes: int | None = None) -> float:
+    """Entropy of the members' votes for their top labels, over its largest possible value."""
+    votes: dict[str, float] = {}
+    for proba in members:
+        label = top_label(proba)
+        if label is not None:
+            votes[label] = votes.get(label, 0.0) + 1.0
+    n = sum(votes.values())
+    if n == 0:
+        return 0.0
+    k = min(n_classes or len(consensus(members)), len(members))
+    return entropy({c: v / n for c, v in votes.items()}, max(k, 2))
+
+
+def consensus(members: list[Proba]) -> dict[str, float]:
+    """The members' mean class probabilities."""
+    out: dict[str, float] = {}
+    for proba in members:
+        for c, p in proba.items():
+            out[c] = out.get(c, 0.0) + p / len(members)
+    return out
+
+
+def consensus_kl(members: list[Proba], n_classes: int | None = None) -> float:
+    """Mean KL divergence of the members from their consensus, over ``log k``."""
+    mean = consensus(members)
+    k = max(n_classes or len(mean), 2)
+    kl = sum(p * math.log(p / mean[c]) for proba in members for c, p in proba.items() if p > 0.0)
+    return min(1.0, kl / len(members) / math.log(k)) if members else 0.0
+
+
 def top_label(proba: Proba) -> str | None:
     """The most likely label (ties broken by label order), or None if empty.
 
@@ -68,12 +108,15 @@ def top_label(proba: Proba) -> str | None:
     return max(sorted(proba), key=proba.__getitem__)
 
 
-def score(production: Proba, shadow: Proba | None = None, n_classes: int | None = None) -> dict[str, float]:
+def score(production: Proba, shadow: Proba | None = None, n_classes: int | None = None,
+          committee: list[Proba] | None = None) -> dict[str, float]:
     """All signals of one item, as a flat dict (what a routing decision records).
 
     ``uncertainty`` is the summary the policy samples on: ``1 - margin`` of the
     production model, averaged with the shadow model's once it has one, and
-    raised to at least the models' disagreement.
+    raised to at least the models' disagreement. With the class probabilities
+    of a shadow ``committee``'s members, ``committee`` is their disagreement
+    (the larger of vote entropy and consensus KL), and raises it too.
 
     >>> s = score({"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.8})
     >>> s["label_disagreement"], round(s["uncertainty"], 2)
@@ -92,5 +135,10 @@ def score(production: Proba, shadow: Proba | None = None, n_classes: int | None 
         out["disagreement"] = disagreement(production, shadow)
         out["label_disagreement"] = float(top_label(production) != top_label(shadow))
         uncertainty = max(0.5 * (uncertainty + 1.0 - out["shadow_margin"]), out["disagreement"])
+    if committee:
+        out["vote_entropy"] = vote_entropy(committee, n_classes)
+        out["consensus_kl"] = consensus_kl(committee, n_classes)
+        out["committee"] = max(out["vote_entropy"], out["consensus_kl"])
+        uncertainty = max(uncertainty, out["committee"])
     out["uncertainty"] = uncertainty
     return out

@@ -17,7 +17,7 @@ are sent again (the *outbox*).
 1
 >>> store.offsets()
 {('labeling.tasks', 0): 41}
->>> store.lease("ann", now_ms=1000, seconds=60)["task_id"]
+>>> store.lease("ann", now_ms=1000, seconds=60)["task"]["task_id"]
 't1'
 >>> store.lease("bob", now_ms=2000, seconds=60) is None
 True

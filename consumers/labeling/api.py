@@ -1,0 +1,302 @@
+"""The HTTP API annotators (and the web UI) talk to; its description is at ``/openapi.json``.
+
+Every ``/api`` request needs ``Authorization: Bearer <token>`` (401 without a
+valid one, 403 outside the token's role). Errors are JSON ``{"detail": ...}``:
+404 unknown task, 409 a task not in a state for the request (not leased to
+you, already labeled, flagged), 422 a malformed request or a label outside the
+task's label set, 503 a label stored but not yet confirmed by Kafka (it is
+sent again; submitting again is safe). A refused request writes nothing.
+
+>>> from fastapi.testclient import TestClient
+>>> from consumers.labeling.outbox import Outbox
+>>> from consumers.labeling.store import Store
+>>> from consumers.labeling.tokens import Tokens
+>>> store, sent, tokens = Store(":memory:"), [], Tokens.parse("token-ann:ann:annotator")
+>>> client = TestClient(create_app(store, Outbox(store, sent.extend), tokens))
+>>> client.post("/api/tasks/next").status_code
+401
+>>> client.headers["Authorization"] = "Bearer token-ann"
+>>> client.post("/api/tasks/next").status_code  # nothing in the queue
+204
+"""
+
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from consumers.labeling.outbox import DeliveryError, Outbox
+from consumers.labeling.store import Store, TaskError
+from consumers.labeling.tokens import Annotator, Tokens
+from consumers.terminal import explain
+
+UI = Path(__file__).resolve().parent / "ui"
+#: Longest note an annotator may attach (characters).
+MAX_NOTE = 2000
+#: The guideline shown when none is configured.
+DEFAULT_GUIDELINE = ("Choose the label that fits the item best. The suggestion is the model's guess: "
+                     "check it, don't trust it. When two labels fit equally well, flag the item as "
+                     "ambiguous and say why in a note.")
+
+TaskId = Annotated[str, PathParam(min_length=1, max_length=200, description="The task's id.")]
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class Note(BaseModel):
+    annotator_id: str
+    kind: str = Field(description="flag (an annotator found the item ambiguous) or review (a reviewer's note).")
+    note: str
+    ts: int
+
+
+class Task(BaseModel):
+    """A task as an annotator sees it."""
+
+    task_id: str
+    item_id: str
+    kind: str = Field(description="prediction, override or appeal.")
+    text: str | None = None
+    features: dict[str, float]
+    label_set: list[str]
+    suggested_label: str | None = None
+    confidence: float = Field(description="The model's probability for the suggested label.")
+    why: list[str] = Field(description="Why the item was chosen, one plain sentence per reason.")
+    reasons: list[str]
+    predicted_label: str | None = None
+    user_label: str | None = None
+    model_version: str
+    shadow_version: int
+    priority: float
+    state: str
+    lease_until_ms: int | None = Field(None, description="When the lease ends and the task returns to the queue.")
+    notes: list[Note] = Field(description="Ambiguity notes: the user's own words, flags and reviewers' notes.")
+    guideline: str
+    label_guidelines: dict[str, str] = Field(description="What each label means, where the guideline says.")
+    context: dict[str, str]
+
+
+class LabelIn(BaseModel):
+    label: str = Field(min_length=1, max_length=200, description="One of the task's label set.")
+    note: str | None = Field(None, max_length=MAX_NOTE)
+
+
+class LabelOut(BaseModel):
+    event_id: str = Field(description="The label event's id; the same for every submit of this task by you.")
+    task_id: str
+    label: str
+    annotator_id: str
+    duration_ms: int
+    duplicate: bool = Field(description="True when you had already labeled this task (nothing new was sent).")
+
+
+class FlagIn(BaseModel):
+    note: str = Field(min_length=1, max_length=MAX_NOTE, description="What makes the item ambiguous.")
+
+
+class RequeueIn(BaseModel):
+    note: str | None = Field(None, max_length=MAX_NOTE, description="Shown to the next annotator.")
+
+
+class Done(BaseModel):
+    task_id: str
+    state: str
+
+
+class AnnotatorStats(BaseModel):
+    annotator_id: str
+    labels: int
+    labels_last_hour: int
+    skips: int
+    flags: int
+    median_seconds: float | None = Field(description="Median seconds per label, over the last 50 labels.")
+
+
+class Me(AnnotatorStats):
+    role: str
+
+
+class QueueStats(BaseModel):
+    pending: int
+    leased: int
+    flagged: int
+    labeled: int
+    unsent_labels: int
+    model_version: int = Field(description="The shadow model version the queue was last ranked by.")
+
+
+class Stats(BaseModel):
+    queue: QueueStats
+    annotators: list[AnnotatorStats]
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _responses(*codes: int) -> dict:
+    words = {401: "No valid token.", 403: "The token's role does not allow this.", 404: "No such task.",
+             409: "The task is not in a state for this request.",
+             503: "Stored, but Kafka has not confirmed it yet; it will be sent again."}
+    return {c: {"model": Error, "description": words[c]} for c in codes}
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | None = None,
+               lease_seconds: float = 600.0) -> FastAPI:
+    """The labeling API and UI over ``store``; labels leave through ``outbox``.
+
+    ``guidelines`` is ``{"text": ..., "labels": {label: meaning}}``.
+    """
+    guidelines = guidelines or {}
+    guideline = guidelines.get("text") or DEFAULT_GUIDELINE
+    label_guidelines = dict(guidelines.get("labels") or {})
+    app = FastAPI(title="feedbackloop labeling", version="1",
+                  description="Pull the next task, label it, skip it or flag it as ambiguous. "
+                              "Every /api request needs `Authorization: Bearer <token>`.")
+    bearer = HTTPBearer(auto_error=False, description="An annotator's token.")
+
+    def role(needed: str):
+        def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Annotator:
+            who = tokens.get(credentials.credentials if credentials else None)
+            if who is None:
+                raise HTTPException(401, "missing or invalid token: send Authorization: Bearer <token>",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not who.may(needed):
+                raise HTTPException(403, f"this needs the {needed} role; your token's role is {who.role}")
+            return who
+        return check
+
+    Annotating = Annotated[Annotator, Depends(role("annotator"))]
+    Reviewing = Annotated[Annotator, Depends(role("reviewer"))]
+    Administering = Annotated[Annotator, Depends(role("admin"))]
+
+    @app.exception_handler(TaskError)
+    def task_error(_request, exc: TaskError):
+        if exc.status == 422:  # the shape FastAPI gives every other 422
+            detail = [{"loc": ["body", "label"], "msg": str(exc), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    def view(v: dict) -> Task:
+        t = v["task"]
+        notes = list(v["notes"])
+        if t.get("note"):
+            notes.insert(0, {"annotator_id": "user", "kind": t["kind"], "note": t["note"], "ts": t["source_ts"]})
+        return Task(task_id=t["task_id"], item_id=t["item_id"], kind=t["kind"], text=t.get("text"),
+                    features=t.get("features") or {}, label_set=t["label_set"],
+                    suggested_label=t.get("suggested_label"), confidence=t["confidence"],
+                    why=explain(t).splitlines(), reasons=t["reasons"], predicted_label=t.get("predicted_label"),
+                    user_label=t.get("user_label"), model_version=t["model_version"],
+                    shadow_version=t["shadow_version"], priority=v["priority"], state=v["state"],
+                    lease_until_ms=v["lease_until_ms"], notes=notes, guideline=guideline,
+                    label_guidelines={k: label_guidelines[k] for k in t["label_set"] if k in label_guidelines},
+                    context=t.get("context") or {})
+
+    def deliver(record: dict, new: bool) -> LabelOut:
+        if new or not store.is_sent(record["event_id"]):
+            try:
+                outbox.deliver([record])
+            except DeliveryError as exc:
+                raise HTTPException(503, f"label stored, not yet confirmed by Kafka ({exc}); "
+                                         "it will be sent again, and submitting again is safe") from None
+        return LabelOut(**{k: record[k] for k in ("event_id", "task_id", "label", "annotator_id", "duration_ms")},
+                        duplicate=not new)
+
+    # ------------------------------------------------------------------ annotators
+
+    @app.get("/api/me", tags=["annotators"], responses=_responses(401))
+    def me(who: Annotating) -> Me:
+        """Who the token belongs to, with their own count and pace."""
+        return Me(role=who.role, **store.annotator_stats(who.annotator_id)[0])
+
+    @app.post("/api/tasks/next", tags=["annotators"], status_code=200,
+              responses={204: {"description": "No task is waiting."}, **_responses(401)})
+    def next_task(who: Annotating) -> Task:
+        """Lease the next task (the one of highest priority). Asking again while
+        holding a lease returns the same task, its lease renewed."""
+        leased = store.lease(who.annotator_id, seconds=lease_seconds)
+        if leased is None:
+            return Response(status_code=204)
+        return view(leased)
+
+    @app.post("/api/tasks/{task_id}/label", tags=["annotators"], responses=_responses(401, 404, 409, 503))
+    def label(task_id: TaskId, body: LabelIn, who: Annotating) -> LabelOut:
+        """Label a task you hold. The answer means the label is on Kafka; a second
+        submit of the same task returns the first label and sends nothing."""
+        record, new = store.label(task_id, who.annotator_id, body.label, body.note)
+        return deliver(record, new)
+
+    @app.post("/api/tasks/{task_id}/skip", tags=["annotators"], responses=_responses(401, 404, 409))
+    def skip(task_id: TaskId, who: Annotating) -> Done:
+        """Give a task back; you will not be offered it again."""
+        store.skip(task_id, who.annotator_id)
+        return Done(task_id=task_id, state="pending")
+
+    @app.post("/api/tasks/{task_id}/flag", tags=["annotators"], responses=_responses(401, 404, 409))
+    def flag(task_id: TaskId, body: FlagIn, who: Annotating) -> Done:
+        """Set a task you hold aside as ambiguous, with a note, for a reviewer."""
+        store.flag(task_id, who.annotator_id, body.note)
+        return Done(task_id=task_id, state="flagged")
+
+    # ------------------------------------------------------------------ reviewers
+
+    @app.get("/api/review/flagged", tags=["reviewers"], responses=_responses(401, 403))
+    def flagged(who: Reviewing) -> list[Task]:
+        """Tasks flagged as ambiguous, oldest first."""
+        return [view(v) for v in store.flagged()]
+
+    @app.post("/api/review/{task_id}/label", tags=["reviewers"], responses=_responses(401, 403, 404, 409, 503))
+    def resolve(task_id: TaskId, body: LabelIn, who: Reviewing) -> LabelOut:
+        """Decide a flagged task: your label goes to Kafka like any other."""
+        record, new = store.resolve(task_id, who.annotator_id, body.label, body.note)
+        return deliver(record, new)
+
+    @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(401, 403, 404, 409))
+    def review_requeue(task_id: TaskId, body: RequeueIn, who: Reviewing) -> Done:
+        """Send a flagged task back to the queue, with a note for the next annotator."""
+        store.requeue(task_id, who.annotator_id, body.note, only_flagged=True)
+        return Done(task_id=task_id, state="pending")
+
+    # ------------------------------------------------------------------ admins
+
+    @app.get("/api/admin/stats", tags=["admins"], responses=_responses(401, 403))
+    def stats(who: Administering) -> Stats:
+        """The queue by state, and every annotator's figures."""
+        return Stats(queue=QueueStats(**store.counts(), model_version=store.model_version()),
+                     annotators=[AnnotatorStats(**a) for a in store.annotator_stats()])
+
+    @app.post("/api/admin/tasks/{task_id}/requeue", tags=["admins"], responses=_responses(401, 403, 404, 409))
+    def requeue(task_id: TaskId, body: RequeueIn, who: Administering) -> Done:
+        """Put any task not yet labeled back in the queue (ends its lease or its flag)."""
+        store.requeue(task_id, who.annotator_id, body.note)
+        return Done(task_id=task_id, state="pending")
+
+    # ------------------------------------------------------------------ UI and health
+
+    @app.get("/healthz", tags=["service"])
+    def health() -> Health:
+        return Health(status="ok")
+
+    headers = {"Cache-Control": "no-cache",
+               "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                          "form-action 'none'; frame-ancestors 'none'"}
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(UI / "index.html", headers=headers)
+
+    app.mount("/ui", StaticFiles(directory=UI), name="ui")
+    return app

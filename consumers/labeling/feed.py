@@ -1,0 +1,163 @@
+"""Tasks in: ``labeling.tasks`` into the store, ``models`` into a re-ranked queue.
+
+A background thread reads both topics. Tasks are written to the store in one
+transaction with the offset they were read at; the consumer group's offsets
+are committed to Kafka only afterwards (for lag monitoring), and on every
+partition assignment reading resumes from the offsets in the store. So a
+crash at any moment loses no task, and a task read twice is stored once.
+
+A new version of the shadow model (``Settings.model_name``) on ``models``
+re-ranks the queue (see :mod:`consumers.labeling.rerank`); a snapshot whose
+signature fails is refused and the queue keeps its order. A message on
+``labeling.tasks`` that is not a task goes to ``deadletter`` with the reason.
+The same thread sends again any label whose sending was cut short.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from consumers.labeling import rerank
+from consumers.labeling.outbox import DeliveryError, Outbox
+from consumers.labeling.store import Store
+from feedbackloop.settings import Settings
+from schemas import codec
+from streams.learner import SnapshotRejected, load_version
+
+log = logging.getLogger("feedbackloop.labeling")
+
+
+class Feed:
+    """Keeps the store fed from Kafka until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, store: Store, outbox: Outbox | None = None, retry_every: float = 5.0):
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.retry_every = retry_every
+        self.tasks_topic = settings.topic("labeling.tasks")
+        self.models_topic = settings.topic("models")
+        self.key = settings.model_signing_key.encode()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labeling-feed", daemon=True)
+
+    def start(self) -> "Feed":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        s = self.settings
+        tasks = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-labeling-service",
+                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        tasks.subscribe([self.tasks_topic], on_assign=self._resume)
+        models = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-labeling-models",
+                           "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self._dead = Producer(s.kafka_config())
+        models_assigned = False
+        last_retry = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._take_tasks(tasks, tasks.consume(500, timeout=0.5))
+                    if not models_assigned:
+                        models_assigned = self._assign_models(models)
+                    else:
+                        self._take_models(models.consume(100, timeout=0))
+                    if self.outbox is not None and time.monotonic() - last_retry > self.retry_every:
+                        last_retry = time.monotonic()
+                        sent = self.outbox.retry()
+                        if sent:
+                            log.info("sent %d label(s) left unsent", sent)
+                except DeliveryError as exc:
+                    log.warning("labels still unsent: %s", exc)
+                except Exception:  # keep serving; the store is consistent after any failed transaction
+                    log.exception("labeling feed failed; trying again")
+                    self._stop.wait(1.0)
+        finally:
+            tasks.close()
+            models.close()
+            self._dead.flush(5)
+
+    def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self.store.offsets()
+        for p in partitions:
+            if (p.topic, p.partition) in stored:
+                p.offset = stored[(p.topic, p.partition)] + 1
+        consumer.assign(partitions)
+
+    def _take_tasks(self, consumer: Consumer, messages: list) -> None:
+        batch, offsets = [], {}
+        for m in messages:
+            if m.error():
+                log.warning("reading %s: %s", self.tasks_topic, m.error())
+                continue
+            offsets[(m.topic(), m.partition())] = m.offset()
+            try:
+                batch.append(codec.decode(m.value(), ("LabelingTask",))[1])
+            except codec.DecodeError as exc:
+                self._dead_letter(m, exc)
+        if offsets:
+            added = self.store.add_tasks(batch, offsets)
+            if added:
+                log.info("queued %d task(s)", added)
+            consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()],
+                            asynchronous=True)
+
+    def _dead_letter(self, m, exc: codec.DecodeError) -> None:
+        log.warning("dead letter %s/%s/%s: %s", m.topic(), m.partition(), m.offset(), exc.reason)
+        record = {"event_id": str(uuid.uuid4()), "ts": int(time.time() * 1000), "topic": m.topic(),
+                  "partition": m.partition(), "offset": m.offset(), "key": m.key(), "payload": m.value() or b"",
+                  "reason": exc.reason, "error": exc.error}
+        self._dead.produce(self.settings.topic("deadletter"), codec.encode("DeadLetter", record))
+        self._dead.poll(0)
+
+    def _assign_models(self, consumer: Consumer) -> bool:
+        topic = consumer.list_topics(self.models_topic, timeout=5).topics.get(self.models_topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return False
+        stored, t = self.store.offsets(), self.models_topic
+        consumer.assign([TopicPartition(t, p, stored[(t, p)] + 1 if (t, p) in stored else OFFSET_BEGINNING)
+                         for p in topic.partitions])
+        return True
+
+    def _take_models(self, messages: list) -> None:
+        newest, offsets = None, {}
+        for m in messages:
+            if m.error():
+                continue
+            offsets[(m.topic(), m.partition())] = m.offset()
+            try:
+                _, record = codec.decode(m.value(), ("ModelVersion",))
+            except codec.DecodeError as exc:
+                log.warning("ignored a message on %s: %s", self.models_topic, exc)
+                continue
+            if record["model_name"] == self.settings.model_name and (
+                    newest is None or record["version"] > newest["version"]):
+                newest = record
+        if not offsets:
+            return
+        if newest is None or newest["version"] <= self.store.model_version():
+            self.store.add_tasks([], offsets)
+            return
+        try:
+            model = load_version(newest, self.key)
+        except SnapshotRejected as exc:
+            log.error("refused model version: %s", exc)
+            self.store.add_tasks([], offsets)
+            return
+        started = time.monotonic()
+        new = rerank.priorities(self.store.rankable(), model)
+        self.store.rerank(new, model.version, offsets)
+        log.info("re-ranked %d task(s) by %s version %d in %.2f s", len(new), model.name, model.version,
+                 time.monotonic() - started)

@@ -1,0 +1,212 @@
+"""The labeling service: the queue, the API and the web UI in one process.
+
+:class:`LabelingService` wires the pieces: the SQLite :class:`~consumers.labeling.store.Store`
+(by default ``<state_dir>/labeling/<topic prefix>queue.sqlite3``), the
+:class:`~consumers.labeling.feed.Feed` that fills it from Kafka, the
+:class:`~consumers.labeling.outbox.Outbox` that sends labels, and the HTTP app
+served by uvicorn. At start, labels left unsent by a crash are sent first.
+
+``feedbackloop serve-labeling`` runs it until Ctrl-C; ``serve()`` does the same
+from Python, and ``LabelingService(...).start()`` runs it in the background::
+
+    service = LabelingService(settings, tokens, port=8000).start()
+    print(service.link(token))   # http://127.0.0.1:8000/#token=...
+    ...
+    service.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from consumers.labeling.api import create_app
+from consumers.labeling.feed import Feed
+from consumers.labeling.outbox import DeliveryError, KafkaLabels, Outbox
+from consumers.labeling.store import Store
+from consumers.labeling.tokens import ROLES, Tokens
+from feedbackloop.settings import Settings
+
+
+def default_db(settings: Settings) -> Path:
+    """Where the queue of ``settings`` lives: one file per topic prefix.
+
+    >>> default_db(Settings(state_dir="/srv/fl", topic_prefix="acme."))
+    PosixPath('/srv/fl/labeling/acme.queue.sqlite3')
+    """
+    prefix = re.sub(r"[^\w.-]", "_", settings.topic_prefix)
+    return Path(settings.state_dir).resolve() / "labeling" / f"{prefix}queue.sqlite3"
+
+
+def load_guidelines(path: str | Path | None) -> dict:
+    """``{"text": ..., "labels": {label: meaning}}`` from a JSON file of that shape,
+    or any other file's text as the guideline."""
+    if not path:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("labels", {}), dict):
+            raise ValueError(f"{path}: expected {{\"text\": ..., \"labels\": {{label: meaning}}}}")
+        return data
+    return {"text": text.strip()}
+
+
+class LabelingService:
+    """The labeling service for ``settings`` (which must point at a Kafka cluster).
+
+    ``port=0`` picks a free port (see :attr:`url` once started).
+    """
+
+    def __init__(self, settings: Settings, tokens: Tokens, host: str = "127.0.0.1", port: int = 8000,
+                 db: str | Path | None = None, lease_seconds: float = 600.0, guidelines: dict | None = None):
+        self.settings = settings
+        self.tokens = tokens
+        self.host = host
+        self.store = Store(db or default_db(settings))
+        self.sender = KafkaLabels(settings)
+        self.outbox = Outbox(self.store, self.sender)
+        self.feed = Feed(settings, self.store, self.outbox)
+        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.server, "servers", None)
+        if servers:
+            return servers[0].sockets[0].getsockname()[1]
+        return self.server.config.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def link(self, token: str) -> str:
+        """The address that opens the UI signed in with ``token``."""
+        return f"{self.url}/#token={token}"
+
+    def _begin(self) -> None:
+        try:
+            self.outbox.retry()
+        except DeliveryError as exc:  # the feed keeps trying
+            print(f"labels left unsent, will retry: {exc}", file=sys.stderr)
+        self.feed.start()
+
+    def start(self, timeout: float = 30.0) -> "LabelingService":
+        """Run in background threads; returns once the HTTP server listens."""
+        self._begin()
+        self._thread = threading.Thread(target=self.server.run, name="labeling-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the labeling service did not start on {self.host}:{self.server.config.port}")
+            time.sleep(0.02)
+        return self
+
+    def run(self) -> None:
+        """Run in this thread until SIGINT or SIGTERM."""
+        self._begin()
+        try:
+            self.server.run()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.feed.stop()
+        self.sender.close()
+        self.store.close()
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, tokens: Tokens | None = None,
+          db: str | Path | None = None, lease_seconds: float = 600.0, guidelines: dict | None = None,
+          announce: dict[str, str] | None = None, out=sys.stdout) -> int:
+    """Serve annotators until Ctrl-C, after printing the address to open for each
+    ``{annotator: token}`` of ``announce``. Without any token, one ``admin``
+    token is minted and announced."""
+    tokens = tokens if tokens is not None else Tokens()
+    announce = dict(announce or {})
+    if not len(tokens):
+        announce["admin"] = tokens.mint("admin", "admin")
+    service = LabelingService(settings, tokens, host, port, db, lease_seconds, guidelines)
+    print(f"labeling service on {service.url} (queue {service.store.path})", file=out)
+    for who, token in announce.items():
+        print(f"  {who}: {service.link(token)}", file=out)
+    out.flush()
+    service.run()
+    return 0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve-labeling`` command to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "serve-labeling", help="serve the labeling API and web UI to annotators",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Reads labeling.tasks into a durable queue and serves annotators over HTTP "
+                    "(web UI at /, API description at /openapi.json); labels go to the labels topic. "
+                    "Tokens come from FEEDBACKLOOP_LABELING_TOKENS ('token:annotator_id:role,...', roles: "
+                    "annotator, reviewer, admin) or FEEDBACKLOOP_LABELING_TOKENS_FILE, and --mint.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
+    p.add_argument("--lease-seconds", type=float, default=600.0, help="how long a pulled task stays yours")
+    p.add_argument("--guidelines", metavar="PATH",
+                   help='the labeling guideline: a text file, or JSON {"text": ..., "labels": {label: meaning}}')
+    p.add_argument("--mint", action="append", default=[], metavar="ANNOTATOR[:ROLE]",
+                   help="mint a token for an annotator and print it (repeatable; role defaults to annotator)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Run ``serve-labeling`` with parsed ``args``."""
+    from feedbackloop import stack
+
+    env = dict(os.environ)
+    if getattr(args, "state_dir", None):
+        env["FEEDBACKLOOP_STATE_DIR"] = args.state_dir
+    settings = Settings.from_env(env)
+    if not settings.kafka_bootstrap_servers:
+        local = stack.local_stack(settings).status()
+        if not local["running"]:
+            print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
+            return 2
+        settings = settings.replace(kafka_bootstrap_servers=local["kafka"])
+    stack.ensure_topics(settings.kafka_config(), settings)
+    tokens = Tokens.from_env(env)
+    minted = {}
+    for spec in args.mint:
+        who, _, role = spec.partition(":")
+        if role and role not in ROLES:
+            raise ValueError(f"--mint {spec}: unknown role {role!r}; choose {', '.join(ROLES)}")
+        minted[who] = tokens.mint(who, role or "annotator")
+    return serve(settings, args.host, args.port, tokens, args.db, args.lease_seconds,
+                 load_guidelines(args.guidelines), announce=minted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consumers.labeling.service")
+    add_parser(parser.add_subparsers(dest="command", required=True)).add_argument("--state-dir")
+    args = parser.parse_args(["serve-labeling", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Novelty: how far an item is from everything already chosen for a label.
+
+Items are reduced to a compact *sketch*: numeric features standardised with
+running means and variances, one slot each (extra features are hashed into the
+slots), and words (features named ``w:...``, see
+:func:`streams.learner.featurize`) hashed into their own slots and scaled to
+unit length, so text compares by cosine distance. The sketch is cheap enough
+to compute for every item of the stream.
+
+:class:`Novelty` keeps the sketches of the items chosen so far (labeled or
+waiting for a label) as *centers*, and scores an item by its distance to the
+nearest one. Adding every chosen item at once as a center is the streaming
+form of the k-center greedy selection of Sener and Savarese ("Active Learning
+for Convolutional Neural Networks: A Core-Set Approach", ICLR 2018): a batch
+chosen this way is spread out, not clumped.
+
+>>> novelty = Novelty(Sketch(dims=4))
+>>> for i in range(50):
+...     _ = novelty.sketch.update({"x": float(i % 10), "y": 1.0})
+>>> novelty.score({"x": 0.0, "y": 1.0})
+inf
+>>> novelty.add({"x": 0.0, "y": 1.0})
+>>> novelty.score({"x": 0.0, "y": 1.0}) < novelty.score({"x": 9.0, "y": 1.0})
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+TEXT_PREFIX = "w:"
+
+
+class Sketch:
+    """A fixed-length vector for a feature dict, for cheap distances.
+
+    Parameters
+    ----------
+    dims
+        Slots for numeric features.
+    text_dims
+        Slots for hashed words (the ``w:`` features).
+    """
+
+    def __init__(self, dims: int = 32, text_dims: int = 64):
+        self.dims = dims
+        self.text_dims = text_dims
+        self._slot: dict[str, tuple[int, float]] = {}
+        self._n: dict[str, int] = {}
+        self._mean: dict[str, float] = {}
+        self._m2: dict[str, float] = {}
+
+    def _place(self, key: str, size: int, offset: int) -> tuple[int, float]:
+        slot = self._slot.get(key)
+        if slot is None:
+            if offset == 0 and len(self._slot) < size:
+                slot = (len(self._slot), 1.0)
+            else:
+                h = zlib.crc32(key.encode())
+                slot = (offset + h % size, 1.0 if h & 0x80000000 else -1.0)
+            if offset == 0:
+                self._slot[key] = slot
+        return slot
+
+    def update(self, x: dict[str, float]) -> np.ndarray:
+        """Learn the running statistics from ``x``, then sketch it."""
+        for key, value in x.items():
+            if key.startswith(TEXT_PREFIX):
+                continue
+            n = self._n.get(key, 0) + 1
+            mean = self._mean.get(key, 0.0)
+            delta = value - mean
+            mean += delta / n
+            self._n[key], self._mean[key] = n, mean
+            self._m2[key] = self._m2.get(key, 0.0) + delta * (value - mean)
+        return self.transform(x)
+
+    def transform(self, x: dict[str, float]) -> np.ndarray:
+        """The sketch of ``x`` under the current statistics."""
+        v = np.zeros(self.dims + self.text_dims)
+        text = 0.0
+        for key, value in x.items():
+            if key.startswith(TEXT_PREFIX):
+                i, sign = self._place(key, self.text_dims, self.dims)
+                v[i] += sign * value
+                text += 1
+                continue
+            n = self._n.get(key, 0)
+            sd = math.sqrt(self._m2[key] / (n - 1)) if n > 1 else 0.0
+            i, sign = self._place(key, self.dims, 0)
+            v[i] += sign * ((value - self._mean.get(key, 0.0)) / sd if sd > 0.0 else 0.0)
+        if text:
+            words = v[self.dims:]
+            norm = np.linalg.norm(words)
+            if norm > 0.0:
+                words /= norm
+        return v
+
+
+class Novelty:
+    """Distance from an item to the nearest chosen item (a center).
+
+    Parameters
+    ----------
+    sketch
+        The :class:`Sketch` items are reduced to.
+    memory
+        How many of the most recent centers are kept.
+    """
+
+    def __init__(self, sketch: Sketch | None = None, memory: int = 2000):
+        self.sketch = sketch or Sketch()
+        self.memory = memory
+        self._centers = np.zeros((memory, self.sketch.dims + self.sketch.text_dims))
+        self._count = 0
+
+    def __len__(self) -> int:
+        return min(self._count, self.memory)
+
+    def distance(self, v: np.ndarray) -> float:
+        """Distance from sketch ``v`` to the nearest center (``inf`` with none)."""
+        n = len(self)
+        if n == 0:
+            return math.inf
+        d = self._centers[:n] - v
+        return float(math.sqrt(np.einsum("ij,ij->i", d, d).min()))
+
+    def score(self, x: dict[str, float]) -> float:
+        """Distance from ``x`` to the nearest center."""
+        return self.distance(self.sketch.transform(x))
+
+    def add(self, x: dict[str, float] | np.ndarray) -> None:
+        """Make ``x`` (a feature dict or a sketch) a center."""
+        v = x if isinstance(x, np.ndarray) else self.sketch.transform(x)
+        self._centers[self._count % self.memory] = v
+        self._count += 1

@@ -1,0 +1,149 @@
+"""Fast shadow models with the River classifier API, for replaying whole streams.
+
+:class:`KNN` is the ``knn`` model of :func:`streams.learner.make_model`
+(standard scaling learned from the labels, then distance-weighted k nearest
+neighbours over the last ``window`` labels) with the distances computed by
+numpy: about twenty times faster per item, and it predicts a whole matrix at
+once for evaluation. :func:`make` builds a model by kind for the simulator.
+
+>>> knn = KNN(n_neighbors=3)
+>>> for i in range(20):
+...     knn.learn_one({"x": float(i), "noise": 1.0}, "low" if i < 10 else "high")
+>>> knn.predict_one({"x": 3.0, "noise": 1.0})
+'low'
+>>> p = knn.predict_proba_one({"x": 9.5, "noise": 1.0})
+>>> sorted(p), round(sum(p.values()), 6)
+(['high', 'low'], 1.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class KNN:
+    """Distance-weighted k nearest neighbours on standardised features.
+
+    Parameters
+    ----------
+    n_neighbors
+        Neighbours that vote.
+    window
+        How many of the most recent labels are kept.
+    """
+
+    def __init__(self, n_neighbors: int = 5, window: int = 1000):
+        self.n_neighbors = n_neighbors
+        self.window = window
+        self.keys: dict[str, int] = {}
+        self.classes: list[str] = []
+        self._class_index: dict[str, int] = {}
+        self._X = np.zeros((window, 8))
+        self._y = np.zeros(window, dtype=int)
+        self._n = 0
+        self.n_seen = 0
+        self._sum = np.zeros(8)
+        self._sumsq = np.zeros(8)
+        self._cache = None
+
+    def clone(self) -> "KNN":
+        return KNN(self.n_neighbors, self.window)
+
+    def _grow(self, size: int) -> None:
+        cols = max(size, 2 * self._X.shape[1])
+        for name in ("_X", "_sum", "_sumsq"):
+            old = getattr(self, name)
+            new = np.zeros(old.shape[:-1] + (cols,))
+            new[..., :old.shape[-1]] = old
+            setattr(self, name, new)
+
+    def vector(self, x: dict, learn: bool = False) -> np.ndarray:
+        """``x`` as a dense row in the model's feature order."""
+        if learn:
+            for key in x:
+                if key not in self.keys:
+                    self.keys[key] = len(self.keys)
+            if len(self.keys) > self._X.shape[1]:
+                self._grow(len(self.keys))
+        v = np.zeros(self._X.shape[1])
+        for key, value in x.items():
+            i = self.keys.get(key)
+            if i is not None:
+                v[i] = value
+        return v
+
+    def learn_one(self, x: dict, y, **kwargs) -> None:
+        v = self.vector(x, learn=True)
+        label = str(y) if not isinstance(y, str) else y
+        if label not in self._class_index:
+            self._class_index[label] = len(self.classes)
+            self.classes.append(label)
+        self._sum += v
+        self._sumsq += v * v
+        self.n_seen += 1
+        self._X[self._n % self.window] = v
+        self._y[self._n % self.window] = self._class_index[label]
+        self._n += 1
+        self._cache = None
+
+    def _scaled(self):
+        """Scaling and the scaled stored rows, recomputed after each label."""
+        if self._cache is None:
+            n = max(1, self.n_seen)
+            mean = self._sum / n
+            sd = np.sqrt(np.maximum(self._sumsq / n - mean * mean, 0.0))
+            inv = np.where(sd > 0.0, 1.0 / np.where(sd > 0.0, sd, 1.0), 0.0)
+            S = (self._X[:min(self._n, self.window)] - mean) * inv
+            self._cache = (mean, inv, S, (S * S).sum(1), self._y[:len(S)].copy())
+        return self._cache
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (columns in ``classes`` order) for the rows of ``X``."""
+        n = min(self._n, self.window)
+        if n == 0:
+            return np.zeros((len(X), 0))
+        mean, inv, S, s2, y = self._scaled()
+        Q = (X[:, :S.shape[1]] - mean) * inv
+        d2 = (Q * Q).sum(1)[:, None] - 2.0 * Q @ S.T + s2[None, :]
+        k = min(self.n_neighbors, n)
+        idx = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(X), 1))
+        d = np.sqrt(np.maximum(np.take_along_axis(d2, idx, 1), 0.0))
+        w = 1.0 / (d + 1e-9)
+        votes = np.zeros((len(X), len(self.classes)))
+        np.add.at(votes, (np.repeat(np.arange(len(X)), idx.shape[1]), y[idx].ravel()), w.ravel())
+        return votes / votes.sum(1, keepdims=True)
+
+    def predict_proba_one(self, x: dict) -> dict[str, float]:
+        if not self.n_seen:
+            return {}
+        mean, inv, S, _, y = self._scaled()
+        diff = S - (self.vector(x)[:S.shape[1]] - mean) * inv
+        d2 = np.einsum("ij,ij->i", diff, diff)
+        k = min(self.n_neighbors, len(S))
+        idx = np.argpartition(d2, k - 1)[:k] if k < len(S) else slice(None)
+        votes = np.bincount(y[idx], weights=1.0 / (np.sqrt(d2[idx]) + 1e-9), minlength=len(self.classes))
+        votes /= votes.sum()
+        return dict(zip(self.classes, votes.tolist()))
+
+    def predict_one(self, x: dict):
+        p = self.predict_proba_one(x)
+        return max(sorted(p), key=p.__getitem__) if p else None
+
+
+def make(kind: str = "knn"):
+    """A fresh classifier: ``knn`` (fast, :class:`KNN`), ``river-knn``, ``linear``
+    and ``tree`` (:func:`streams.learner.make_model`), or ``nb`` (multinomial
+    naive Bayes, for text).
+
+    >>> type(make("nb")).__name__
+    'MultinomialNB'
+    """
+    if kind == "knn":
+        return KNN()
+    if kind == "nb":
+        from river import naive_bayes
+
+        return naive_bayes.MultinomialNB()
+    from streams.learner import make_model
+
+    return make_model("knn" if kind == "river-knn" else kind)
