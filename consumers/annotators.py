@@ -29,8 +29,9 @@ class SimulatedAnnotator:
     """Answers from ground truth, wrong with probability ``error_rate``."""
 
     def __init__(self, annotator_id: str, truth: Callable[[str], str | None], error_rate: float = 0.0,
-                 seed: int | None = None, seconds_per_label: float = 4.0):
+                 seed: int | None = None, seconds_per_label: float = 4.0, tier: str = "annotator"):
         self.annotator_id = annotator_id
+        self.tier = tier
         self.truth = truth
         self.error_rate = error_rate
         self.seconds_per_label = seconds_per_label
@@ -48,11 +49,15 @@ class SimulatedAnnotator:
         duration = int(self.rng.expovariate(1.0 / self.seconds_per_label) * 1000)
         return {"event_id": str(uuid.uuid4()), "task_id": task["task_id"], "item_id": task["item_id"],
                 "label": answer, "annotator_id": self.annotator_id, "ts": now_ms,
-                "duration_ms": duration, "note": None}
+                "duration_ms": duration, "note": None, "tier": self.tier}
 
 
 class AnnotatorPool:
-    """Runs annotators against the labeling queue in a background thread."""
+    """Runs annotators against the labeling queue in a background thread.
+
+    Each task goes to ``overlap`` different annotators of its tier, never to one
+    in its ``exclude_annotators`` list nor to one who labeled it before.
+    """
 
     def __init__(self, settings: Settings, annotators: list[SimulatedAnnotator], group: str = "simulated-annotators"):
         self.settings = settings
@@ -63,6 +68,22 @@ class AnnotatorPool:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="annotators", daemon=True)
         self.error: BaseException | None = None
+        self._done: dict[str, set[str]] = {}
+        self._turn = 0
+
+    def assign(self, task: dict) -> list[SimulatedAnnotator]:
+        """The annotators who will label ``task`` (possibly none left)."""
+        done = self._done.setdefault(task["task_id"], set())
+        barred = done | set(task.get("exclude_annotators") or [])
+        tier = task.get("tier") or "annotator"
+        free = [a for a in self.annotators if a.tier == tier and a.annotator_id not in barred]
+        if not free and tier != "annotator":  # no reviewer: the most reliable annotator left decides
+            free = sorted((a for a in self.annotators if a.annotator_id not in barred), key=lambda a: a.error_rate)[:1]
+        start = self._turn % max(1, len(free))
+        self._turn += 1
+        chosen = (free[start:] + free[:start])[:max(1, task.get("overlap") or 1)]
+        done.update(a.annotator_id for a in chosen)
+        return chosen
 
     def start(self) -> "AnnotatorPool":
         self._thread.start()
@@ -79,19 +100,18 @@ class AnnotatorPool:
         producer = Producer({**s.kafka_config(), "linger.ms": 5})
         consumer.subscribe([s.topic("labeling.tasks")])
         try:
-            turn = 0
             while not self._stop.is_set():
                 for message in consumer.consume(200, timeout=0.2):
                     if message.error():
                         continue
                     _, task = codec.decode(message.value(), ("LabelingTask",))
                     self.tasks += 1
-                    annotator = self.annotators[turn % len(self.annotators)]
-                    turn += 1
-                    label = annotator.label(task, int(time.time() * 1000))
-                    if label is not None:
-                        producer.produce(s.topic("labels"), codec.encode("Label", label), key=task["task_id"].encode())
-                        self.labels += 1
+                    for annotator in self.assign(task):
+                        label = annotator.label(task, int(time.time() * 1000))
+                        if label is not None:
+                            producer.produce(s.topic("labels"), codec.encode("Label", label),
+                                             key=task["task_id"].encode())
+                            self.labels += 1
                 producer.poll(0)
             producer.flush(10)
         except BaseException as exc:  # surfaced by the caller

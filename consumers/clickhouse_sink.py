@@ -37,6 +37,15 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "labels": ("event_id",),
     "model_versions": ("model_name", "version"),
     "dead_letters": ("event_id",),
+    "consensus_labels": ("task_id", "ts"),
+    "adjudications": ("task_id", "round"),
+    "annotator_quality": ("annotator_id", "ts"),
+    "annotator_agreement": ("metric", "annotator_a", "annotator_b", "window_seconds", "window_start"),
+    "drift_events": ("model_name", "detector", "ts"),
+    "policy_lift": ("version", "ts"),
+    "stopping_signals": ("metric", "version", "ts"),
+    "budget_state": ("ts",),
+    "agent_stats": ("worker", "agent", "ts"),
 }
 TABLES = tuple(TABLE_KEYS)
 

@@ -70,11 +70,12 @@ def cmd_demo(args) -> int:
     from feedbackloop import demo
 
     s = _settings(args).replace(budget_fraction=args.budget, publish_every=args.publish_every,
-                                control_fraction=args.control)
+                                control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate)
+    errors = [float(e) for e in args.annotator_errors.split(",")] if args.annotator_errors else None
     report = demo.run(s, dataset=args.dataset, label_column=args.label_column, events=args.events,
                       rate=args.rate, seed=args.seed, annotators=args.annotators,
                       annotator_error=args.annotator_error, override_rate=args.override_rate,
-                      appeal_rate=args.appeal_rate, keep=args.keep)
+                      appeal_rate=args.appeal_rate, annotator_errors=errors, keep=args.keep)
     print(demo.summary(report))
     demo.write_report(report, args.report)
     return 0
@@ -135,7 +136,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--publish-every", type=int, default=25, help="labels between model versions")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--annotators", type=int, default=3, help="simulated annotators")
-    d.add_argument("--annotator-error", type=float, default=0.05, help="each annotator's error rate")
+    d.add_argument("--annotator-error", type=float, default=0.05,
+                   help="each annotator's error rate (with 5 or more: rising, the last one careless at 0.4)")
+    d.add_argument("--annotator-errors", metavar="E1,E2,...", help="error rate of each annotator, explicitly")
+    d.add_argument("--overlap", type=int, default=1,
+                   help="labels per task from different annotators (0: adaptive); disagreements are adjudicated")
+    d.add_argument("--gold-rate", type=float, default=0.0,
+                   help="share of tasks followed by a known-answer gold check")
     d.add_argument("--control", type=float, default=0.2, help="share of the budget spent on the random control slice")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")

@@ -9,6 +9,7 @@ ClickHouse, so its figures are the ones analysts see.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import time
@@ -43,8 +44,9 @@ def _probabilities(model, x, classes) -> dict[str, float]:
     return {c: v / total for c, v in p.items()} if total > 0 else {c: 1.0 / len(classes) for c in classes}
 
 
-def report_from_clickhouse(settings: Settings, sent: dict, seconds: float) -> dict:
-    """The demo's summary, as ClickHouse holds it."""
+def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_dir: Path | None = None) -> dict:
+    """The demo's summary, as ClickHouse holds it. With ``run_dir``, the labels
+    are also exported there as ``labels.csv`` (for ``feedbackloop agreement``)."""
     client = connect_settings(settings)
     optimize(client)
 
@@ -57,6 +59,25 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float) -> di
     versions = client.query(
         "SELECT version, control_accuracy, prequential_accuracy, labels_seen FROM model_versions ORDER BY version"
     ).result_rows
+    agreement = {metric: value for metric, value in client.query(
+        "SELECT metric, argMax(value, window_start) FROM annotator_agreement "
+        "WHERE annotator_a = '*' AND window_seconds = 0 GROUP BY metric").result_rows}
+    pairs = [{"a": a, "b": b, "kappa": k} for a, b, k in client.query(
+        "SELECT annotator_a, annotator_b, argMax(value, window_start) FROM annotator_agreement "
+        "WHERE metric = 'cohen_kappa' AND window_seconds = 0 GROUP BY annotator_a, annotator_b "
+        "ORDER BY annotator_a, annotator_b").result_rows]
+    annotators = {a: {"labels": n, "gold_checks": g, "gold_accuracy": acc, "flagged": bool(f)}
+                  for a, n, g, acc, f in client.query(
+                      "SELECT annotator_id, argMax(labels, ts), argMax(gold_checks, ts), argMax(gold_accuracy, ts), "
+                      "argMax(flagged, ts) FROM annotator_quality GROUP BY annotator_id ORDER BY annotator_id"
+                  ).result_rows}
+    if run_dir is not None:
+        rows = client.query("SELECT item_id, annotator_id, label, toUnixTimestamp64Milli(ts), duration_ms "
+                            "FROM labels ORDER BY ts, event_id").result_rows
+        with (run_dir / "labels.csv").open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["item_id", "annotator_id", "label", "ts", "duration_ms"])
+            out.writerows(rows)
     return {
         "events": scalar("SELECT count() FROM routing_decisions"),
         "predictions": scalar("SELECT count() FROM predictions"),
@@ -67,6 +88,14 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float) -> di
         "labels": scalar("SELECT count() FROM labels"),
         "dead_letters": scalar("SELECT count() FROM dead_letters"),
         "model_versions": len(versions),
+        "consensus_labels": scalar("SELECT uniqExact(task_id) FROM consensus_labels"),
+        "adjudications": scalar("SELECT count() FROM adjudications"),
+        "adjudicated_tasks": scalar("SELECT uniqExact(task_id) FROM adjudications"),
+        "gold_tasks": scalar("SELECT count() FROM labeling_tasks WHERE kind = 'gold'"),
+        "agreement": {**agreement, "cohen_kappa": pairs},
+        "annotators": annotators,
+        "flagged_annotators": sorted(a for a, row in annotators.items() if row["flagged"]),
+        "labels_csv": str(run_dir / "labels.csv") if run_dir is not None else None,
         "control_accuracy": {str(v): acc for v, acc, _, _ in versions},
         "prequential_accuracy": {str(v): acc for v, _, acc, _ in versions},
         "production_accuracy": sent["production_accuracy"],
@@ -81,8 +110,16 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float) -> di
 def run(settings: Settings, dataset: str = "bananas", label_column: str | None = None, events: int = 5000,
         rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
         override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
+        annotator_errors: list[float] | None = None, gold_size: int = 50,
         keep: bool = False, progress: bool = True) -> dict:
-    """Run the demo end to end and return its report."""
+    """Run the demo end to end and return its report.
+
+    Annotators get ``annotator_errors`` (default: ``annotator_error`` for all;
+    with five or more, rising in steps and the last one careless at 40%). With
+    ``settings.overlap != 1`` a reviewer joins for adjudications; with
+    ``settings.gold_rate > 0``, ``gold_size`` items of the dataset form the
+    gold set mixed into the queue.
+    """
     started = time.monotonic()
     rng = random.Random(seed)
     rows = datasets.load(dataset, label_column)
@@ -100,12 +137,27 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
     settings = stack.start(settings)
 
     truth = {}
+    if settings.gold_rate > 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        gold_path = run_dir / "gold.jsonl"
+        with gold_path.open("w") as f:
+            for j, (x, y) in enumerate(random.Random(seed + 1).sample(rows, min(gold_size, len(rows)))):
+                truth[f"gold-{j}"] = y
+                f.write(json.dumps({"item_id": f"gold-{j}", "label": y, "features": x}) + "\n")
+        settings = settings.replace(gold_path=str(gold_path))
+    errors = list(annotator_errors or [annotator_error] * annotators)
+    if annotator_errors is None and annotators >= 5:
+        errors = [annotator_error * (1 + i // 2) for i in range(annotators - 1)] + [0.4]
+    team = [SimulatedAnnotator(f"annotator-{i + 1}", truth.get, errors[i % len(errors)], seed + i)
+            for i in range(annotators)]
+    if settings.overlap != 1:
+        team.append(SimulatedAnnotator("reviewer-1", truth.get, min(errors) / 2, seed + 99, tier="reviewer"))
+
     proc = worker.spawn(settings, run_dir / "worker.log")
     if progress:
         print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
     worker.wait_ready(settings, proc)
-    pool = AnnotatorPool(settings, [SimulatedAnnotator(f"annotator-{i + 1}", truth.get, annotator_error, seed + i)
-                                    for i in range(annotators)]).start()
+    pool = AnnotatorPool(settings, team).start()
     sent = Counter()
     correct = 0
     try:
@@ -155,7 +207,8 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
             stack.stop(settings)
     if pool.error:
         raise RuntimeError(f"annotators failed: {pool.error}")
-    return report_from_clickhouse(settings, dict(sent), time.monotonic() - started)
+    sent["annotator_errors"] = {a.annotator_id: a.error_rate for a in team}
+    return report_from_clickhouse(settings, dict(sent), time.monotonic() - started, run_dir)
 
 
 def summary(report: dict) -> str:
@@ -164,6 +217,7 @@ def summary(report: dict) -> str:
     first = next((v for v in acc.values() if v is not None), None)
     last = next((v for v in reversed(list(acc.values())) if v is not None), None)
     fmt = lambda v: "n/a" if v is None else f"{v:.1%}"
+    fmt2 = lambda v: "n/a" if v is None else f"{v:.2f}"
     reasons = ", ".join(f"{k} {v}" for k, v in report["tasks_by_reason"].items())
     return "\n".join([
         f"events            {report['events']:>7}   ({report['predictions']} predictions, "
@@ -174,6 +228,13 @@ def summary(report: dict) -> str:
         f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
         f"production model  {fmt(report['production_accuracy']):>7}",
         f"dead letters      {report['dead_letters']:>7}",
+        *([f"adjudicated tasks {report['adjudicated_tasks']:>7}   ({report['adjudications']} rounds)"]
+          if report["adjudications"] else []),
+        *([f"agreement           kappa {fmt2(report['agreement'].get('fleiss_kappa'))} (Fleiss), "
+           f"alpha {fmt2(report['agreement'].get('krippendorff_alpha'))} (Krippendorff)"]
+          if report["agreement"].get("fleiss_kappa") is not None else []),
+        *([f"flagged annotators {', '.join(report['flagged_annotators'])} (gold accuracy under threshold)"]
+          if report["flagged_annotators"] else []),
         f"seconds           {report['seconds']:>7}",
         f"clickhouse        {report['clickhouse_dsn']}",
     ])

@@ -70,6 +70,11 @@ class Settings:
     publish_every: int = 25
     min_control: int = 20
     model_signing_key: str = "feedbackloop-dev-key"
+    overlap: int = 1
+    max_annotators: int = 5
+    gold_path: str = ""
+    gold_rate: float = 0.0
+    gold_threshold: float = 0.7
     seed: int = 0
 
     @classmethod

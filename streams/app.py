@@ -32,6 +32,8 @@ from streams.learner import Learner, SnapshotRejected, load_version
 from streams.policy import Policy
 from streams.router import Router
 from streams.scorer import Scorer
+from streams.consensus import Consensus, GoldChecks
+from streams.gold import GoldMixer, load_gold
 from streams.trainer import Trainer, UnknownLabel
 
 log = logging.getLogger("feedbackloop")
@@ -95,8 +97,15 @@ class Runtime:
                         s.budget_per_week or None)
         policy = Policy(budget, control_share=s.control_fraction, cold_start=s.min_control, seed=s.seed)
         self.router = Router(policy, seed=s.seed)
+        gold = load_gold(s.gold_path)
+        self.gold = GoldMixer(gold, s.gold_rate, seed=s.seed) if gold and s.gold_rate > 0 else None
+        checks = GoldChecks(threshold=s.gold_threshold)
         self.trainer = Trainer(Learner(s.model_name, kind=s.model_kind, publish_every=s.publish_every,
-                                       min_control=s.min_control))
+                                       min_control=s.min_control),
+                               Consensus(overlap=s.overlap, max_annotators=s.max_annotators, gold=checks),
+                               gold={item: g["label"] for item, g in gold.items()})
+        self.flagged: set[str] = set()
+        self.labels_changed = False
         last = latest_version(s)
         if last is not None:
             self.trainer.learner.resume(last, self.key)
@@ -188,6 +197,9 @@ class FlushBeforeCommit(faust.Sensor):
 
     def on_commit_initiated(self, consumer):
         if _runtime is not None:
+            if _runtime.labels_changed:
+                _runtime.labels_changed = False
+                label_quality_rows(_runtime, now_ms())
             write_rows(_runtime.sink, force=True)
         return None
 
@@ -249,11 +261,18 @@ async def route(stream):
         async def handle(name, record):
             for c in record["candidates"]:
                 decision, task = rt.router.route(c, now_ms())
+                if task is not None:
+                    task["overlap"] = max(1, settings.overlap)
                 if decision is not None:
                     rt.sink.add("routing_decisions", decision)
                 if task is not None:
                     await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
                     rt.sink.add("labeling_tasks", {**task, "created_at": task["created_ts"]}, project=True)
+                    gold = rt.gold.follow(task) if rt.gold else None
+                    if gold is not None:
+                        await tasks_topic.send(key=gold["task_id"].encode(), value=codec.encode("LabelingTask", gold))
+                        rt.sink.add("labeling_tasks", {**gold, "created_at": gold["created_ts"], "kind": "gold",
+                                                       "reasons": ["gold"]}, project=True)
 
         await each(events, handle)
         await flush(rt)
@@ -261,19 +280,52 @@ async def route(stream):
 
 @app.agent(joined)
 async def learn(stream):
-    """Join labels to tasks, learn them, publish model versions."""
+    """Join labels to tasks, settle consensus, learn, publish model versions."""
     rt = runtime()
     async for events in stream.take_events(100, within=0.01):
 
         async def handle(name, record):
-            rows = rt.trainer.add_task(record) if name == "LabelingTask" else rt.trainer.add_label(record)
-            for row in rows:
-                rt.sink.add("labels", row)
+            result = rt.trainer.add_task(record) if name == "LabelingTask" else rt.trainer.add_label(record)
+            for table in ("labels", "consensus", "adjudications"):
+                for row in getattr(result, table):
+                    rt.sink.add(TABLE_OF[table], row)
+            rt.labels_changed = rt.labels_changed or bool(result.labels)
+            for task in result.tasks:
+                await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
             if rt.trainer.learner.due:
                 await publish(rt)
 
         await each(events, handle)
         await flush(rt)
+
+
+TABLE_OF = {"labels": "labels", "consensus": "consensus_labels", "adjudications": "adjudications"}
+
+
+def label_quality_rows(rt: "Runtime", now: int) -> None:
+    """Agreement and each annotator's standing, cumulative as of ``now``."""
+    report = rt.trainer.tracker.report()
+    overall = {"percent_agreement": report["percent_agreement"], "fleiss_kappa": report["fleiss_kappa"],
+               "krippendorff_alpha": report["krippendorff_alpha"]}
+    n_items = report["n_items_multi"]
+    for metric, value in overall.items():
+        rt.sink.add("annotator_agreement", {"window_start": now, "window_seconds": 0, "annotator_a": "*",
+                                            "annotator_b": "*", "metric": metric, "value": value, "n": n_items})
+    for pair in report["cohen_kappa"]:
+        rt.sink.add("annotator_agreement", {"window_start": now, "window_seconds": 0, "annotator_a": pair["a"],
+                                            "annotator_b": pair["b"], "metric": "cohen_kappa",
+                                            "value": pair["kappa"], "n": pair.get("n", 0)})
+    checks = rt.trainer.consensus.gold
+    flagged = set(checks.flagged())
+    for annotator, row in report["per_annotator"].items():
+        rt.sink.add("annotator_quality", {
+            **row, "ts": now, "annotator_id": annotator, "labels": row["n_labels"],
+            "gold_checks": checks.checks.get(annotator, 0), "gold_accuracy": checks.accuracy(annotator),
+            "label_drift": row["drift"], "flagged": int(annotator in flagged)}, project=True)
+    for annotator in flagged - rt.flagged:
+        log.warning("annotator %s flagged: gold accuracy %.0f%% on %d checks", annotator,
+                    100 * checks.accuracy(annotator), checks.checks[annotator])
+    rt.flagged = flagged
 
 
 async def publish(rt: "Runtime") -> None:

@@ -1,27 +1,35 @@
-"""Training: join each label to its task's features and feed the learner.
+"""Training: join labels to their tasks, settle a consensus, and feed the learner.
 
 Tasks and labels arrive on two topics; a label whose task has not been seen
 yet waits (bounded) until it has. A label event seen before is ignored, so a
-label sent twice counts once.
+label sent twice counts once; a new label from the same annotator for the same
+task is a correction. Each task's labels go to :class:`~streams.consensus.Consensus`;
+when it settles, the learner learns the consensus label weighted by its
+confidence, and when it asks for more labels the trainer re-issues the task to
+further annotators (or a reviewer). Labels on gold items (known answers) are
+scored against the answer and never learned. Every label also feeds the
+:class:`~streams.agreement.AgreementTracker`.
 
 >>> from streams.learner import Learner
 >>> trainer = Trainer(Learner("m", kind="linear", publish_every=1))
->>> trainer.add_task({"task_id": "t1", "item_id": "i1", "features": {"x": 1.0}, "text": None,
-...                   "reasons": ["uncertain"], "label_set": ["a", "b"]})
-[]
->>> rows = trainer.add_label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a",
-...                           "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None})
->>> rows[0]["label"], rows[0]["control"], trainer.learner.labels_seen
-('a', 0, 1)
+>>> _ = trainer.add_task({"task_id": "t1", "item_id": "i1", "features": {"x": 1.0}, "text": None,
+...                       "reasons": ["uncertain"], "label_set": ["a", "b"]})
+>>> out = trainer.add_label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a",
+...                          "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None})
+>>> out.labels[0]["label"], out.consensus[0]["label"], trainer.learner.labels_seen
+('a', 'a', 1)
 >>> trainer.add_label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a",
-...                    "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None})
+...                    "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None}).labels
 []
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
+from streams.agreement import AgreementTracker
+from streams.consensus import Consensus
 from streams.learner import Learner, featurize
 
 
@@ -29,11 +37,40 @@ class UnknownLabel(ValueError):
     """A label outside the task's label set."""
 
 
-class Trainer:
-    """Joins labels to tasks and teaches the :class:`~streams.learner.Learner`."""
+@dataclass
+class Result:
+    """Rows to write and tasks to send, after a task or a label."""
 
-    def __init__(self, learner: Learner, memory: int = 200_000):
+    labels: list[dict] = field(default_factory=list)
+    consensus: list[dict] = field(default_factory=list)
+    adjudications: list[dict] = field(default_factory=list)
+    tasks: list[dict] = field(default_factory=list)
+
+    def extend(self, other: "Result") -> "Result":
+        for name in ("labels", "consensus", "adjudications", "tasks"):
+            getattr(self, name).extend(getattr(other, name))
+        return self
+
+
+class Trainer:
+    """Joins labels to tasks, settles consensus and teaches the :class:`~streams.learner.Learner`.
+
+    Parameters
+    ----------
+    learner
+        The online model's owner.
+    consensus
+        How many labels a task needs and how they combine (default: one label).
+    gold
+        Known answers by item id; labels on these items are gold checks.
+    """
+
+    def __init__(self, learner: Learner, consensus: Consensus | None = None,
+                 gold: dict[str, str] | None = None, memory: int = 200_000):
         self.learner = learner
+        self.consensus = consensus or Consensus(overlap=1)
+        self.gold = dict(gold or {})
+        self.tracker = AgreementTracker(self.gold)
         self.memory = memory
         self._tasks: OrderedDict[str, dict] = OrderedDict()
         self._waiting: OrderedDict[str, list[dict]] = OrderedDict()
@@ -45,34 +82,63 @@ class Trainer:
         if len(store) > limit:
             store.popitem(last=False)
 
-    def add_task(self, task: dict) -> list[dict]:
-        """Remember a task; return label rows for labels that were waiting for it."""
-        self._bounded_put(self._tasks, task["task_id"], {
-            "x": featurize(task["features"], task.get("text")),
-            "reasons": list(task["reasons"]), "label_set": list(task.get("label_set") or []),
-        }, self.memory)
-        return [row for label in self._waiting.pop(task["task_id"], []) for row in self._learn(label)]
+    def add_task(self, task: dict) -> Result:
+        """Remember a task; settle labels that were waiting for it."""
+        if task["task_id"] not in self._tasks:
+            self._bounded_put(self._tasks, task["task_id"], {
+                "task": task, "x": featurize(task["features"], task.get("text")),
+                "reasons": list(task["reasons"]), "label_set": list(task.get("label_set") or []),
+            }, self.memory)
+            self.consensus.open(task)
+        result = Result()
+        for label in self._waiting.pop(task["task_id"], []):
+            result.extend(self._take(label))
+        return result
 
-    def add_label(self, label: dict) -> list[dict]:
-        """Learn a label; return its row for the ``labels`` table (empty if it waits or repeats)."""
+    def add_label(self, label: dict) -> Result:
+        """Take one label; rows for ClickHouse and any task to re-issue."""
         if label["event_id"] in self._labels_seen:
-            return []
+            return Result()
         self._bounded_put(self._labels_seen, label["event_id"], None, self.memory)
         if label["task_id"] not in self._tasks:
             self._waiting.setdefault(label["task_id"], []).append(label)
             while len(self._waiting) > self.memory:
                 self._waiting.popitem(last=False)
-            return []
-        return self._learn(label)
+            return Result()
+        return self._take(label)
 
-    def _learn(self, label: dict) -> list[dict]:
-        task = self._tasks[label["task_id"]]
-        if task["label_set"] and label["label"] not in task["label_set"]:
-            raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {task['label_set']}")
-        control = "control" in task["reasons"]
-        predicted = self.learner.learn(task["x"], label["label"], control=control)
-        return [{**label, "learned_by_version": self.learner.version, "shadow_prediction": predicted,
-                 "reasons": task["reasons"], "control": int(control)}]
+    def _take(self, label: dict) -> Result:
+        entry = self._tasks[label["task_id"]]
+        if entry["label_set"] and label["label"] not in entry["label_set"]:
+            raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
+        item, annotator = label["item_id"], label["annotator_id"]
+        self.tracker.add(item, annotator, label["label"], ts_ms=label.get("ts"), duration_ms=label.get("duration_ms"))
+        control = "control" in entry["reasons"]
+        row = {**label, "learned_by_version": self.learner.version, "shadow_prediction": None,
+               "reasons": entry["reasons"], "control": int(control)}
+        result = Result(labels=[row])
+        if item in self.gold:
+            self.consensus.gold.add(annotator, label["label"] == self.gold[item])
+            row["reasons"] = ["gold"]
+            return result
+        outcome = self.consensus.add(label["task_id"], annotator, label["label"], label.get("tier") or "annotator")
+        if outcome.action == "request":
+            task = entry["task"]
+            result.tasks.append({**task, "overlap": 1, "exclude_annotators": outcome.exclude,
+                                 "tier": outcome.tier, "round": outcome.round})
+            result.adjudications.append({
+                "task_id": task["task_id"], "item_id": item, "round": outcome.round, "tier": outcome.tier,
+                "reason": outcome.reason, "annotators": outcome.exclude, "ts": label["ts"]})
+        elif outcome.action == "done" and outcome.changed:
+            votes = self.consensus.votes(label["task_id"])
+            row["shadow_prediction"] = self.learner.learn(entry["x"], outcome.label, control=control,
+                                                          weight=outcome.confidence)
+            result.consensus.append({
+                "task_id": label["task_id"], "item_id": item, "label": outcome.label,
+                "confidence": outcome.confidence, "method": outcome.method, "annotators": sorted(votes),
+                "n_labels": len(votes), "round": outcome.round, "ts": label["ts"],
+                "learned_by_version": self.learner.version})
+        return result
 
     @property
     def waiting(self) -> int:

@@ -80,12 +80,13 @@ CASES = {
          "label_set": ["fraud", "legit"], "features": {"amount": 182.5}, "predicted_label": "legit",
          "model_name": "fraud-gbm", "model_version": "2024.11.3", "shadow_version": 12,
          "policy_version": "uncertainty+budget/1"},
-        {"text": None, "user_label": None, "note": None, "context": {}},
+        {"text": None, "user_label": None, "note": None, "context": {}, "overlap": 1, "exclude_annotators": [],
+         "tier": "annotator", "round": 0},
     ),
     "Label": (
         {"event_id": "lbl-000031-ann7", "task_id": "task-000031", "item_id": "txn-000482", "label": "fraud",
          "annotator_id": "ann-7", "ts": 1732704090000, "duration_ms": 8400},
-        {"note": None},
+        {"note": None, "tier": "annotator"},
     ),
     "ModelVersion": (
         {"model_name": "shadow", "version": 12, "ts": 1732704095000, "labels_seen": 300,

@@ -1,0 +1,67 @@
+"""Gold checks: known-answer items mixed into the labeling queue.
+
+A gold set is a JSONL file, one item a line: ``{"item_id", "label", "features",
+"text"}``. :class:`GoldMixer` follows a share ``rate`` of real tasks with a
+gold task that looks like any other: it copies the real task's reasons,
+signals and shape, with the gold item's content and a suggested label drawn
+at random from the label set (so the suggestion gives nothing away). The
+trainer knows the answers and scores each annotator on them.
+
+>>> gold = {"g1": {"item_id": "g1", "label": "b", "features": {"x": 2.0}, "text": None}}
+>>> mixer = GoldMixer(gold, rate=1.0, seed=0)
+>>> task = {"task_id": "t1", "event_id": "e1", "item_id": "i1", "features": {"x": 1.0}, "text": None,
+...         "label_set": ["a", "b"], "reasons": ["uncertain"], "suggested_label": "a", "confidence": 0.6}
+>>> g = mixer.follow(task)
+>>> g["item_id"], g["reasons"], g["features"], g["task_id"] != task["task_id"]
+('g1', ['uncertain'], {'x': 2.0}, True)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+
+_NAMESPACE = uuid.UUID("2b1f8f0e-8d3c-4a55-b7a1-0f6c5e3d9a10")
+
+
+def load_gold(path: str | Path | None) -> dict[str, dict]:
+    """The gold set by item id (empty without a path); clear errors name the line."""
+    if not path:
+        return {}
+    gold = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                gold[str(item["item_id"])] = {"item_id": str(item["item_id"]), "label": str(item["label"]),
+                                              "features": {k: float(v) for k, v in (item.get("features") or {}).items()},
+                                              "text": item.get("text")}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path}:{line_no}: not a gold item ({type(exc).__name__}: {exc})") from None
+    return gold
+
+
+class GoldMixer:
+    """Follows a share ``rate`` of tasks with a disguised gold task."""
+
+    def __init__(self, gold: dict[str, dict], rate: float, seed: int = 0):
+        self.items = list(gold.values())
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.sent = 0
+
+    def follow(self, task: dict) -> dict | None:
+        """A gold task to send after ``task``, or None."""
+        if not self.items or self.rng.random() >= self.rate:
+            return None
+        item = self.items[self.rng.randrange(len(self.items))]
+        labels = sorted(set(task.get("label_set") or []) | {item["label"]})
+        self.sent += 1
+        return {**task, "task_id": str(uuid.uuid5(_NAMESPACE, f"{task['task_id']}:{self.sent}")),
+                "event_id": f"gold-{task['event_id']}", "item_id": item["item_id"], "features": item["features"],
+                "text": item["text"], "label_set": labels, "suggested_label": self.rng.choice(labels),
+                "predicted_label": None, "user_label": None, "note": None}
