@@ -167,9 +167,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
 
-    from feedbackloop import agreement
+    from feedbackloop import agreement, dashboard
 
     agreement.add_parser(sub)
+    dashboard.add_parser(sub)
     return p
 
 

@@ -70,6 +70,8 @@ class Settings:
     publish_every: int = 25
     min_control: int = 20
     model_signing_key: str = "feedbackloop-dev-key"
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 0
     overlap: int = 1
     max_annotators: int = 5
     gold_path: str = ""

@@ -19,6 +19,7 @@ import logging
 import ssl
 import time
 import uuid
+from pathlib import Path
 
 import faust
 
@@ -63,6 +64,7 @@ app = faust.App(
     value_serializer="raw",
     key_serializer="raw",
     store="memory://",
+    datadir=str(Path(settings.state_dir) / "worker" / settings.app_id),
     web_enabled=False,
     topic_allow_declare=False,
     producer_max_request_size=4_000_000,
@@ -106,6 +108,11 @@ class Runtime:
                                gold={item: g["label"] for item, g in gold.items()})
         self.flagged: set[str] = set()
         self.labels_changed = False
+        if s.dashboard_port:  # the embedded engine has one owner: serve the page from it
+            from feedbackloop import dashboard
+
+            self.dashboard = dashboard.start(s, s.dashboard_host, s.dashboard_port)
+            log.info("dashboard at %s", self.dashboard.url)
         last = latest_version(s)
         if last is not None:
             self.trainer.learner.resume(last, self.key)

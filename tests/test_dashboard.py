@@ -188,7 +188,11 @@ def test_time_to_label_agreement_with_the_model_per_annotator(client):
 def test_model_accuracy_lift_and_cost_per_point(client):
     slices = {s: (hits, scored) for s, hits, scored in rows(
         client, "SELECT slice, uniqExactIfMerge(hits), uniqExactIfMerge(scored) FROM accuracy_1h GROUP BY slice")}
-    assert slices == {"control": (3, 5), "policy": (8, 16)}
+    expected = {}
+    for i in range(21):
+        hits, scored = expected.get("control" if i % 4 == 2 else "policy", (0, 0))
+        expected["control" if i % 4 == 2 else "policy"] = (hits + (i % 2 == 0), scored + 1)
+    assert slices == expected == {"control": (5, 5), "policy": (6, 16)}
     assert rows(client, "SELECT uniqExactMerge(versions), argMinMerge(first_labels_seen), argMaxMerge(last_labels_seen), "
                         "argMinMerge(first_control_accuracy), argMaxMerge(last_control_accuracy) FROM models_1h") \
         == [(4, 5, 20, 0.5, 0.72)]
@@ -260,7 +264,7 @@ def test_the_answers(client):
     last = answer(client, "last_1000_labels")[0]
     assert (last["from_version"], last["to_version"], last["labels"], last["gain_points"]) == (1, 4, 15, 22.0)
     assert last["labels_per_point"] == pytest.approx(15 / 22, abs=0.05)
-    assert last["bought_for"].startswith("uncertain 8")
+    assert last["bought_for"] == "uncertain 11, control 5, disagreement 5, override 5"
     pairs = answer(client, "annotator_pairs")
     assert [(p["annotator_a"], p["annotator_b"]) for p in pairs][0] == ("ann-1", "ann-3")
     under = answer(client, "under_covered_classes")
@@ -274,6 +278,9 @@ def test_the_answers(client):
     assert [r["recommendation"] for r in answer(client, "should_we_stop")] == ["stop"]
     waits = {r["series"]: r["seconds"] for r in answer(client, "time_to_label") if r["series"] == "wait p50"}
     assert waits == {"wait p50": 5.0}
+    accuracy = answer(client, "accuracy_over_time")
+    assert sum(r["scored"] for r in accuracy) == 21
+    assert {r["accuracy"] for r in accuracy if r["slice"] == "control"} == {1.0}
     cost = answer(client, "cost_per_point")
     assert (cost[0]["labels"], cost[0]["gain_points"]) == (15, 22.0)
 

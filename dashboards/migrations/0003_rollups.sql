@@ -147,14 +147,15 @@ FROM labeling_1m
 GROUP BY bucket, annotator_id;
 
 -- Agreement between annotators, pooled over the windows starting in the bucket
--- (weighted by the items each value rests on).
+-- (weighted by the items each value rests on; the weight is a Float64, as
+-- avgWeighted with an integer weight answered 0 on the engine this was tested on).
 CREATE TABLE IF NOT EXISTS agreement_1m
 (
     bucket      DateTime('UTC'),
     metric      LowCardinality(String),
     annotator_a LowCardinality(String),
     annotator_b LowCardinality(String),
-    value       AggregateFunction(avgWeighted, Float64, UInt32),
+    value       AggregateFunction(avgWeighted, Float64, Float64),
     n           AggregateFunction(sum, UInt32)
 )
 ENGINE = AggregatingMergeTree
@@ -162,7 +163,7 @@ ORDER BY (bucket, metric, annotator_a, annotator_b);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS agreement_1m_from_windows TO agreement_1m AS
 SELECT toStartOfMinute(window_start) AS bucket, metric, annotator_a, annotator_b,
-       avgWeightedState(assumeNotNull(annotator_agreement.value), annotator_agreement.n) AS value,
+       avgWeightedState(assumeNotNull(annotator_agreement.value), toFloat64(annotator_agreement.n)) AS value,
        sumState(annotator_agreement.n) AS n
 FROM annotator_agreement
 WHERE annotator_agreement.value IS NOT NULL AND annotator_agreement.n > 0
