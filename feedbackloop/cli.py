@@ -75,7 +75,8 @@ def cmd_demo(args) -> int:
     report = demo.run(s, dataset=args.dataset, label_column=args.label_column, events=args.events,
                       rate=args.rate, seed=args.seed, annotators=args.annotators,
                       annotator_error=args.annotator_error, override_rate=args.override_rate,
-                      appeal_rate=args.appeal_rate, annotator_errors=errors, keep=args.keep)
+                      appeal_rate=args.appeal_rate, annotator_errors=errors, keep=args.keep or args.serve,
+                      serve=args.serve, labeling_port=args.labeling_port, dashboard_port=args.dashboard_port)
     print(demo.summary(report))
     demo.write_report(report, args.report)
     return 0
@@ -148,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--report", metavar="PATH", help="write the report as JSON")
     d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
+    d.add_argument("--serve", action="store_true",
+                   help="afterwards, keep serving the labeling UI and the dashboard until Ctrl-C")
+    d.add_argument("--labeling-port", type=int, default=8000, help="port of the labeling UI with --serve")
+    d.add_argument("--dashboard-port", type=int, default=8050, help="port of the dashboard with --serve")
     d.set_defaults(func=cmd_demo)
 
     lb = sub.add_parser("label", help="label tasks in the terminal",
@@ -167,10 +172,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=cmd_bench)
 
+    from consumers.labeling import cli as labeling_cli
     from feedbackloop import agreement, dashboard
 
     agreement.add_parser(sub)
     dashboard.add_parser(sub)
+    labeling_cli.add_parser(sub)
     return p
 
 

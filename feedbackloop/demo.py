@@ -111,14 +111,17 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
         rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
         override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
         annotator_errors: list[float] | None = None, gold_size: int = 50,
-        keep: bool = False, progress: bool = True) -> dict:
+        keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
+        progress: bool = True) -> dict:
     """Run the demo end to end and return its report.
 
     Annotators get ``annotator_errors`` (default: ``annotator_error`` for all;
     with five or more, rising in steps and the last one careless at 40%). With
     ``settings.overlap != 1`` a reviewer joins for adjudications; with
     ``settings.gold_rate > 0``, ``gold_size`` items of the dataset form the
-    gold set mixed into the queue.
+    gold set mixed into the queue. With ``serve``, once the replay is done the
+    stack, the worker (serving the dashboard) and the labeling service keep
+    running until Ctrl-C, so a person can label in a browser.
     """
     started = time.monotonic()
     rng = random.Random(seed)
@@ -153,6 +156,8 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
     if settings.overlap != 1:
         team.append(SimulatedAnnotator("reviewer-1", truth.get, min(errors) / 2, seed + 99, tier="reviewer"))
 
+    if serve:
+        settings = settings.replace(dashboard_port=dashboard_port)
     proc = worker.spawn(settings, run_dir / "worker.log")
     if progress:
         print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
@@ -200,6 +205,9 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
             extra=lambda: worker.lag(settings, group=pool.group, topics=("labeling.tasks",)) == 0)
         if not drained:
             raise RuntimeError(f"the loop did not drain in time; see {run_dir / 'worker.log'}")
+        if serve:
+            pool.stop()
+            serve_until_interrupted(settings, labeling_port, dashboard_port, run_dir)
     finally:
         pool.stop()
         worker.stop(proc)
@@ -209,6 +217,27 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
         raise RuntimeError(f"annotators failed: {pool.error}")
     sent["annotator_errors"] = {a.annotator_id: a.error_rate for a in team}
     return report_from_clickhouse(settings, dict(sent), time.monotonic() - started, run_dir)
+
+
+def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_port: int, run_dir: Path) -> None:
+    """Serve the labeling UI (the worker serves the dashboard) until Ctrl-C."""
+    from consumers.labeling.service import LabelingService
+    from consumers.labeling.tokens import Tokens
+
+    tokens = Tokens()
+    token = tokens.mint("you", "admin")
+    service = LabelingService(settings, tokens, port=labeling_port, db=run_dir / "labeling.sqlite3").start()
+    print(f"\nlabel in your browser:  {service.link(token)}\n  (token {token})\n"
+          f"dashboard:              http://{settings.dashboard_host}:{dashboard_port}/\n"
+          "Tasks come with the simulated annotators' labels already in; yours add to them.\n"
+          "Ctrl-C to stop.", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        service.stop()
 
 
 def summary(report: dict) -> str:

@@ -57,6 +57,9 @@ def _credentials(s: Settings):
     return None
 
 
+DATADIR = Path(settings.state_dir).resolve() / "worker" / settings.app_id
+DATADIR.parent.mkdir(parents=True, exist_ok=True)
+
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{server.strip()}" for server in (settings.kafka_bootstrap_servers or "127.0.0.1:9092").split(",")],
@@ -64,7 +67,7 @@ app = faust.App(
     value_serializer="raw",
     key_serializer="raw",
     store="memory://",
-    datadir=str(Path(settings.state_dir) / "worker" / settings.app_id),
+    datadir=str(DATADIR),
     web_enabled=False,
     topic_allow_declare=False,
     producer_max_request_size=4_000_000,

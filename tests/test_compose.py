@@ -172,9 +172,9 @@ def test_the_dockerfile_builds_the_worker_image_from_the_package():
     assert re.match(r"FROM python:3\.\d+-slim$", instructions[0])
     assert "RUN pip install ." in dockerfile
     assert 'ENTRYPOINT ["feedbackloop"]' in instructions
-    packages = re.search(r'packages = \[([^]]*)\]', (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = re.search(r'include = \[([^]]*)\]', (ROOT / "pyproject.toml").read_text()).group(1)
     copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, flags=re.MULTILINE))
-    assert copied == set(re.findall(r'"(\w+)"', packages))
+    assert copied == set(re.findall(r'"(\w+)\*"', packages))
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert not ignored & copied and "pyproject.toml" not in ignored and "README.md" not in ignored

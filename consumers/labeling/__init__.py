@@ -2,5 +2,6 @@
 
 ``store`` the queue in SQLite · ``feed`` Kafka into the queue · ``rerank`` priorities
 under a new model version · ``tokens`` who may do what · ``outbox`` labels out to
-Kafka · ``api`` the HTTP API · ``ui/`` the page · ``service`` all of it in one process.
+Kafka · ``api`` the HTTP API · ``ui/`` the page · ``service`` all of it in one
+process · ``cli`` the ``serve-labeling`` command.
 """

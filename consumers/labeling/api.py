@@ -145,7 +145,7 @@ class Health(BaseModel):
 
 
 def _responses(*codes: int) -> dict:
-    words = {401: "No valid token.", 403: "The token's role does not allow this.", 404: "No such task.",
+    words = {400: "The body is not JSON.", 401: "No valid token.", 403: "The token's role does not allow this.", 404: "No such task.",
              409: "The task is not in a state for this request.",
              503: "Stored, but Kafka has not confirmed it yet; it will be sent again."}
     return {c: {"model": Error, "description": words[c]} for c in codes}
@@ -232,7 +232,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
             return Response(status_code=204)
         return view(leased)
 
-    @app.post("/api/tasks/{task_id}/label", tags=["annotators"], responses=_responses(401, 404, 409, 503))
+    @app.post("/api/tasks/{task_id}/label", tags=["annotators"], responses=_responses(400, 401, 404, 409, 503))
     def label(task_id: TaskId, body: LabelIn, who: Annotating) -> LabelOut:
         """Label a task you hold. The answer means the label is on Kafka; a second
         submit of the same task returns the first label and sends nothing."""
@@ -245,7 +245,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         store.skip(task_id, who.annotator_id)
         return Done(task_id=task_id, state="pending")
 
-    @app.post("/api/tasks/{task_id}/flag", tags=["annotators"], responses=_responses(401, 404, 409))
+    @app.post("/api/tasks/{task_id}/flag", tags=["annotators"], responses=_responses(400, 401, 404, 409))
     def flag(task_id: TaskId, body: FlagIn, who: Annotating) -> Done:
         """Set a task you hold aside as ambiguous, with a note, for a reviewer."""
         store.flag(task_id, who.annotator_id, body.note)
@@ -258,13 +258,13 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         """Tasks flagged as ambiguous, oldest first."""
         return [view(v) for v in store.flagged()]
 
-    @app.post("/api/review/{task_id}/label", tags=["reviewers"], responses=_responses(401, 403, 404, 409, 503))
+    @app.post("/api/review/{task_id}/label", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409, 503))
     def resolve(task_id: TaskId, body: LabelIn, who: Reviewing) -> LabelOut:
         """Decide a flagged task: your label goes to Kafka like any other."""
         record, new = store.resolve(task_id, who.annotator_id, body.label, body.note)
         return deliver(record, new)
 
-    @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(401, 403, 404, 409))
+    @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409))
     def review_requeue(task_id: TaskId, body: RequeueIn, who: Reviewing) -> Done:
         """Send a flagged task back to the queue, with a note for the next annotator."""
         store.requeue(task_id, who.annotator_id, body.note, only_flagged=True)
@@ -278,7 +278,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         return Stats(queue=QueueStats(**store.counts(), model_version=store.model_version()),
                      annotators=[AnnotatorStats(**a) for a in store.annotator_stats()])
 
-    @app.post("/api/admin/tasks/{task_id}/requeue", tags=["admins"], responses=_responses(401, 403, 404, 409))
+    @app.post("/api/admin/tasks/{task_id}/requeue", tags=["admins"], responses=_responses(400, 401, 403, 404, 409))
     def requeue(task_id: TaskId, body: RequeueIn, who: Administering) -> Done:
         """Put any task not yet labeled back in the queue (ends its lease or its flag)."""
         store.requeue(task_id, who.annotator_id, body.note)

@@ -1,10 +1,12 @@
 """Tasks in: ``labeling.tasks`` into the store, ``models`` into a re-ranked queue.
 
-A background thread reads both topics. Tasks are written to the store in one
-transaction with the offset they were read at; the consumer group's offsets
-are committed to Kafka only afterwards (for lag monitoring), and on every
-partition assignment reading resumes from the offsets in the store. So a
-crash at any moment loses no task, and a task read twice is stored once.
+A background thread reads both topics, every partition (one service owns
+one queue; there is no consumer group rebalance to wait for after a
+restart). Tasks are written to the store in one transaction with the offset
+they were read at, and reading resumes after the stored offsets; the group's
+offsets on Kafka are committed only after the store's commit (they show the
+lag, and are where a new, empty store starts). So a crash at any moment loses
+no task, and a task read twice is stored once.
 
 A new version of the shadow model (``Settings.model_name``) on ``models``
 re-ranks the queue (see :mod:`consumers.labeling.rerank`); a snapshot whose
@@ -20,7 +22,7 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, Producer, TopicPartition
 
 from consumers.labeling import rerank
 from consumers.labeling.outbox import DeliveryError, Outbox
@@ -58,21 +60,24 @@ class Feed:
 
     def _run(self) -> None:
         s = self.settings
-        tasks = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-labeling-service",
-                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-        tasks.subscribe([self.tasks_topic], on_assign=self._resume)
-        models = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-labeling-models",
-                           "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        conf = {**s.kafka_config(), "group.id": f"{s.app_id}-labeling-service", "enable.auto.commit": False,
+                "auto.offset.reset": "earliest"}
+        tasks, models = Consumer(conf), Consumer(conf)
         self._dead = Producer(s.kafka_config())
-        models_assigned = False
+        tasks_assigned = models_assigned = False
         last_retry = 0.0
         try:
             while not self._stop.is_set():
                 try:
-                    self._take_tasks(tasks, tasks.consume(500, timeout=0.5))
+                    if not tasks_assigned:
+                        tasks_assigned = self._assign(tasks, self.tasks_topic, OFFSET_STORED)
                     if not models_assigned:
-                        models_assigned = self._assign_models(models)
-                    else:
+                        models_assigned = self._assign(models, self.models_topic, OFFSET_BEGINNING)
+                    if not (tasks_assigned and models_assigned):
+                        self._stop.wait(1.0)
+                    if tasks_assigned:
+                        self._take_tasks(tasks, tasks.consume(500, timeout=0.5))
+                    if models_assigned:
                         self._take_models(models.consume(100, timeout=0))
                     if self.outbox is not None and time.monotonic() - last_retry > self.retry_every:
                         last_retry = time.monotonic()
@@ -88,13 +93,18 @@ class Feed:
             tasks.close()
             models.close()
             self._dead.flush(5)
+            del self._dead
 
-    def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _assign(self, consumer: Consumer, topic: str, otherwise: int) -> bool:
+        """Read every partition of ``topic`` from the offset after the stored one
+        (``otherwise`` where none is stored); False while the topic does not exist."""
+        meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
         stored = self.store.offsets()
-        for p in partitions:
-            if (p.topic, p.partition) in stored:
-                p.offset = stored[(p.topic, p.partition)] + 1
-        consumer.assign(partitions)
+        consumer.assign([TopicPartition(topic, p, stored[(topic, p)] + 1 if (topic, p) in stored else otherwise)
+                         for p in meta.partitions])
+        return True
 
     def _take_tasks(self, consumer: Consumer, messages: list) -> None:
         batch, offsets = [], {}
@@ -121,15 +131,6 @@ class Feed:
                   "reason": exc.reason, "error": exc.error}
         self._dead.produce(self.settings.topic("deadletter"), codec.encode("DeadLetter", record))
         self._dead.poll(0)
-
-    def _assign_models(self, consumer: Consumer) -> bool:
-        topic = consumer.list_topics(self.models_topic, timeout=5).topics.get(self.models_topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            return False
-        stored, t = self.store.offsets(), self.models_topic
-        consumer.assign([TopicPartition(t, p, stored[(t, p)] + 1 if (t, p) in stored else OFFSET_BEGINNING)
-                         for p in topic.partitions])
-        return True
 
     def _take_models(self, messages: list) -> None:
         newest, offsets = None, {}

@@ -61,7 +61,8 @@ class KafkaLabels:
         self.topic = settings.topic("labels")
         self.timeout = timeout
         self.producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": 0, "message.timeout.ms": int(timeout * 1000)})
+                                  "linger.ms": 0, "socket.nagle.disable": True,
+                                  "message.timeout.ms": int(timeout * 1000)})
         self._lock = threading.Lock()
 
     def __call__(self, records: list[dict]) -> None:
@@ -72,6 +73,8 @@ class KafkaLabels:
                 errors.append(str(err))
 
         with self._lock:
+            if self.producer is None:
+                raise DeliveryError("the service is stopping")
             try:
                 for r in records:
                     self.producer.produce(self.topic, codec.encode("Label", r), key=r["task_id"].encode(),
@@ -85,4 +88,7 @@ class KafkaLabels:
                                 f"{errors[0] if errors else 'timed out'}")
 
     def close(self) -> None:
-        self.producer.flush(self.timeout)
+        """Wait for what is in flight, then let the producer go (no more sending)."""
+        if self.producer is not None:
+            self.producer.flush(self.timeout)
+            self.producer = None

@@ -6,8 +6,9 @@
 :class:`~consumers.labeling.outbox.Outbox` that sends labels, and the HTTP app
 served by uvicorn. At start, labels left unsent by a crash are sent first.
 
-``feedbackloop serve-labeling`` runs it until Ctrl-C; ``serve()`` does the same
-from Python, and ``LabelingService(...).start()`` runs it in the background::
+``feedbackloop serve-labeling`` (:mod:`consumers.labeling.cli`) runs it until
+Ctrl-C; ``serve()`` does the same from Python, and ``LabelingService(...).start()``
+runs it in the background::
 
     service = LabelingService(settings, tokens, port=8000).start()
     print(service.link(token))   # http://127.0.0.1:8000/#token=...
@@ -17,9 +18,7 @@ from Python, and ``LabelingService(...).start()`` runs it in the background::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import sys
 import threading
@@ -32,7 +31,7 @@ from consumers.labeling.api import create_app
 from consumers.labeling.feed import Feed
 from consumers.labeling.outbox import DeliveryError, KafkaLabels, Outbox
 from consumers.labeling.store import Store
-from consumers.labeling.tokens import ROLES, Tokens
+from consumers.labeling.tokens import Tokens
 from feedbackloop.settings import Settings
 
 
@@ -149,64 +148,3 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, tokens:
     out.flush()
     service.run()
     return 0
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``serve-labeling`` command to an argparse ``subparsers``."""
-    p = subparsers.add_parser(
-        "serve-labeling", help="serve the labeling API and web UI to annotators",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Reads labeling.tasks into a durable queue and serves annotators over HTTP "
-                    "(web UI at /, API description at /openapi.json); labels go to the labels topic. "
-                    "Tokens come from FEEDBACKLOOP_LABELING_TOKENS ('token:annotator_id:role,...', roles: "
-                    "annotator, reviewer, admin) or FEEDBACKLOOP_LABELING_TOKENS_FILE, and --mint.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
-    p.add_argument("--lease-seconds", type=float, default=600.0, help="how long a pulled task stays yours")
-    p.add_argument("--guidelines", metavar="PATH",
-                   help='the labeling guideline: a text file, or JSON {"text": ..., "labels": {label: meaning}}')
-    p.add_argument("--mint", action="append", default=[], metavar="ANNOTATOR[:ROLE]",
-                   help="mint a token for an annotator and print it (repeatable; role defaults to annotator)")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args) -> int:
-    """Run ``serve-labeling`` with parsed ``args``."""
-    from feedbackloop import stack
-
-    env = dict(os.environ)
-    if getattr(args, "state_dir", None):
-        env["FEEDBACKLOOP_STATE_DIR"] = args.state_dir
-    settings = Settings.from_env(env)
-    if not settings.kafka_bootstrap_servers:
-        local = stack.local_stack(settings).status()
-        if not local["running"]:
-            print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
-            return 2
-        settings = settings.replace(kafka_bootstrap_servers=local["kafka"])
-    stack.ensure_topics(settings.kafka_config(), settings)
-    tokens = Tokens.from_env(env)
-    minted = {}
-    for spec in args.mint:
-        who, _, role = spec.partition(":")
-        if role and role not in ROLES:
-            raise ValueError(f"--mint {spec}: unknown role {role!r}; choose {', '.join(ROLES)}")
-        minted[who] = tokens.mint(who, role or "annotator")
-    return serve(settings, args.host, args.port, tokens, args.db, args.lease_seconds,
-                 load_guidelines(args.guidelines), announce=minted)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumers.labeling.service")
-    add_parser(parser.add_subparsers(dest="command", required=True)).add_argument("--state-dir")
-    args = parser.parse_args(["serve-labeling", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -212,7 +212,7 @@ class Store:
                     return None
                 db.execute("UPDATE tasks SET state = 'leased', owner = ?, leased_ms = ?, lease_until_ms = ? "
                            "WHERE task_id = ?", (annotator_id, now_ms, until, row["task_id"]))
-            return self._view(db, row, lease_until_ms=until)
+            return self._view(db, row, state="leased", owner=annotator_id, lease_until_ms=until)
 
     def _view(self, db, row: sqlite3.Row, **changes) -> dict:
         notes = [dict(n) for n in db.execute(

@@ -1,0 +1,81 @@
+"""``feedbackloop serve-labeling``: the labeling service from the command line.
+
+Wire it into a parser with :func:`add_parser`; the parsed arguments run with
+:func:`run`. Imports stay light until the command runs.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="feedbackloop")
+>>> _ = add_parser(parser.add_subparsers())
+>>> args = parser.parse_args(["serve-labeling", "--port", "8080", "--mint", "ann", "--mint", "rev:reviewer"])
+>>> args.port, args.mint, args.func is run
+(8080, ['ann', 'rev:reviewer'], True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve-labeling`` command to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "serve-labeling", help="serve the labeling API and web UI to annotators",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Reads labeling.tasks into a durable queue and serves annotators over HTTP "
+                    "(web UI at /, API description at /openapi.json); labels go to the labels topic. "
+                    "Tokens come from FEEDBACKLOOP_LABELING_TOKENS ('token:annotator_id:role,...', roles: "
+                    "annotator, reviewer, admin), FEEDBACKLOOP_LABELING_TOKENS_FILE (one entry a line) "
+                    "and --mint; with none, an admin token is minted. Each is printed as a link to open.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
+    p.add_argument("--lease-seconds", type=float, default=600.0, help="how long a pulled task stays yours")
+    p.add_argument("--guidelines", metavar="PATH",
+                   help='the labeling guideline: a text file, or JSON {"text": ..., "labels": {label: meaning}}')
+    p.add_argument("--mint", action="append", default=[], metavar="ANNOTATOR[:ROLE]",
+                   help="mint a token for an annotator and print its link (repeatable; role: annotator)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Run ``serve-labeling`` with parsed ``args`` (``args.state_dir`` too, if the parser has it)."""
+    from consumers.labeling.service import load_guidelines, serve
+    from consumers.labeling.tokens import ROLES, Tokens
+    from feedbackloop import stack
+    from feedbackloop.settings import Settings
+
+    env = dict(os.environ)
+    if getattr(args, "state_dir", None):
+        env["FEEDBACKLOOP_STATE_DIR"] = args.state_dir
+    settings = Settings.from_env(env)
+    if not settings.kafka_bootstrap_servers:
+        local = stack.local_stack(settings).status()
+        if not local["running"]:
+            print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
+            return 2
+        settings = settings.replace(kafka_bootstrap_servers=local["kafka"])
+    stack.ensure_topics(settings.kafka_config(), settings)
+    tokens = Tokens.from_env(env)
+    minted = {}
+    for spec in args.mint:
+        who, _, role = spec.partition(":")
+        if role and role not in ROLES:
+            raise ValueError(f"--mint {spec}: unknown role {role!r}; choose {', '.join(ROLES)}")
+        minted[who] = tokens.mint(who, role or "annotator")
+    return serve(settings, args.host, args.port, tokens, args.db, args.lease_seconds,
+                 load_guidelines(args.guidelines), announce=minted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m consumers.labeling.cli [options]``, the same as ``feedbackloop serve-labeling``."""
+    parser = argparse.ArgumentParser(prog="python -m consumers.labeling.cli")
+    add_parser(parser.add_subparsers(dest="command", required=True)).add_argument("--state-dir")
+    args = parser.parse_args(["serve-labeling", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
