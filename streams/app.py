@@ -82,6 +82,7 @@ deadletter_topic = app.topic(settings.topic("deadletter"))
 joined = app.topic(settings.topic("labeling.tasks"), settings.topic("labels"))
 
 INTERNAL = {settings.topic("labeling.candidates")}
+PREDICTIONS = settings.topic("predictions")
 ACCEPT = {
     settings.topic("predictions"): ("Prediction", "PredictionBatch"),
     settings.topic("overrides"): ("Override",),
@@ -251,7 +252,8 @@ async def score(stream):
             else:
                 out.append(rt.scorer.appeal(record, now))
 
-        await each(events, handle)
+        # predictions first: an override or appeal in the same batch then finds its item
+        await each(sorted(events, key=lambda e: e.message.topic != PREDICTIONS), handle)
         for c in out:
             if c["kind"] == "prediction":
                 rt.sink.add("predictions", {**c, "confidence": max(c["probabilities"].values()),
