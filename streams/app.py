@@ -81,7 +81,7 @@ models_topic = app.topic(settings.topic("models"))
 deadletter_topic = app.topic(settings.topic("deadletter"))
 joined = app.topic(settings.topic("labeling.tasks"), settings.topic("labels"))
 
-INTERNAL = {settings.topic("labeling.candidates")}
+INTERNAL = {settings.topic("labeling.candidates"), settings.topic("labeling.tasks")}
 PREDICTIONS = settings.topic("predictions")
 ACCEPT = {
     settings.topic("predictions"): ("Prediction", "PredictionBatch"),
@@ -278,7 +278,8 @@ async def route(stream):
                 if decision is not None:
                     rt.sink.add("routing_decisions", decision)
                 if task is not None:
-                    await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
+                    value = codec.encode("LabelingTask", task, check=False)  # built here from checked input
+                    await tasks_topic.send(key=task["task_id"].encode(), value=value)
                     rt.sink.add("labeling_tasks", {**task, "created_at": task["created_ts"]}, project=True)
                     gold = rt.gold.follow(task) if rt.gold else None
                     if gold is not None:
