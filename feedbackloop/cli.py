@@ -173,8 +173,9 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from consumers.labeling import cli as labeling_cli
-    from feedbackloop import agreement, dashboard
+    from feedbackloop import agreement, dashboard, simulate
 
+    simulate.add_parser(sub)
     agreement.add_parser(sub)
     dashboard.add_parser(sub)
     labeling_cli.add_parser(sub)
