@@ -75,7 +75,7 @@ def cmd_demo(args) -> int:
     report = demo.run(s, dataset=args.dataset, label_column=args.label_column, events=args.events,
                       rate=args.rate, seed=args.seed, annotators=args.annotators,
                       annotator_error=args.annotator_error, override_rate=args.override_rate,
-                      appeal_rate=args.appeal_rate, annotator_errors=errors, keep=args.keep or args.serve,
+                      appeal_rate=args.appeal_rate, annotator_errors=errors, drift_at=args.drift_at, keep=args.keep or args.serve,
                       serve=args.serve, labeling_port=args.labeling_port, dashboard_port=args.dashboard_port)
     print(demo.summary(report))
     demo.write_report(report, args.report)
@@ -147,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--control", type=float, default=0.2, help="share of the budget spent on the random control slice")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
+    d.add_argument("--drift-at", type=int, metavar="N",
+                   help="inject a concept drift at event N: every true label moves to the next class")
     d.add_argument("--report", metavar="PATH", help="write the report as JSON")
     d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
     d.add_argument("--serve", action="store_true",

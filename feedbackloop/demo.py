@@ -59,6 +59,12 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
     versions = client.query(
         "SELECT version, control_accuracy, prequential_accuracy, labels_seen FROM model_versions ORDER BY version"
     ).result_rows
+    lift = client.query("SELECT version, lift, ci_low, ci_high, n_policy, n_control, policy_accuracy, "
+                        "control_accuracy FROM policy_lift ORDER BY version DESC, ts DESC LIMIT 1").result_rows
+    lift = dict(zip(("version", "lift", "ci_low", "ci_high", "n_policy", "n_control", "policy_accuracy",
+                     "control_accuracy"), lift[0])) if lift else None
+    drift = [{"ts": str(ts), "version": v, "detail": json.loads(d)} for ts, v, d in client.query(
+        "SELECT ts, version, detail FROM drift_events ORDER BY ts").result_rows]
     agreement = {metric: value for metric, value in client.query(
         "SELECT metric, argMax(value, window_start) FROM annotator_agreement "
         "WHERE annotator_a = '*' AND window_seconds = 0 GROUP BY metric").result_rows}
@@ -88,6 +94,8 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "labels": scalar("SELECT count() FROM labels"),
         "dead_letters": scalar("SELECT count() FROM dead_letters"),
         "model_versions": len(versions),
+        "lift": lift,
+        "drift_events": drift,
         "consensus_labels": scalar("SELECT uniqExact(task_id) FROM consensus_labels"),
         "adjudications": scalar("SELECT count() FROM adjudications"),
         "adjudicated_tasks": scalar("SELECT uniqExact(task_id) FROM adjudications"),
@@ -111,7 +119,7 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
         rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
         override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
         annotator_errors: list[float] | None = None, gold_size: int = 50,
-        keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
+        drift_at: int | None = None, keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
         progress: bool = True) -> dict:
     """Run the demo end to end and return its report.
 
@@ -121,7 +129,9 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
     ``settings.gold_rate > 0``, ``gold_size`` items of the dataset form the
     gold set mixed into the queue. With ``serve``, once the replay is done the
     stack, the worker (serving the dashboard) and the labeling service keep
-    running until Ctrl-C, so a person can label in a browser.
+    running until Ctrl-C, so a person can label in a browser. With
+    ``drift_at``, the concept changes at that event: every label moves to the
+    next class, while the production model goes on as before.
     """
     started = time.monotonic()
     rng = random.Random(seed)
@@ -170,6 +180,8 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
         bar = tqdm(total=events, desc="replaying", unit="ev", disable=not progress)
         t0 = time.monotonic()
         for i, (x, y) in enumerate(rows):
+            if drift_at is not None and i >= drift_at:
+                y = classes[(classes.index(y) + 1) % len(classes)]
             item_id = f"{dataset}-{i}"
             truth[item_id] = y
             proba = _probabilities(model, x, classes)
@@ -257,6 +269,12 @@ def summary(report: dict) -> str:
         f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
         f"production model  {fmt(report['production_accuracy']):>7}",
         f"dead letters      {report['dead_letters']:>7}",
+        *([f"lift over control {report['lift']['lift']:>7.2f}   (95% CI {report['lift']['ci_low']:.2f}-"
+           f"{report['lift']['ci_high']:.2f}: policy labels correct the model that many times as often)"]
+          if report["lift"] and report["lift"]["lift"] is not None else []),
+        *([f"drift events      {len(report['drift_events']):>7}   (after labels "
+           f"{', '.join(str(e['detail']['labels']) for e in report['drift_events'])})"]
+          if report["drift_events"] else []),
         *([f"adjudicated tasks {report['adjudicated_tasks']:>7}   ({report['adjudications']} rounds)"]
           if report["adjudications"] else []),
         *([f"agreement           kappa {fmt2(report['agreement'].get('fleiss_kappa'))} (Fleiss), "

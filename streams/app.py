@@ -15,7 +15,10 @@ Run it with ``feedbackloop worker``.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import ssl
 import time
 import uuid
@@ -30,6 +33,7 @@ from feedbackloop.settings import Settings
 from schemas import codec
 from streams.budget import Budget
 from streams.learner import Learner, SnapshotRejected, load_version
+from streams.lift import Lift
 from streams.policy import Policy
 from streams.router import Router
 from streams.scorer import Scorer
@@ -83,6 +87,7 @@ joined = app.topic(settings.topic("labeling.tasks"), settings.topic("labels"))
 
 INTERNAL = {settings.topic("labeling.candidates"), settings.topic("labeling.tasks")}
 PREDICTIONS = settings.topic("predictions")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 ACCEPT = {
     settings.topic("predictions"): ("Prediction", "PredictionBatch"),
     settings.topic("overrides"): ("Override",),
@@ -112,6 +117,7 @@ class Runtime:
                                gold={item: g["label"] for item, g in gold.items()})
         self.flagged: set[str] = set()
         self.labels_changed = False
+        self.lift = Lift()
         if s.dashboard_port:  # the embedded engine has one owner: serve the page from it
             from feedbackloop import dashboard
 
@@ -208,11 +214,32 @@ class FlushBeforeCommit(faust.Sensor):
 
     def on_commit_initiated(self, consumer):
         if _runtime is not None:
+            now = now_ms()
             if _runtime.labels_changed:
                 _runtime.labels_changed = False
-                label_quality_rows(_runtime, now_ms())
+                label_quality_rows(_runtime, now)
+            budget_row(_runtime, now)
             write_rows(_runtime.sink, force=True)
         return None
+
+
+def budget_row(rt: "Runtime", now: int) -> None:
+    """The budget against its caps, as this worker's router sees it (if it routes)."""
+    b = rt.router.policy.budget
+    if b.total_seen == 0:
+        return
+    caps = {size: cap for size, cap in b.caps.items()}
+    hour, day, week = sorted(caps)
+    rt.sink.add("budget_state", {
+        "ts": now, "spent_hour": b.spent_in_hour(now), "spent_day": b.spent_in_day(now),
+        "spent_week": b.spent_in_week(now), "cap_hour": caps[hour], "cap_day": caps[day], "cap_week": caps[week],
+        "target_fraction": b.fraction, "realised_fraction": b.realised})
+
+
+def agent_stats(rt: "Runtime", agent: str, events: int, started: float) -> None:
+    """Throughput of one agent batch (lag is measured from outside, by `feedbackloop.worker.lag`)."""
+    rt.sink.add("agent_stats", {"ts": now_ms(), "worker": WORKER, "agent": agent, "events": events,
+                                "seconds": time.perf_counter() - started, "lag": -1})
 
 
 def write_rows(sink, force: bool = False) -> None:
@@ -240,7 +267,7 @@ async def score(stream):
     """Score every input event and pass it to the router."""
     rt = runtime()
     async for events in stream.take_events(BATCH, within=WITHIN):
-        now, out = now_ms(), []
+        now, out, started = now_ms(), [], time.perf_counter()
 
         async def handle(name, record):
             if name == "PredictionBatch":
@@ -261,6 +288,7 @@ async def score(stream):
         for i in range(0, len(out), CANDIDATES_PER_MESSAGE):
             batch = {"candidates": out[i:i + CANDIDATES_PER_MESSAGE]}
             await candidates_topic.send(value=codec.encode("CandidateBatch", batch, check=False))
+        agent_stats(rt, "score", len(out), started)
         await flush(rt)
 
 
@@ -269,8 +297,11 @@ async def route(stream):
     """Decide for each candidate under the global budget; send the tasks."""
     rt = runtime()
     async for events in stream.take_events(100, within=0.01):
+        started, seen = time.perf_counter(), 0
 
         async def handle(name, record):
+            nonlocal seen
+            seen += len(record["candidates"])
             for c in record["candidates"]:
                 decision, task = rt.router.route(c, now_ms())
                 if task is not None:
@@ -288,6 +319,7 @@ async def route(stream):
                                                        "reasons": ["gold"]}, project=True)
 
         await each(events, handle)
+        agent_stats(rt, "route", seen, started)
         await flush(rt)
 
 
@@ -301,8 +333,10 @@ async def learn(stream):
             result = rt.trainer.add_task(record) if name == "LabelingTask" else rt.trainer.add_label(record)
             for table in ("labels", "consensus", "adjudications"):
                 for row in getattr(result, table):
-                    rt.sink.add(TABLE_OF[table], row)
+                    rt.sink.add(TABLE_OF[table], row, project=True)
             rt.labels_changed = rt.labels_changed or bool(result.labels)
+            for row in result.consensus:
+                measure(rt, row)
             for task in result.tasks:
                 await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
             if rt.trainer.learner.due:
@@ -341,10 +375,40 @@ def label_quality_rows(rt: "Runtime", now: int) -> None:
     rt.flagged = flagged
 
 
+def measure(rt: "Runtime", row: dict) -> None:
+    """A settled label: was the shadow model wrong on it? Feeds the live lift of
+    the policy over the control slice, and drift detection on the control
+    slice's errors (policy-chosen items are hard both before and after a
+    drift; the uniform slice shows the change)."""
+    task = rt.trainer.task(row["task_id"])
+    predicted = row.get("shadow_prediction")
+    if task is None or predicted is None:
+        return
+    rt.lift.add(task["reasons"], task["selection_probability"], error=predicted != row["label"])
+    control = "control" in task["reasons"]
+    event = rt.router.policy.observe_label(row["label"], predicted if control else None, ts=row["ts"])
+    if event is not None:
+        log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
+                    event["error_before"], event["error_after"])
+        rt.sink.add("drift_events", {"ts": now_ms(), "model_name": settings.model_name,
+                                     "version": rt.trainer.learner.version, "detector": "adwin:shadow_error",
+                                     "detail": json.dumps(event)})
+
+
+def lift_row(rt: "Runtime", version: int, ts: int) -> None:
+    e = rt.lift.estimate()
+    accuracy = lambda rate: None if rate is None else 1.0 - rate
+    rt.sink.add("policy_lift", {"ts": ts, "version": version, "policy_accuracy": accuracy(e["policy_error_rate"]),
+                                "control_accuracy": accuracy(e["control_error_rate"]), "lift": e["lift"],
+                                "ci_low": e["low"], "ci_high": e["high"], "n_policy": e["policy_labels"],
+                                "n_control": e["control_labels"]})
+
+
 async def publish(rt: "Runtime") -> None:
     record = rt.trainer.learner.publish(now_ms(), rt.key)
     await models_topic.send(key=record["model_name"].encode(), value=codec.encode("ModelVersion", record))
     rt.sink.add("model_versions", record, project=True)
+    lift_row(rt, record["version"], record["ts"])
     rt.scorer.use(load_version(record, rt.key))
     log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
              record["version"], record["labels_seen"], record["control_accuracy"])

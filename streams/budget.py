@@ -64,7 +64,7 @@ class Budget:
     """
 
     def __init__(self, fraction: float = 0.1, per_hour: int | None = None, per_day: int | None = None,
-                 per_week: int | None = None, window: int = 1000, burst: float = 3.0, stiffness: float = 2.0):
+                 per_week: int | None = None, window: int = 1000, burst: float = 3.0, stiffness: float = 1.0):
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"budget fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
@@ -144,7 +144,7 @@ class VariableThreshold:
     """Randomised variable threshold on a score, adapted to a target selection rate.
 
     The score's scale does not matter: the threshold is multiplicative. After
-    each item ``log θ`` moves by ``step · (p - rate) / rate``, so the mean
+    each item ``log θ`` moves by ``step · (p - rate) / max(rate, 0.02)``, so the mean
     selection probability settles at ``rate`` whatever the score distribution.
 
     Parameters
@@ -166,16 +166,14 @@ class VariableThreshold:
 
     def peek(self, score: float) -> float:
         """Selection probability of ``score`` under the current threshold."""
-        if score <= 0.0:
-            return 0.0
-        return normal_cdf((score / self.threshold - 1.0) / self.spread)
+        return normal_cdf((max(score, 0.0) / self.threshold - 1.0) / self.spread)
 
     def update(self, p: float, rate: float | None = None) -> None:
         """Adapt the threshold after an item whose probability was ``p``."""
         target = self.rate if rate is None else rate
         if target <= 0.0:
             return
-        change = self.step * max(-1.0, min(10.0, (p - target) / target))
+        change = self.step * (p - target) / max(target, 0.02)
         self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
 
     def probability(self, score: float, rate: float | None = None) -> float:

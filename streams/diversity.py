@@ -52,6 +52,12 @@ class Sketch:
         self._n: dict[str, int] = {}
         self._mean: dict[str, float] = {}
         self._m2: dict[str, float] = {}
+        self.has_text = False
+
+    @property
+    def width(self) -> int:
+        """Columns in use: the numeric slots, and the text slots once text was seen."""
+        return self.dims + self.text_dims if self.has_text else min(self.dims, max(1, len(self._slot)))
 
     def _place(self, key: str, size: int, offset: int) -> tuple[int, float]:
         slot = self._slot.get(key)
@@ -87,6 +93,7 @@ class Sketch:
                 i, sign = self._place(key, self.text_dims, self.dims)
                 v[i] += sign * value
                 text += 1
+                self.has_text = True
                 continue
             n = self._n.get(key, 0)
             sd = math.sqrt(self._m2[key] / (n - 1)) if n > 1 else 0.0
@@ -125,7 +132,8 @@ class Novelty:
         n = len(self)
         if n == 0:
             return math.inf
-        d = self._centers[:n] - v
+        w = self.sketch.width
+        d = self._centers[:n, :w] - v[:w]
         return float(math.sqrt(np.einsum("ij,ij->i", d, d).min()))
 
     def score(self, x: dict[str, float]) -> float:

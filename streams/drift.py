@@ -61,11 +61,16 @@ class DriftMonitor:
         self.detector.update(float(error))
         if not self.detector.drift_detected:
             return None
-        self._left = self.explore_for
+        self.explore()
         event = {"ts": ts, "labels": self.labels, "error_before": before, "error_after": self._recent_error,
                  "window": self.detector.width, "explore_for": self.explore_for}
         self.events.append(event)
         return event
+
+    def explore(self) -> None:
+        """Raise exploration now, as after an alarm (for an alarm raised elsewhere,
+        e.g. by the learner's own monitor)."""
+        self._left = self.explore_for
 
     def tick(self) -> None:
         """Count one item of the stream against the exploration period."""

