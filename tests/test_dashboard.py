@@ -20,7 +20,7 @@ from feedbackloop.clickhouse import connect
 from feedbackloop.settings import Settings
 
 NOW = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=10)
-T0 = NOW.replace(minute=0) if NOW.minute < 57 else NOW  # three minutes inside one hour
+T0 = NOW.replace(minute=0)  # the data's minutes 0-3 lie inside one hour, in the past
 REASONS = [["uncertain"], ["override"], ["control"], ["uncertain", "disagreement"]]
 ANNOTATORS = ["ann-1", "ann-2", "ann-3"]
 CLASSES = ["a"] * 150 + ["b"] * 45 + ["c"] * 5
