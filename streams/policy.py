@@ -173,7 +173,10 @@ class Policy:
     @property
     def control_rate(self) -> float:
         """Probability that any prediction enters the control slice."""
-        rate = self.budget.fraction * self.shares()["control"]
+        return self._control_rate(self.shares())
+
+    def _control_rate(self, shares: dict[str, float]) -> float:
+        rate = self.budget.fraction * shares["control"]
         if self.control_selected < self.cold_start and rate < 1.0:
             rate = max(rate, min(5.0 * rate, self.budget.fraction / 2.0))
         return rate
@@ -230,9 +233,12 @@ class Policy:
         self.drift.tick()
         score = self._score(signals)
         shares = self.shares(cold=score is None)
+        if x is None and shares["diverse"]:  # no features: novelty is unknown, its share moves
+            shares["uncertain" if score is not None else "control"] += shares["diverse"]
+            shares["diverse"] = 0.0
         b = self.budget.fraction
         pace = self.budget.pace
-        c = self.control_rate
+        c = self._control_rate(shares)
         failures = min(self._failure_rate / self._failure_weight, b * shares["failure"])
         elastic = max(0.0, b - c - failures)
         weight = shares["uncertain"] + shares["diverse"]
