@@ -116,7 +116,8 @@ class Producer:
         events = self._buffers.pop(partition, [])
         if events:
             topic = self.settings.topic("predictions")
-            self._kafka.produce(topic, codec.encode("PredictionBatch", {"events": events}),
+            # each event was validated when it was buffered
+            self._kafka.produce(topic, codec.encode("PredictionBatch", {"events": events}, check=False),
                                 key=events[0]["item_id"].encode(), partition=partition)
             self._kafka.poll(0)
             self.sent += len(events)

@@ -31,7 +31,7 @@ from dashboards.migrate import migrate
 from feedbackloop.clickhouse import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.budget import Budget
+from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.learner import Learner, SnapshotRejected, load_version
 from streams.lift import Lift
 from streams.policy import Policy
@@ -228,11 +228,10 @@ def budget_row(rt: "Runtime", now: int) -> None:
     b = rt.router.policy.budget
     if b.total_seen == 0:
         return
-    caps = {size: cap for size, cap in b.caps.items()}
-    hour, day, week = sorted(caps)
     rt.sink.add("budget_state", {
         "ts": now, "spent_hour": b.spent_in_hour(now), "spent_day": b.spent_in_day(now),
-        "spent_week": b.spent_in_week(now), "cap_hour": caps[hour], "cap_day": caps[day], "cap_week": caps[week],
+        "spent_week": b.spent_in_week(now), "cap_hour": b.caps[HOUR_MS], "cap_day": b.caps[DAY_MS],
+        "cap_week": b.caps[WEEK_MS],
         "target_fraction": b.fraction, "realised_fraction": b.realised})
 
 

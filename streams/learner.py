@@ -151,13 +151,16 @@ class Learner:
             self.control.append((x, label))
         else:
             self.classes.add(label)
-            self.model.learn_one(x, label) if weight == 1.0 else self._learn_weighted(x, label, weight)
+            self._learn(x, label, weight)
         return predicted
 
-    def _learn_weighted(self, x, label, weight):
+    def _learn(self, x, label, weight):
+        if weight == 1.0:
+            self.model.learn_one(x, label)
+            return
         try:
             self.model.learn_one(x, label, w=weight)
-        except TypeError:
+        except TypeError:  # a model that takes no sample weight
             self.model.learn_one(x, label)
 
     @property
