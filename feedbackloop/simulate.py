@@ -207,25 +207,27 @@ def _accuracy(model, test, cache: dict | None = None) -> float:
 
 
 def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str = "knn",
-           classes: int | None = None) -> dict:
-    """Run one strategy over one stream; return its learning curve and spend."""
+           classes: int | None = None, grid: list[int] | None = None) -> dict:
+    """Run one strategy over one stream; return its learning curve and spend
+    (measured at the label counts of ``grid``, :func:`checkpoints` by default)."""
     settings = dict(STRATEGIES[strategy])
     committee = settings.get("uncertainty") == "committee"
     model = _model(kind, committee, seed)
     policy = Policy(Budget(fraction=min(1.0, budget_labels / len(stream))), seed=seed, **settings)
     rng = random.Random(f"{seed}:{strategy}:draws")
-    grid = checkpoints(budget_labels)
+    grid = grid or checkpoints(budget_labels)
     curve, seen_classes, bought, events, cache = [], set(), 0, 0, {}
     stopping, stop_at = StoppingSignal(), None
     next_check = 0
     for t, (x, y) in enumerate(stream):
         s: dict[str, float] = {}
-        predicted = None
+        predicted = confidence = None
         if len(seen_classes) >= 2:
             members = model.members_proba(x) if committee else None
             proba = signals.consensus(members) if committee else model.predict_proba_one(x)
             if proba:
                 predicted = signals.top_label(proba)
+                confidence = proba[predicted]
                 s = signals.score(proba, None, classes, committee=members)
         if bought >= budget_labels:
             continue
@@ -235,7 +237,7 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
         model.learn_one(x, y)
         seen_classes.add(y)
         bought += 1
-        events += policy.observe_label(y, predicted, ts=t * 1000) is not None
+        events += policy.observe_label(y, predicted, ts=t * 1000, confidence=confidence) is not None
         while next_check < len(grid) and grid[next_check] <= bought:
             predicted = _predictions(model, test, cache)
             curve.append((bought, sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)))
@@ -276,6 +278,10 @@ def _task(args):
     stream, test = split(dataset, holdout, seed)
     if kind_of == "reference":
         return args, reference(stream, test, extra["model"], seed)
+    if kind_of == "random":  # random sampling of the whole stream: what random needs, whatever the budget
+        sizes = [budget_labels(b, len(stream)) for b in extra["budgets"]] + [len(stream)]
+        grid = sorted(set().union(*(checkpoints(n) for n in sizes)))
+        return args, replay(stream, test, "random", len(stream), seed, extra["model"], extra["classes"], grid)
     return args, replay(stream, test, extra["strategy"], budget_labels(extra["budget"], len(stream)), seed,
                         extra["model"], extra["classes"])
 
@@ -292,19 +298,43 @@ def _mean_sd(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, float], results: dict) -> dict:
-    """Per strategy: labels to target, final accuracy, spend and the mean curve."""
+def within(run: dict, labels: int) -> dict:
+    """A run of random sampling over the whole stream, cut at ``labels``: what
+    random sampling with that budget would have bought (the same in distribution)."""
+    curve = [(n, acc) for n, acc in run["curve"] if n <= labels]
+    if not curve or curve[-1][0] < labels:
+        curve.append((labels, float(np.interp(labels, *zip(*run["curve"])))))
+    return {**run, "curve": curve, "labels_spent": min(labels, run["labels_spent"])}
+
+
+def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, float], results: dict,
+              random_runs: dict[int, dict]) -> dict:
+    """Per strategy: labels to target, final accuracy, spend and the mean curve.
+
+    ``random_runs`` are random sampling over the whole stream, per seed: the
+    labels random *needs* are read there, with no budget to cut them short.
+    A strategy that does not reach the target within its budget on a seed is
+    counted as needing what random needs on that seed (never fewer than it
+    spent): no saving is claimed where none was seen.
+    """
     seeds = sorted(refs)
-    n_stream = None
+    need, hits = {}, {}
+    for seed in seeds:
+        run = random_runs[seed]
+        hits[seed] = first_reaching(run["curve"], target * refs[seed])
+        need[seed] = hits[seed] if hits[seed] is not None else run["labels_spent"]
+    n_stream = random_runs[seeds[0]]["seen"]
+    labels = budget_labels(budget, n_stream)
+    results = {**results, "random": {seed: within(random_runs[seed], labels) for seed in seeds}}
     out = {}
     for strategy, per_seed in results.items():
-        reached, censored, finals, spent = [], [], [], []
+        reached, counted, finals, spent = [], [], [], []
         for seed in seeds:
             r = per_seed[seed]
-            n_stream = r["seen"]
-            hit = first_reaching(r["curve"], target * refs[seed])
+            hit = hits[seed] if strategy == "random" else first_reaching(r["curve"], target * refs[seed])
             reached.append(hit)
-            censored.append(hit if hit is not None else r["labels_spent"])
+            counted.append(need[seed] if strategy == "random" else
+                           hit if hit is not None else max(r["labels_spent"], need[seed]))
             finals.append(r["curve"][-1][1])
             spent.append(r["labels_spent"])
         grid = sorted({n for seed in seeds for n, _ in per_seed[seed]["curve"]})
@@ -314,18 +344,17 @@ def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, fl
         acc, acc_sd = _mean_sd(finals)
         out[strategy] = {
             "labels_to_target": ltt, "labels_to_target_sd": ltt_sd,
-            "reached": sum(h is not None for h in reached), "labels_to_target_censored": statistics.fmean(censored),
+            "reached": sum(h is not None for h in reached), "labels_counted": statistics.fmean(counted),
             "final_accuracy": acc, "final_accuracy_sd": acc_sd,
             "labels_spent": statistics.fmean(spent), "spend_ratio": None,
             "drift_events": statistics.fmean(per_seed[s]["drift_events"] for s in seeds),
             "stop_recommended_at": _mean_sd([per_seed[s]["stop_at"] for s in seeds])[0],
             "curve": curve, "per_seed": {"labels_to_target": reached, "final_accuracy": finals},
         }
-    labels = budget_labels(budget, n_stream)
-    random_ltt = out["random"]["labels_to_target_censored"]
+    random_need = out["random"]["labels_counted"]
     for r in out.values():
         r["spend_ratio"] = r["labels_spent"] / labels
-        r["ratio_to_random"] = r["labels_to_target_censored"] / random_ltt if random_ltt else None
+        r["ratio_to_random"] = r["labels_counted"] / random_need if random_need else None
     return {"dataset": dataset.name, "budget": budget, "budget_labels": labels, "stream": n_stream,
             "target": target, "all_labels_accuracy": statistics.fmean(refs.values()),
             "seeds": len(seeds), "strategies": out}
@@ -336,7 +365,7 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
              jobs: int | None = None, progress: bool = True) -> dict:
     """Replay every (dataset, budget, strategy, seed); return the summaries."""
     datasets_ = dataset if isinstance(dataset, list) else [dataset]
-    strategies = list(dict.fromkeys((strategies or ["default"]) + ["random"]))
+    strategies = [s for s in dict.fromkeys(strategies or ["default"]) if s != "random"]
     for s in strategies:
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}: choose from {', '.join(STRATEGIES)}")
@@ -346,6 +375,7 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
         classes = len({y for _, y in d.rows})
         for seed in range(seeds):
             tasks.append(("reference", d, holdout, seed, {"model": kind}))
+            tasks.append(("random", d, holdout, seed, {"model": kind, "budgets": budgets, "classes": classes}))
             for b in budgets:
                 for s in strategies:
                     tasks.append(("replay", d, holdout, seed,
@@ -373,9 +403,10 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
     runs = []
     for d in datasets_:
         refs = {seed: done[(d.name, "reference", seed, None, None)] for seed in range(seeds)}
+        random_runs = {seed: done[(d.name, "random", seed, None, None)] for seed in range(seeds)}
         for b in budgets:
             results = {s: {seed: done[(d.name, "replay", seed, s, b)] for seed in range(seeds)} for s in strategies}
-            runs.append(summarize(d, b, target, refs, results))
+            runs.append(summarize(d, b, target, refs, results, random_runs))
     return {"target": target, "holdout": holdout, "seeds": seeds, "runs": runs}
 
 

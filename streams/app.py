@@ -376,21 +376,21 @@ def label_quality_rows(rt: "Runtime", now: int) -> None:
 
 def measure(rt: "Runtime", row: dict) -> None:
     """A settled label: was the shadow model wrong on it? Feeds the live lift of
-    the policy over the control slice, and drift detection on the control
-    slice's errors (policy-chosen items are hard both before and after a
-    drift; the uniform slice shows the change)."""
+    the policy over the control slice, and drift detection on the shadow
+    model's surprise (its error beyond what its confidence expected; every
+    label counts, see :mod:`streams.drift`)."""
     task = rt.trainer.task(row["task_id"])
     predicted = row.get("shadow_prediction")
     if task is None or predicted is None:
         return
     rt.lift.add(task["reasons"], task["selection_probability"], error=predicted != row["label"])
-    control = "control" in task["reasons"]
-    event = rt.router.policy.observe_label(row["label"], predicted if control else None, ts=row["ts"])
+    event = rt.router.policy.observe_label(row["label"], predicted, ts=row["ts"],
+                                           confidence=row.get("shadow_confidence"))
     if event is not None:
         log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
                     event["error_before"], event["error_after"])
         rt.sink.add("drift_events", {"ts": now_ms(), "model_name": settings.model_name,
-                                     "version": rt.trainer.learner.version, "detector": "adwin:shadow_error",
+                                     "version": rt.trainer.learner.version, "detector": "adwin:shadow_surprise",
                                      "detail": json.dumps(event)})
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 from river import linear_model, multiclass, neighbors, preprocessing, tree
 
+from streams import signals
+
 _TOKEN = re.compile(r"\w+")
 
 
@@ -139,9 +141,11 @@ class Learner:
             return None
         return self.model.predict_one(x)
 
-    def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> str | None:
-        """Predict ``x``, then learn it (or hold it out if ``control``); return the prediction."""
-        predicted = self.predict(x)
+    def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
+        """Predict ``x``, then learn it (or hold it out if ``control``); return
+        the class probabilities predicted (``{}`` before the first label)."""
+        proba = self.model.predict_proba_one(x) if self.classes else {}
+        predicted = signals.top_label(proba)
         if predicted is not None:
             self.prequential_total += 1
             self.prequential_hits += predicted == label
@@ -152,7 +156,7 @@ class Learner:
         else:
             self.classes.add(label)
             self._learn(x, label, weight)
-        return predicted
+        return proba
 
     def _learn(self, x, label, weight):
         if weight == 1.0:

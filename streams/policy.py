@@ -291,13 +291,15 @@ class Policy:
 
     # -- feedback -----------------------------------------------------------
 
-    def observe_label(self, label: str, predicted: str | None = None, ts: int = 0) -> dict | None:
-        """Take in one label (and what the shadow model predicted for the item
-        when it was decided); return a drift event if the error stream changed."""
+    def observe_label(self, label: str, predicted: str | None = None, ts: int = 0,
+                      confidence: float | None = None) -> dict | None:
+        """Take in one label (with what the shadow model predicted for the item
+        and how sure it was, see :mod:`streams.drift`); return a drift event if
+        the model's surprise changed."""
         self.label_counts[label] += 1
         if predicted is None:
             return None
-        return self.drift.update(predicted != label, ts)
+        return self.drift.update(predicted != label, ts, confidence)
 
     def state(self) -> dict:
         """Counters for dashboards and snapshots."""

@@ -25,6 +25,7 @@ import hashlib
 import uuid
 from collections import OrderedDict
 
+from streams.learner import featurize
 from streams.policy import Policy
 from streams.signals import top_label
 
@@ -68,7 +69,9 @@ class Router:
         for label in (c["user_label"], c["predicted_label"]):
             if label:
                 self.labels.add(label)
-        d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed))
+        x = featurize(c["features"], c["text"]) if c["features"] or c["text"] else None
+        d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed),
+                               x=x, label=c["shadow_label"] or c["predicted_label"])
         task_id = str(uuid.uuid5(_NAMESPACE, c["event_id"])) if d.selected else None
         decision = {
             "event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from streams.agreement import AgreementTracker
 from streams.consensus import Consensus
 from streams.learner import Learner, featurize
+from streams.signals import top_label
 
 
 class UnknownLabel(ValueError):
@@ -131,13 +132,14 @@ class Trainer:
                 "reason": outcome.reason, "annotators": outcome.exclude, "ts": label["ts"]})
         elif outcome.action == "done" and outcome.changed:
             votes = self.consensus.votes(label["task_id"])
-            row["shadow_prediction"] = self.learner.learn(entry["x"], outcome.label, control=control,
-                                                          weight=outcome.confidence)
+            proba = self.learner.learn(entry["x"], outcome.label, control=control, weight=outcome.confidence)
+            row["shadow_prediction"] = top_label(proba)
             result.consensus.append({
                 "task_id": label["task_id"], "item_id": item, "label": outcome.label,
                 "confidence": outcome.confidence, "method": outcome.method, "annotators": sorted(votes),
                 "n_labels": len(votes), "round": outcome.round, "ts": label["ts"],
-                "learned_by_version": self.learner.version, "shadow_prediction": row["shadow_prediction"]})
+                "learned_by_version": self.learner.version, "shadow_prediction": row["shadow_prediction"],
+                "shadow_confidence": proba.get(row["shadow_prediction"])})
         return result
 
     def task(self, task_id: str) -> dict | None:

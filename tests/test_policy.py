@@ -126,6 +126,44 @@ def test_drift_raises_exploration_and_is_recorded():
     assert policy.shares() == normalize_mix(DEFAULT_MIX)
 
 
+def _labeled_stream(flip_at, seed, n=5000):
+    """The policy and a kNN shadow model on Bananas, every label swapped from
+    ``flip_at`` on; the drift events raised from the labels it bought."""
+    from feedbackloop.datasets import load
+    from streams import signals
+    from streams.models import KNN
+
+    rows = load("bananas")
+    random.Random(seed).shuffle(rows)
+    policy, model, rng, seen = Policy(Budget(0.1), seed=seed), KNN(), random.Random(seed), set()
+    events = []
+    for t, (x, y) in enumerate(rows[:n]):
+        if t >= flip_at:
+            y = "True" if y == "False" else "False"
+        proba = model.predict_proba_one(x) if len(seen) >= 2 else {}
+        predicted = signals.top_label(proba)
+        s = signals.score({"True": 0.5, "False": 0.5}, proba, 2) if proba else {}
+        d = policy.decide("prediction", s, t * 1000, draw=rng.random(), x=x, label=predicted)
+        if not d.selected:
+            continue
+        if d.reasons[0] != "control":
+            model.learn_one(x, y)
+        seen.add(y)
+        event = policy.observe_label(y, predicted, ts=t, confidence=proba.get(predicted))
+        if event:
+            events.append((t, event))
+    return events
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_concept_change_raises_a_drift_event_from_bought_labels_alone(seed):
+    events = _labeled_stream(flip_at=2500, seed=seed)
+    assert events and all(t >= 2500 for t, _ in events)
+    first = events[0][1]
+    assert first["error_after"] > first["error_before"]
+    assert _labeled_stream(flip_at=10**9, seed=seed) == []
+
+
 def test_rare_classes_get_a_boost():
     policy = Policy(Budget(0.1), seed=0)
     for _ in range(50):
