@@ -96,6 +96,9 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "model_versions": len(versions),
         "lift": lift,
         "drift_events": drift,
+        "stopping": {metric: {"version": v, "value": value, "recommendation": r} for metric, v, value, r in client.query(
+            "SELECT metric, argMax(version, ts), argMax(value, ts), argMax(recommendation, ts) "
+            "FROM stopping_signals GROUP BY metric ORDER BY metric").result_rows},
         "consensus_labels": scalar("SELECT uniqExact(task_id) FROM consensus_labels"),
         "adjudications": scalar("SELECT count() FROM adjudications"),
         "adjudicated_tasks": scalar("SELECT uniqExact(task_id) FROM adjudications"),
@@ -275,6 +278,10 @@ def summary(report: dict) -> str:
         *([f"drift events      {len(report['drift_events']):>7}   (after labels "
            f"{', '.join(str(e['detail']['labels']) for e in report['drift_events'])})"]
           if report["drift_events"] else []),
+        *([f"stopping signal   {stop['kappa_average']['recommendation']:>7}   (successive versions agree with kappa "
+           f"{fmt2(stop['kappa_average']['value'])}, control accuracy gain "
+           f"{fmt2(stop.get('control_accuracy_gain', {}).get('value'))})"]
+          if (stop := report.get("stopping")) and "kappa_average" in stop else []),
         *([f"adjudicated tasks {report['adjudicated_tasks']:>7}   ({report['adjudications']} rounds)"]
           if report["adjudications"] else []),
         *([f"agreement           kappa {fmt2(report['agreement'].get('fleiss_kappa'))} (Fleiss), "

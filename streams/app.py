@@ -34,6 +34,7 @@ from schemas import codec
 from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.learner import Learner, SnapshotRejected, load_version
 from streams.lift import Lift
+from streams.stopping import StoppingSignal
 from streams.policy import Policy
 from streams.router import Router
 from streams.scorer import Scorer
@@ -46,6 +47,7 @@ settings = Settings.from_env()
 
 #: Largest number of candidates packed into one message on ``labeling.candidates``.
 CANDIDATES_PER_MESSAGE = 500
+STOP_SET = 50  # control items whose predictions successive versions are compared on
 #: Scorers take up to this many messages at a time, waiting at most WITHIN seconds.
 BATCH, WITHIN = 1000, 0.05
 
@@ -118,6 +120,7 @@ class Runtime:
         self.flagged: set[str] = set()
         self.labels_changed = False
         self.lift = Lift()
+        self.stopping = StoppingSignal()
         if s.dashboard_port:  # the embedded engine has one owner: serve the page from it
             from feedbackloop import dashboard
 
@@ -403,11 +406,26 @@ def lift_row(rt: "Runtime", version: int, ts: int) -> None:
                                 "n_control": e["control_labels"]})
 
 
+def stopping_rows(rt: "Runtime", record: dict) -> None:
+    """Should labeling stop? Successive versions' agreement on a fixed stop set
+    (the first control items: a uniform sample whose labels are never learned)
+    and the control accuracy's plateau, see :mod:`streams.stopping`."""
+    learner = rt.trainer.learner
+    stop_set = [x for x, _ in list(learner.control)[:STOP_SET]]
+    predictions = [learner.model.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []
+    row = rt.stopping.update(record["version"], predictions, record["control_accuracy"], record["labels_seen"])
+    recommendation = "stop" if row["stop"] else "continue"
+    for metric, value in (("kappa_average", row["kappa_average"]), ("control_accuracy_gain", row["accuracy_gain"])):
+        rt.sink.add("stopping_signals", {"ts": record["ts"], "version": record["version"], "metric": metric,
+                                         "value": value, "recommendation": recommendation})
+
+
 async def publish(rt: "Runtime") -> None:
     record = rt.trainer.learner.publish(now_ms(), rt.key)
     await models_topic.send(key=record["model_name"].encode(), value=codec.encode("ModelVersion", record))
     rt.sink.add("model_versions", record, project=True)
     lift_row(rt, record["version"], record["ts"])
+    stopping_rows(rt, record)
     rt.scorer.use(load_version(record, rt.key))
     log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
              record["version"], record["labels_seen"], record["control_accuracy"])

@@ -169,6 +169,13 @@ def test_predictions_in_tasks_out_labels_in_model_up(loop):
         assert count("labels") == len(tasks)
         assert count("model_versions") == len(versions)
         assert count("dead_letters") == 1
+        # every version is measured: its lift over the control slice, and whether labels still pay
+        assert count("policy_lift") == len(versions)
+        stopping = client.query("SELECT metric, groupArray(version), groupUniqArray(recommendation) "
+                                "FROM stopping_signals GROUP BY metric ORDER BY metric").result_rows
+        assert [m for m, _, _ in stopping] == ["control_accuracy_gain", "kappa_average"]
+        assert all(sorted(v) == [r["version"] for r in versions] and set(rec) <= {"stop", "continue"}
+                   for _, v, rec in stopping)
         selected = client.query(
             "SELECT count(), countIf(length(reasons) > 0 AND selection_probability > 0) "
             "FROM routing_decisions WHERE selected").result_rows[0]
