@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from streams.backlog import Backlog
+from streams.backlog import rescored
 from streams.budget import HOUR_MS, Budget, VariableThreshold
 from streams.drift import DriftMonitor
 from streams.lift import Lift
@@ -189,6 +189,8 @@ def test_lift_stopping_and_backlog_fit_together():
     signal = StoppingSignal(window=1)
     assert signal.update(1, ["a", "b"])["stop"] is False
     assert signal.update(2, ["a", "b"])["stop"] is True
-    backlog = Backlog(ttl_ms=10)
-    backlog.add({"task_id": "t", "features": {}, "reasons": ["control"], "priority": 0.5, "created_ts": 0})
-    assert backlog.rescore(lambda x: {}, now_ms=100)[0]["action"] == "expire" and len(backlog) == 0
+    sure, unsure = {"a": 0.99, "b": 0.01}, {"a": 0.5, "b": 0.5}
+    task = {"reasons": ["uncertain", "disagreement"], "signals": {"margin": 0.4}}
+    assert rescored(task, sure) < rescored(task, unsure)
+    assert rescored({**task, "signals": {}}, unsure) == 1.0
+    assert all(rescored({**task, "reasons": [r]}, sure) is None for r in ("control", "override", "appeal", "diverse"))

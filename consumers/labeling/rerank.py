@@ -1,16 +1,11 @@
 """Re-ranking the queue when a new shadow model version arrives.
 
-A task chosen because the models were unsure was ranked by the uncertainty
-of the model versions of its day. When the learner publishes a new version,
-each such task still waiting is scored again: its priority becomes the mean
-of the production model's uncertainty (``1 - margin``, kept from the task's
-signals) and the new shadow model's, as the scorer computes it. Items the new
-model has become sure about sink; items it still doubts stay on top.
-
-Tasks chosen for other reasons keep their priority: overrides and appeals
-(a user said the model was wrong, whatever the model now thinks) and the
-random control sample (its worth does not depend on any model). So do tasks
-the model cannot score (no features, or a model that has seen no label).
+Each task chosen because the models were unsure, still waiting, is scored
+again with the new version by :func:`streams.backlog.rescored` (the rule the
+core uses for any backlog): items the new model has become sure about sink;
+items it still doubts stay on top. Overrides, appeals, control and diverse
+tasks keep their priority, and so do tasks the model cannot score (no
+features, or a model that has seen no label).
 
 >>> from streams.learner import ShadowModel
 >>> class Sure:  # a stand-in for a River model: sure about x > 0
@@ -26,31 +21,18 @@ the model cannot score (no features, or a model that has seen no label).
 
 from __future__ import annotations
 
+from streams.backlog import rescored
 from streams.learner import ShadowModel, featurize
-from streams.signals import margin
-
-#: Reasons whose priority follows the models' uncertainty.
-RANKED_REASONS = frozenset({"uncertain", "disagreement"})
-
-
-def priority(task: dict, model: ShadowModel) -> float | None:
-    """The task's priority under ``model``, or None to keep the one it has."""
-    if not RANKED_REASONS.intersection(task["reasons"]) or "margin" not in task["signals"]:
-        return None
-    x = featurize(task.get("features") or {}, task.get("text"))
-    if not x:
-        return None
-    proba = model.predict_proba(x)
-    if not proba:
-        return None
-    return 0.5 * ((1.0 - task["signals"]["margin"]) + (1.0 - margin(proba)))
 
 
 def priorities(tasks: list[tuple[str, dict]], model: ShadowModel) -> dict[str, float]:
     """``{task_id: new priority}`` for the tasks whose priority changes with ``model``."""
     out = {}
     for task_id, task in tasks:
-        p = priority(task, model)
+        if "uncertain" not in task["reasons"]:
+            continue
+        x = featurize(task.get("features") or {}, task.get("text"))
+        p = rescored(task, model.predict_proba(x)) if x else None
         if p is not None:
             out[task_id] = p
     return out
