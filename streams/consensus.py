@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from streams.recent import Recent
+
 PRIOR_HITS, PRIOR_MISSES = 4.0, 1.0
 
 
@@ -127,8 +129,7 @@ class Consensus:
         self.agree = agree
         self.max_annotators = max_annotators
         self.gold = gold or GoldChecks()
-        self.memory = memory
-        self.tasks: dict[str, dict] = {}
+        self.tasks: Recent = Recent(memory)
 
     def open(self, task: dict) -> None:
         """Start collecting labels for ``task`` (again: keeps what it has)."""
@@ -140,8 +141,6 @@ class Consensus:
             "votes": {}, "tier_votes": {}, "round": 0, "settled": None,
             "wanted": self.overlap if self.overlap > 0 else 1,
         }
-        if len(self.tasks) > self.memory:
-            self.tasks.pop(next(iter(self.tasks)))
 
     def add(self, task_id: str, annotator: str, label: str, tier: str = "annotator") -> Outcome:
         """Take one label (or a correction) and say what to do next."""

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import OrderedDict
 
 from streams.learner import featurize
 from streams.policy import Policy
+from streams.recent import Recent
 from streams.signals import top_label
 
 _NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
@@ -48,16 +48,13 @@ class Router:
     def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000):
         self.policy = policy
         self.seed = seed
-        self.memory = memory
         self.labels: set[str] = set()
-        self._decided: OrderedDict[str, None] = OrderedDict()
+        self._decided: Recent = Recent(memory)
 
     def _seen(self, event_id: str) -> bool:
         if event_id in self._decided:
             return True
         self._decided[event_id] = None
-        if len(self._decided) > self.memory:
-            self._decided.popitem(last=False)
         return False
 
     def route(self, c: dict, now_ms: int) -> tuple[dict | None, dict | None]:

@@ -19,10 +19,10 @@ contests.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 from streams import signals
 from streams.learner import ShadowModel, featurize
+from streams.recent import Recent
 
 
 class Scorer:
@@ -30,8 +30,7 @@ class Scorer:
 
     def __init__(self, model: ShadowModel | None = None, memory: int = 100_000):
         self.model = model or ShadowModel("shadow", 0)
-        self.memory = memory
-        self._recent: OrderedDict[str, dict] = OrderedDict()
+        self._recent: Recent = Recent(memory)
 
     def use(self, model: ShadowModel) -> bool:
         """Swap in ``model`` if it is newer than the current one."""
@@ -39,12 +38,6 @@ class Scorer:
             return False
         self.model = model
         return True
-
-    def _remember(self, item_id: str, candidate: dict) -> None:
-        self._recent[item_id] = candidate
-        self._recent.move_to_end(item_id)
-        if len(self._recent) > self.memory:
-            self._recent.popitem(last=False)
 
     def prediction(self, event: dict, now_ms: int) -> dict:
         probabilities = event["probabilities"]
@@ -59,7 +52,7 @@ class Scorer:
             "signals": signals.score(probabilities, shadow, len(classes)),
             "user_label": None, "note": None, "scored_ts": now_ms,
         }
-        self._remember(event["item_id"], candidate)
+        self._recent[event["item_id"]] = candidate
         return candidate
 
     def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> dict:

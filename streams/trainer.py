@@ -25,12 +25,12 @@ scored against the answer and never learned. Every label also feeds the
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from streams.agreement import AgreementTracker
 from streams.consensus import Consensus
 from streams.learner import Learner, featurize
+from streams.recent import Recent
 from streams.signals import top_label
 
 
@@ -72,24 +72,17 @@ class Trainer:
         self.consensus = consensus or Consensus(overlap=1)
         self.gold = dict(gold or {})
         self.tracker = AgreementTracker(self.gold)
-        self.memory = memory
-        self._tasks: OrderedDict[str, dict] = OrderedDict()
-        self._waiting: OrderedDict[str, list[dict]] = OrderedDict()
-        self._labels_seen: OrderedDict[str, None] = OrderedDict()
-
-    @staticmethod
-    def _bounded_put(store: OrderedDict, key, value, limit: int) -> None:
-        store[key] = value
-        if len(store) > limit:
-            store.popitem(last=False)
+        self._tasks: Recent = Recent(memory)
+        self._waiting: Recent = Recent(memory)  # labels that came before their task
+        self._labels_seen: Recent = Recent(memory)
 
     def add_task(self, task: dict) -> Result:
         """Remember a task; settle labels that were waiting for it."""
         if task["task_id"] not in self._tasks:
-            self._bounded_put(self._tasks, task["task_id"], {
+            self._tasks[task["task_id"]] = {
                 "task": task, "x": featurize(task["features"], task.get("text")),
                 "reasons": list(task["reasons"]), "label_set": list(task.get("label_set") or []),
-            }, self.memory)
+            }
             self.consensus.open(task)
         result = Result()
         for label in self._waiting.pop(task["task_id"], []):
@@ -100,11 +93,9 @@ class Trainer:
         """Take one label; rows for ClickHouse and any task to re-issue."""
         if label["event_id"] in self._labels_seen:
             return Result()
-        self._bounded_put(self._labels_seen, label["event_id"], None, self.memory)
+        self._labels_seen[label["event_id"]] = None
         if label["task_id"] not in self._tasks:
-            self._waiting.setdefault(label["task_id"], []).append(label)
-            while len(self._waiting) > self.memory:
-                self._waiting.popitem(last=False)
+            self._waiting[label["task_id"]] = self._waiting.get(label["task_id"], []) + [label]
             return Result()
         return self._take(label)
 
