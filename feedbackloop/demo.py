@@ -84,12 +84,13 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
             out = csv.writer(f)
             out.writerow(["item_id", "annotator_id", "label", "ts", "duration_ms"])
             out.writerows(rows)
+    tasks = scalar("SELECT count() FROM labeling_tasks")
     return {
         "events": scalar("SELECT count() FROM routing_decisions"),
         "predictions": scalar("SELECT count() FROM predictions"),
         "overrides": sent["overrides"],
         "appeals": sent["appeals"],
-        "tasks": scalar("SELECT count() FROM labeling_tasks"),
+        "tasks": tasks,
         "tasks_by_reason": by_reason,
         "labels": scalar("SELECT count() FROM labels"),
         "dead_letters": scalar("SELECT count() FROM dead_letters"),
@@ -111,7 +112,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "prequential_accuracy": {str(v): acc for v, _, acc, _ in versions},
         "production_accuracy": sent["production_accuracy"],
         "budget_fraction": settings.budget_fraction,
-        "label_share": round(scalar("SELECT count() FROM labeling_tasks") / max(1, sent["events"]), 4),
+        "label_share": round(tasks / max(1, sent["events"]), 4),
         "sent": sent,
         "clickhouse_dsn": settings.clickhouse_dsn,
         "seconds": round(seconds, 1),

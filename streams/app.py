@@ -245,10 +245,15 @@ def agent_stats(rt: "Runtime", agent: str, events: int, started: float) -> None:
 
 
 def write_rows(sink, force: bool = False) -> None:
+    """Write the buffered rows (all of them with ``force``, else when a block is
+    full or old enough), retrying until ClickHouse takes them."""
     delay = 0.5
     while True:
         try:
-            sink.flush() if force else sink.maybe_flush()
+            if force:
+                sink.flush()
+            else:
+                sink.maybe_flush()
             return
         except Exception as exc:
             log.error("ClickHouse write failed, retrying in %.1f s: %s", delay, exc)
@@ -257,11 +262,6 @@ def write_rows(sink, force: bool = False) -> None:
 
 
 app.sensors.add(FlushBeforeCommit())
-
-
-async def flush(rt: "Runtime") -> None:
-    """Write the buffered rows if a block is full or old enough."""
-    write_rows(rt.sink)
 
 
 @app.agent(inputs)
@@ -291,7 +291,7 @@ async def score(stream):
             batch = {"candidates": out[i:i + CANDIDATES_PER_MESSAGE]}
             await candidates_topic.send(value=codec.encode("CandidateBatch", batch, check=False))
         agent_stats(rt, "score", len(out), started)
-        await flush(rt)
+        write_rows(rt.sink)
 
 
 @app.agent(candidates_topic)
@@ -322,7 +322,7 @@ async def route(stream):
 
         await each(events, handle)
         agent_stats(rt, "route", seen, started)
-        await flush(rt)
+        write_rows(rt.sink)
 
 
 @app.agent(joined)
@@ -345,7 +345,7 @@ async def learn(stream):
                 await publish(rt)
 
         await each(events, handle)
-        await flush(rt)
+        write_rows(rt.sink)
 
 
 TABLE_OF = {"labels": "labels", "consensus": "consensus_labels", "adjudications": "adjudications"}
