@@ -14,13 +14,13 @@ hands them to its annotators in turn and sends their labels to ``labels``.
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from typing import Callable
 
 from confluent_kafka import Consumer, Producer
 
+from consumers.background import Background
 from feedbackloop.settings import Settings
 from schemas import codec
 
@@ -52,21 +52,22 @@ class SimulatedAnnotator:
                 "duration_ms": duration, "note": None, "tier": self.tier}
 
 
-class AnnotatorPool:
+class AnnotatorPool(Background):
     """Runs annotators against the labeling queue in a background thread.
 
     Each task goes to ``overlap`` different annotators of its tier, never to one
     in its ``exclude_annotators`` list nor to one who labeled it before.
     """
 
+    name = "annotators"
+
     def __init__(self, settings: Settings, annotators: list[SimulatedAnnotator], group: str = "simulated-annotators"):
+        super().__init__()
         self.settings = settings
         self.annotators = annotators
         self.group = group
         self.tasks = 0
         self.labels = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="annotators", daemon=True)
         self.error: BaseException | None = None
         self._done: dict[str, set[str]] = {}
         self._turn = 0
@@ -84,14 +85,6 @@ class AnnotatorPool:
         chosen = (free[start:] + free[:start])[:max(1, task.get("overlap") or 1)]
         done.update(a.annotator_id for a in chosen)
         return chosen
-
-    def start(self) -> "AnnotatorPool":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def _run(self) -> None:
         s = self.settings

@@ -18,12 +18,12 @@ The same thread sends again any label whose sending was cut short.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_STORED, Consumer, Producer, TopicPartition
 
+from consumers.background import Background
 from consumers.labeling import rerank
 from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.store import Store
@@ -34,10 +34,13 @@ from streams.learner import SnapshotRejected, load_version
 log = logging.getLogger("feedbackloop.labeling")
 
 
-class Feed:
+class Feed(Background):
     """Keeps the store fed from Kafka until :meth:`stop`."""
 
+    name = "labeling-feed"
+
     def __init__(self, settings: Settings, store: Store, outbox: Outbox | None = None, retry_every: float = 5.0):
+        super().__init__()
         self.settings = settings
         self.store = store
         self.outbox = outbox
@@ -45,16 +48,6 @@ class Feed:
         self.tasks_topic = settings.topic("labeling.tasks")
         self.models_topic = settings.topic("models")
         self.key = settings.model_signing_key.encode()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="labeling-feed", daemon=True)
-
-    def start(self) -> "Feed":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     # ------------------------------------------------------------------ the loop
 
