@@ -49,9 +49,7 @@ class Sketch:
         self.dims = dims
         self.text_dims = text_dims
         self._slot: dict[str, tuple[int, float]] = {}
-        self._n: dict[str, int] = {}
-        self._mean: dict[str, float] = {}
-        self._m2: dict[str, float] = {}
+        self._stats: dict[str, list] = {}  # count, mean, sum of squared deviations, slot, sign
         self.has_text = False
 
     @property
@@ -73,33 +71,32 @@ class Sketch:
 
     def update(self, x: dict[str, float]) -> np.ndarray:
         """Learn the running statistics from ``x``, then sketch it."""
-        for key, value in x.items():
-            if key.startswith(TEXT_PREFIX):
-                continue
-            n = self._n.get(key, 0) + 1
-            mean = self._mean.get(key, 0.0)
-            delta = value - mean
-            mean += delta / n
-            self._n[key], self._mean[key] = n, mean
-            self._m2[key] = self._m2.get(key, 0.0) + delta * (value - mean)
-        return self.transform(x)
+        return self.transform(x, learn=True)
 
-    def transform(self, x: dict[str, float]) -> np.ndarray:
-        """The sketch of ``x`` under the current statistics."""
+    def transform(self, x: dict[str, float], learn: bool = False) -> np.ndarray:
+        """The sketch of ``x`` under the current statistics (updated by ``x``
+        first if ``learn``: Welford's running mean and variance per feature)."""
         v = np.zeros(self.dims + self.text_dims)
-        text = 0.0
+        text = False
         for key, value in x.items():
             if key.startswith(TEXT_PREFIX):
                 i, sign = self._place(key, self.text_dims, self.dims)
                 v[i] += sign * value
-                text += 1
-                self.has_text = True
+                text = True
                 continue
-            n = self._n.get(key, 0)
-            sd = math.sqrt(self._m2[key] / (n - 1)) if n > 1 else 0.0
-            i, sign = self._place(key, self.dims, 0)
-            v[i] += sign * ((value - self._mean.get(key, 0.0)) / sd if sd > 0.0 else 0.0)
+            stats = self._stats.get(key)
+            if stats is None:
+                stats = self._stats[key] = [0, 0.0, 0.0, *self._place(key, self.dims, 0)]
+            if learn:
+                stats[0] += 1
+                delta = value - stats[1]
+                stats[1] += delta / stats[0]
+                stats[2] += delta * (value - stats[1])
+            n, mean, m2, i, sign = stats
+            if n > 1 and m2 > 0.0:
+                v[i] += sign * (value - mean) / math.sqrt(m2 / (n - 1))
         if text:
+            self.has_text = True
             words = v[self.dims:]
             norm = np.linalg.norm(words)
             if norm > 0.0:
@@ -122,6 +119,7 @@ class Novelty:
         self.sketch = sketch or Sketch()
         self.memory = memory
         self._centers = np.zeros((memory, self.sketch.dims + self.sketch.text_dims))
+        self._norms = np.zeros(memory)  # squared length of each center
         self._count = 0
 
     def __len__(self) -> int:
@@ -132,9 +130,10 @@ class Novelty:
         n = len(self)
         if n == 0:
             return math.inf
-        w = self.sketch.width
-        d = self._centers[:n, :w] - v[:w]
-        return float(math.sqrt(np.einsum("ij,ij->i", d, d).min()))
+        w = self.sketch.width  # the columns past it are zero in every sketch
+        # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product, no n x w temporary
+        nearest = (self._norms[:n] - 2.0 * (self._centers[:n, :w] @ v[:w])).min() + float(v[:w] @ v[:w])
+        return math.sqrt(max(0.0, nearest))
 
     def score(self, x: dict[str, float]) -> float:
         """Distance from ``x`` to the nearest center."""
@@ -143,5 +142,7 @@ class Novelty:
     def add(self, x: dict[str, float] | np.ndarray) -> None:
         """Make ``x`` (a feature dict or a sketch) a center."""
         v = x if isinstance(x, np.ndarray) else self.sketch.transform(x)
-        self._centers[self._count % self.memory] = v
+        i = self._count % self.memory
+        self._centers[i] = v
+        self._norms[i] = float(v @ v)
         self._count += 1
