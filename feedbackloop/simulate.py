@@ -219,10 +219,11 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
     curve, seen_classes, bought, events, cache = [], set(), 0, 0, {}
     stopping, stop_at = StoppingSignal(), None
     next_check = 0
+    blind = strategy == "random"  # uniform sampling needs no prediction
     for t, (x, y) in enumerate(stream):
         s: dict[str, float] = {}
         predicted = confidence = None
-        if len(seen_classes) >= 2:
+        if len(seen_classes) >= 2 and not blind:
             members = model.members_proba(x) if committee else None
             proba = signals.consensus(members) if committee else model.predict_proba_one(x)
             if proba:
