@@ -15,7 +15,9 @@ before turning it on. The protocol, the same for every strategy:
   labels bought when held-out accuracy first reaches it.
 
 ``random`` (the control slice alone, uniform sampling) is always run as the
-baseline; ``default`` is the policy as it runs live.
+baseline, once per seed over the whole stream, so the labels it needs are never
+cut short by a budget (see :func:`summarize`); ``default`` is the policy as it
+runs live.
 
 >>> result = simulate(load("phishing"), budgets=[0.2], strategies=["default"], seeds=1, jobs=1, progress=False)
 >>> run = result["runs"][0]
