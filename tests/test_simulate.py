@@ -88,3 +88,21 @@ def test_budget_as_a_number_of_labels_and_unknown_strategy():
     assert simulate.budget_labels(25, 480) == 25
     with pytest.raises(ValueError, match="unknown strategy"):
         simulate.simulate(simulate.load("phishing"), [0.1], ["nope"], seeds=1, jobs=1, progress=False)
+
+
+def test_random_need_is_read_past_the_budget_and_a_miss_claims_no_saving():
+    def run(curve, spent):
+        return {"curve": curve, "labels_spent": spent, "seen": 100, "drift_events": 0, "stop_at": None}
+
+    # random sampling over the whole stream reaches 0.9 only at 30 labels; the budget is 10
+    whole = run([(5, 0.5), (10, 0.6), (20, 0.8), (30, 0.9), (100, 0.95)], 100)
+    fast = run([(5, 0.92), (10, 0.93)], 10)    # reaches the target within the budget
+    missed = run([(5, 0.5), (10, 0.7)], 10)    # does not
+    d = simulate.Dataset("toy", [])
+    out = simulate.summarize(d, budget=0.1, target=0.9, refs={0: 1.0}, random_runs={0: whole},
+                             results={"fast": {0: fast}, "missed": {0: missed}})
+    s = out["strategies"]
+    assert s["random"]["labels_to_target"] == 30 and s["random"]["reached"] == 1
+    assert s["random"]["curve"][-1][0] == 10 and s["random"]["final_accuracy"] == pytest.approx(0.6)
+    assert s["fast"]["ratio_to_random"] == pytest.approx(5 / 30)
+    assert s["missed"]["reached"] == 0 and s["missed"]["ratio_to_random"] == pytest.approx(1.0)
