@@ -213,6 +213,32 @@ def test_skip_offers_the_task_to_others_only(local):
     assert ann.get("/api/me").json()["skips"] == 1
 
 
+def test_overlap_adjudication_rounds_and_tiers(tmp_path):
+    """A task wanting two labels gets them from two annotators; the adjudication
+    round the trainer sends back (same task id, next round, the disagreeing
+    annotators barred, the reviewer tier) reopens it for a reviewer alone."""
+    store, sink = Store(tmp_path / "queue.sqlite3"), Sink()
+    store.add_tasks([task(1, 0.9, overlap=2)], {("labeling.tasks", 0): 0})
+    app = create_app(store, Outbox(store, sink), Tokens.parse(TOKENS + ",cat-token-1:cat:annotator"), {})
+    c = {who: TestClient(app, headers={"Authorization": f"Bearer {who}-token-1"}) for who in ("ann", "bob", "cat", "rev")}
+    for who, answer in (("ann", "ham"), ("bob", "spam")):
+        assert c[who].post("/api/tasks/next").json()["task_id"] == "t-1"
+        assert c[who].post("/api/tasks/t-1/label", json={"label": answer}).status_code == 200
+        assert c[who].post("/api/tasks/next").status_code == 204, "nobody labels a task twice"
+    assert store.task("t-1")["state"] == "labeled" and [l["label"] for l in sink.sent] == ["ham", "spam"]
+
+    adjudication = task(1, 0.9, overlap=1, round=1, tier="reviewer", exclude_annotators=["ann", "bob"])
+    assert store.add_tasks([adjudication], {("labeling.tasks", 0): 1}) == 1
+    assert store.add_tasks([adjudication], {("labeling.tasks", 0): 1}) == 0, "a round is taken once"
+    assert all(c[who].post("/api/tasks/next").status_code == 204 for who in ("ann", "bob", "cat"))
+    assert c["rev"].post("/api/tasks/next").json()["task_id"] == "t-1"
+    assert c["rev"].post("/api/tasks/t-1/label", json={"label": "spam"}).status_code == 200
+    assert store.task("t-1")["state"] == "labeled"
+    assert [(l["annotator_id"], l["tier"]) for l in sink.sent] == [("ann", "annotator"), ("bob", "annotator"),
+                                                                   ("rev", "reviewer")]
+    store.close()
+
+
 def test_flag_review_and_resolve(local):
     client, store, sink = local
     ann, rev = client("ann-token-1"), client("rev-token-1")

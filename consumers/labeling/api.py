@@ -227,7 +227,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
     def next_task(who: Annotating) -> Task:
         """Lease the next task (the one of highest priority). Asking again while
         holding a lease returns the same task, its lease renewed."""
-        leased = store.lease(who.annotator_id, seconds=lease_seconds)
+        leased = store.lease(who.annotator_id, seconds=lease_seconds, reviewer=who.may("reviewer"))
         if leased is None:
             return Response(status_code=204)
         return view(leased)

@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     ranked_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, priority DESC, arrived_ms);
+CREATE TABLE IF NOT EXISTS barred (
+    task_id TEXT NOT NULL, annotator_id TEXT NOT NULL,
+    PRIMARY KEY (task_id, annotator_id)
+);
 CREATE TABLE IF NOT EXISTS skips (
     task_id TEXT NOT NULL, annotator_id TEXT NOT NULL, ts INTEGER NOT NULL,
     PRIMARY KEY (task_id, annotator_id)
@@ -72,6 +76,7 @@ CREATE TABLE IF NOT EXISTS labels (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS labels_annotator ON labels (annotator_id, ts);
+CREATE INDEX IF NOT EXISTS labels_task ON labels (task_id, annotator_id);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
@@ -101,6 +106,14 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+#: Columns added to ``tasks`` after the first release of the queue file.
+_ADDED_COLUMNS = {
+    "wanted": "INTEGER NOT NULL DEFAULT 1",      # labels the task needs, from different annotators
+    "tier": "TEXT NOT NULL DEFAULT 'annotator'",  # 'reviewer': only reviewers may take it
+    "round": "INTEGER NOT NULL DEFAULT 0",       # adjudication round of the newest version of the task
+}
+
+
 class Store:
     """The queue of labeling tasks, the labels given and the Kafka offsets read, in SQLite.
 
@@ -118,6 +131,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(tasks)")}
+        for column, kind in _ADDED_COLUMNS.items():  # a queue file written before these columns
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -132,14 +149,34 @@ class Store:
         """Queue ``tasks`` (a task id seen before is ignored) and record the
         ``{(topic, partition): offset}`` they were read at; returns how many were new."""
         now_ms = _now() if now_ms is None else now_ms
+        added = 0
         with self._tx() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO tasks (task_id, record, priority, arrived_ms) VALUES (?, ?, ?, ?)",
-                [(t["task_id"], json.dumps(t), float(t["priority"]), now_ms) for t in tasks])
-            added = db.total_changes - before
+            for t in tasks:
+                added += self._add(db, t, now_ms)
             self._save_offsets(db, offsets)
         return added
+
+    @staticmethod
+    def _add(db, t: dict, now_ms: int) -> bool:
+        """Queue one task; a later adjudication round of a known task (same id,
+        higher ``round``) opens it again for one more label, from its tier and
+        from no annotator it bars."""
+        round_ = int(t.get("round") or 0)
+        row = db.execute("SELECT round FROM tasks WHERE task_id = ?", (t["task_id"],)).fetchone()
+        if row is not None and row["round"] >= round_:
+            return False
+        given = db.execute("SELECT count(*) FROM labels WHERE task_id = ?", (t["task_id"],)).fetchone()[0]
+        wanted = given + max(1, int(t.get("overlap") or 1))
+        db.execute(
+            "INSERT INTO tasks (task_id, record, priority, arrived_ms, wanted, tier, round) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET record = excluded.record, "
+            "priority = excluded.priority, wanted = excluded.wanted, tier = excluded.tier, round = excluded.round, "
+            "state = 'pending', owner = NULL, lease_until_ms = NULL",
+            (t["task_id"], json.dumps(t), float(t["priority"]), now_ms, wanted, t.get("tier") or "annotator",
+             round_))
+        db.executemany("INSERT OR IGNORE INTO barred (task_id, annotator_id) VALUES (?, ?)",
+                       [(t["task_id"], a) for a in t.get("exclude_annotators") or []])
+        return True
 
     @staticmethod
     def _save_offsets(db, offsets: dict[tuple[str, int], int]) -> None:
@@ -187,13 +224,17 @@ class Store:
     def _expire(db, now_ms: int) -> None:
         db.execute("UPDATE tasks SET state = 'pending' WHERE state = 'leased' AND lease_until_ms <= ?", (now_ms,))
 
-    def lease(self, annotator_id: str, now_ms: int | None = None, seconds: float = 600) -> dict | None:
+    def lease(self, annotator_id: str, now_ms: int | None = None, seconds: float = 600,
+              reviewer: bool = False) -> dict | None:
         """The next task for ``annotator_id``, leased to them for ``seconds``, or None.
 
         An annotator holding a lease gets the same task again, its lease renewed;
         otherwise the waiting task of highest priority (oldest first on ties)
-        that the annotator has not skipped. Leases that timed out return to the
-        queue first.
+        that the annotator has not skipped, labeled or been barred from (a task
+        wanting several labels gets them from different annotators; an
+        adjudication goes to someone outside the disagreement), and of the
+        reviewer tier only if ``reviewer``. Leases that timed out return to
+        the queue first.
         """
         now_ms = _now() if now_ms is None else now_ms
         until = now_ms + int(seconds * 1000)
@@ -205,9 +246,12 @@ class Store:
                 db.execute("UPDATE tasks SET lease_until_ms = ? WHERE task_id = ?", (until, row["task_id"]))
             else:
                 row = db.execute(
-                    "SELECT * FROM tasks WHERE state = 'pending' AND task_id NOT IN "
-                    "(SELECT task_id FROM skips WHERE annotator_id = ?) "
-                    "ORDER BY priority DESC, arrived_ms, task_id LIMIT 1", (annotator_id,)).fetchone()
+                    "SELECT * FROM tasks WHERE state = 'pending' AND (tier = 'annotator' OR ?) "
+                    "AND task_id NOT IN (SELECT task_id FROM skips WHERE annotator_id = ?) "
+                    "AND task_id NOT IN (SELECT task_id FROM barred WHERE annotator_id = ?) "
+                    "AND task_id NOT IN (SELECT task_id FROM labels WHERE annotator_id = ?) "
+                    "ORDER BY priority DESC, arrived_ms, task_id LIMIT 1",
+                    (reviewer, annotator_id, annotator_id, annotator_id)).fetchone()
                 if row is None:
                     return None
                 db.execute("UPDATE tasks SET state = 'leased', owner = ?, leased_ms = ?, lease_until_ms = ? "
@@ -263,10 +307,14 @@ class Store:
             started = row["leased_ms"] if check_lease and row["leased_ms"] is not None else now_ms
             record = {"event_id": eid, "task_id": task_id, "item_id": task["item_id"], "label": label,
                       "annotator_id": annotator_id, "ts": now_ms, "duration_ms": max(0, now_ms - started),
-                      "note": note}
+                      "note": note, "tier": task.get("tier") or "annotator"}
             db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts) VALUES (?, ?, ?, ?, ?)",
                        (eid, task_id, annotator_id, json.dumps(record), now_ms))
-            db.execute("UPDATE tasks SET state = 'labeled', lease_until_ms = NULL WHERE task_id = ?", (task_id,))
+            given = db.execute("SELECT count(*) FROM labels WHERE task_id = ?", (task_id,)).fetchone()[0]
+            # done once it has all the labels it wants; until then, back in the queue for someone else
+            db.execute("UPDATE tasks SET state = CASE WHEN ? >= wanted THEN 'labeled' ELSE 'pending' END, "
+                       "owner = CASE WHEN ? >= wanted THEN owner END, lease_until_ms = NULL WHERE task_id = ?",
+                       (given, given, task_id))
             return record, True
 
     def skip(self, task_id: str, annotator_id: str, now_ms: int | None = None) -> None:
