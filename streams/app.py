@@ -393,7 +393,7 @@ def measure(rt: "Runtime", row: dict) -> None:
         log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
                     event["error_before"], event["error_after"])
         rt.sink.add("drift_events", {"ts": now_ms(), "model_name": settings.model_name,
-                                     "version": rt.trainer.learner.version, "detector": "adwin:shadow_surprise",
+                                     "version": rt.trainer.learner.version, "detector": "page_hinkley:shadow_surprise",
                                      "detail": json.dumps(event)})
 
 
