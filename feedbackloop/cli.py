@@ -148,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",
-                   help="inject a concept drift at event N: every true label moves to the next class")
+                   help="inject a concept drift at event N: every true label moves to the next class; "
+                        "the summary shows the drift events the worker raised")
     d.add_argument("--report", metavar="PATH", help="write the report as JSON")
     d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
     d.add_argument("--serve", action="store_true",
