@@ -85,6 +85,9 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
             out.writerow(["item_id", "annotator_id", "label", "ts", "duration_ms"])
             out.writerows(rows)
     tasks = scalar("SELECT count() FROM labeling_tasks")
+    stopping = {metric: {"version": v, "value": value, "recommendation": r} for metric, v, value, r in client.query(
+        "SELECT metric, argMax(version, ts), argMax(value, ts), argMax(recommendation, ts) "
+        "FROM stopping_signals GROUP BY metric ORDER BY metric").result_rows}
     return {
         "events": scalar("SELECT count() FROM routing_decisions"),
         "predictions": scalar("SELECT count() FROM predictions"),
@@ -97,9 +100,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "model_versions": len(versions),
         "lift": lift,
         "drift_events": drift,
-        "stopping": {metric: {"version": v, "value": value, "recommendation": r} for metric, v, value, r in client.query(
-            "SELECT metric, argMax(version, ts), argMax(value, ts), argMax(recommendation, ts) "
-            "FROM stopping_signals GROUP BY metric ORDER BY metric").result_rows},
+        "stopping": stopping,
         "consensus_labels": scalar("SELECT uniqExact(task_id) FROM consensus_labels"),
         "adjudications": scalar("SELECT count() FROM adjudications"),
         "adjudicated_tasks": scalar("SELECT uniqExact(task_id) FROM adjudications"),

@@ -34,10 +34,10 @@ from schemas import codec
 from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.learner import Learner, SnapshotRejected, load_version
 from streams.lift import Lift
-from streams.stopping import StoppingSignal
 from streams.policy import Policy
 from streams.router import Router
 from streams.scorer import Scorer
+from streams.stopping import StoppingSignal
 from streams.consensus import Consensus, GoldChecks
 from streams.gold import GoldMixer, load_gold
 from streams.trainer import Trainer, UnknownLabel
@@ -47,7 +47,8 @@ settings = Settings.from_env()
 
 #: Largest number of candidates packed into one message on ``labeling.candidates``.
 CANDIDATES_PER_MESSAGE = 500
-STOP_SET = 50  # control items whose predictions successive versions are compared on
+#: Control items whose predictions successive model versions are compared on (the stop set).
+STOP_SET = 50
 #: Scorers take up to this many messages at a time, waiting at most WITHIN seconds.
 BATCH, WITHIN = 1000, 0.05
 
@@ -393,8 +394,8 @@ def measure(rt: "Runtime", row: dict) -> None:
         log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
                     event["error_before"], event["error_after"])
         rt.sink.add("drift_events", {"ts": now_ms(), "model_name": settings.model_name,
-                                     "version": rt.trainer.learner.version, "detector": "page_hinkley:shadow_surprise",
-                                     "detail": json.dumps(event)})
+                                     "version": rt.trainer.learner.version,
+                                     "detector": "page_hinkley:shadow_surprise", "detail": json.dumps(event)})
 
 
 def lift_row(rt: "Runtime", version: int, ts: int) -> None:

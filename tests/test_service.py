@@ -220,7 +220,8 @@ def test_overlap_adjudication_rounds_and_tiers(tmp_path):
     store, sink = Store(tmp_path / "queue.sqlite3"), Sink()
     store.add_tasks([task(1, 0.9, overlap=2)], {("labeling.tasks", 0): 0})
     app = create_app(store, Outbox(store, sink), Tokens.parse(TOKENS + ",cat-token-1:cat:annotator"), {})
-    c = {who: TestClient(app, headers={"Authorization": f"Bearer {who}-token-1"}) for who in ("ann", "bob", "cat", "rev")}
+    c = {who: TestClient(app, headers={"Authorization": f"Bearer {who}-token-1"})
+         for who in ("ann", "bob", "cat", "rev")}
     for who, answer in (("ann", "ham"), ("bob", "spam")):
         assert c[who].post("/api/tasks/next").json()["task_id"] == "t-1"
         assert c[who].post("/api/tasks/t-1/label", json={"label": answer}).status_code == 200
