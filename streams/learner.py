@@ -136,11 +136,6 @@ class Learner:
         self.control: deque[tuple[dict, str]] = deque(maxlen=control_window)
         self._since_publish = 0
 
-    def predict(self, x: dict[str, float]) -> str | None:
-        if not self.classes:
-            return None
-        return self.model.predict_one(x)
-
     def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
         """Predict ``x``, then learn it (or hold it out if ``control``); return
         the class probabilities predicted (``{}`` before the first label)."""

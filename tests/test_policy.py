@@ -189,8 +189,8 @@ def test_lift_stopping_and_backlog_fit_together():
     signal = StoppingSignal(window=1)
     assert signal.update(1, ["a", "b"])["stop"] is False
     assert signal.update(2, ["a", "b"])["stop"] is True
-    sure, unsure = {"a": 0.99, "b": 0.01}, {"a": 0.5, "b": 0.5}
-    task = {"reasons": ["uncertain", "disagreement"], "signals": {"margin": 0.4}}
+    sure, unsure = lambda x: {"a": 0.99, "b": 0.01}, lambda x: {"a": 0.5, "b": 0.5}
+    task = {"reasons": ["uncertain", "disagreement"], "signals": {"margin": 0.4}, "features": {"x": 1.0}}
     assert rescored(task, sure) < rescored(task, unsure)
     assert rescored({**task, "signals": {}}, unsure) == 1.0
     assert all(rescored({**task, "reasons": [r]}, sure) is None for r in ("control", "override", "appeal", "diverse"))

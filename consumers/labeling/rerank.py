@@ -22,17 +22,14 @@ features, or a model that has seen no label).
 from __future__ import annotations
 
 from streams.backlog import rescored
-from streams.learner import ShadowModel, featurize
+from streams.learner import ShadowModel
 
 
 def priorities(tasks: list[tuple[str, dict]], model: ShadowModel) -> dict[str, float]:
     """``{task_id: new priority}`` for the tasks whose priority changes with ``model``."""
     out = {}
     for task_id, task in tasks:
-        if "uncertain" not in task["reasons"]:
-            continue
-        x = featurize(task.get("features") or {}, task.get("text"))
-        p = rescored(task, model.predict_proba(x)) if x else None
+        p = rescored(task, model.predict_proba)
         if p is not None:
             out[task_id] = p
     return out

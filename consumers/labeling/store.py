@@ -157,6 +157,11 @@ class Store:
         return added
 
     @staticmethod
+    def _given(db, task_id: str) -> int:
+        """How many labels the task has."""
+        return db.execute("SELECT count(*) FROM labels WHERE task_id = ?", (task_id,)).fetchone()[0]
+
+    @staticmethod
     def _add(db, t: dict, now_ms: int) -> bool:
         """Queue one task; a later adjudication round of a known task (same id,
         higher ``round``) opens it again for one more label, from its tier and
@@ -165,8 +170,7 @@ class Store:
         row = db.execute("SELECT round FROM tasks WHERE task_id = ?", (t["task_id"],)).fetchone()
         if row is not None and row["round"] >= round_:
             return False
-        given = db.execute("SELECT count(*) FROM labels WHERE task_id = ?", (t["task_id"],)).fetchone()[0]
-        wanted = given + max(1, int(t.get("overlap") or 1))
+        wanted = Store._given(db, t["task_id"]) + max(1, int(t.get("overlap") or 1))
         db.execute(
             "INSERT INTO tasks (task_id, record, priority, arrived_ms, wanted, tier, round) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET record = excluded.record, "
@@ -310,7 +314,7 @@ class Store:
                       "note": note, "tier": task.get("tier") or "annotator"}
             db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts) VALUES (?, ?, ?, ?, ?)",
                        (eid, task_id, annotator_id, json.dumps(record), now_ms))
-            given = db.execute("SELECT count(*) FROM labels WHERE task_id = ?", (task_id,)).fetchone()[0]
+            given = self._given(db, task_id)
             # done once it has all the labels it wants; until then, back in the queue for someone else
             db.execute("UPDATE tasks SET state = CASE WHEN ? >= wanted THEN 'labeled' ELSE 'pending' END, "
                        "owner = CASE WHEN ? >= wanted THEN owner END, lease_until_ms = NULL WHERE task_id = ?",
