@@ -122,6 +122,19 @@ class Budget:
             self._spent[size] = (bucket, n + 1 if bucket == old_bucket else 1)
         self.total_bought += 1
 
+    def recount(self, bought_ms: list[int]) -> None:
+        """Rebuild the cap counters from the times of labels already bought
+        (after a restart), leaving the pacing as it is.
+
+        >>> b = Budget(per_hour=10)
+        >>> b.recount([5, 3_600_001, 3_600_002])
+        >>> b.spent_in_hour(3_600_003), b.spent_in_day(3_600_003), b.total_bought
+        (2, 3, 0)
+        """
+        for size in self.caps:
+            newest = max(bought_ms, default=-1) // size
+            self._spent[size] = (newest, sum(1 for t in bought_ms if t // size == newest))
+
     def try_spend(self, now_ms: int) -> bool:
         """Spend one label if the caps allow it; return whether it was spent."""
         if not self.has_room(now_ms):

@@ -17,6 +17,18 @@ already decided are skipped.
 (1, ['override'], 'b', ['a', 'b'])
 >>> router.route(cand, now_ms=3)
 (None, None)
+
+After a restart, :meth:`Router.restore` takes the tasks already sent: the caps
+count them again, and a re-delivered candidate gets the decision its task
+records, without a second task.
+
+>>> again = Router(Policy(Budget(fraction=0.5, per_hour=1)), seed=0)
+>>> again.restore([task])
+>>> again.policy.budget.spent_in_hour(2)
+1
+>>> decision, task = again.route(cand, now_ms=9)
+>>> decision["selected"], decision["task_id"] == task_id_of("e1"), task
+(1, True, None)
 """
 
 from __future__ import annotations
@@ -30,6 +42,11 @@ from streams.recent import Recent
 from streams.signals import top_label
 
 _NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
+
+
+def task_id_of(event_id: str) -> str:
+    """The id of the task the router makes for ``event_id`` (one task per event)."""
+    return str(uuid.uuid5(_NAMESPACE, event_id))
 
 
 def stable_draw(event_id: str, seed: int) -> float:
@@ -50,6 +67,23 @@ class Router:
         self.seed = seed
         self.labels: set[str] = set()
         self._decided: Recent = Recent(memory)
+        self._sent: Recent = Recent(memory)  # event id -> decision, for tasks sent before a restart
+
+    def restore(self, tasks) -> None:
+        """Take the tasks sent before a restart, oldest first: the caps count
+        them, and their events keep the decision recorded in them. Gold tasks
+        and later rounds of a task were not routed and are left out."""
+        bought = []
+        for task in tasks:
+            if task.get("round") or task["task_id"] != task_id_of(task["event_id"]):
+                continue
+            bought.append(task["source_ts"])
+            self.labels.update(task.get("label_set") or [])
+            self._sent[task["event_id"]] = {
+                "selected": 1, "reasons": list(task["reasons"]), "selection_probability": task["selection_probability"],
+                "priority": task["priority"], "task_id": task["task_id"], "policy_version": task["policy_version"],
+                "decided_at": task["created_ts"]}
+        self.policy.budget.recount(bought)
 
     def _seen(self, event_id: str) -> bool:
         if event_id in self._decided:
@@ -62,6 +96,11 @@ class Router:
         and both are None for a candidate already decided."""
         if self._seen(c["event_id"]):
             return None, None
+        sent = self._sent.pop(c["event_id"], None)
+        if sent is not None:  # decided and sent before a restart: the same decision, no second task
+            return {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],
+                    "signals": c["signals"], "model_version": c["model_version"],
+                    "shadow_version": c["shadow_version"], **sent}, None
         self.labels.update(c["probabilities"])
         for label in (c["user_label"], c["predicted_label"]):
             if label:
@@ -69,7 +108,7 @@ class Router:
         x = featurize(c["features"], c["text"]) if c["features"] or c["text"] else None
         d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed),
                                x=x, label=c["shadow_label"] or c["predicted_label"])
-        task_id = str(uuid.uuid5(_NAMESPACE, c["event_id"])) if d.selected else None
+        task_id = task_id_of(c["event_id"]) if d.selected else None
         decision = {
             "event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],
             "selected": int(d.selected), "reasons": d.reasons, "selection_probability": d.probability,

@@ -21,6 +21,18 @@ scored against the answer and never learned. Every label also feeds the
 >>> trainer.add_label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a",
 ...                    "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None}).labels
 []
+
+After a restart the trainer is rebuilt from the topics: labels the resumed model
+already reflects are replayed with ``learn=False`` (consensus and agreement see
+them, the model does not learn them twice).
+
+>>> again = Trainer(Learner("m", kind="linear"))
+>>> _ = again.add_task({"task_id": "t1", "item_id": "i1", "features": {"x": 1.0}, "text": None,
+...                     "reasons": ["uncertain"], "label_set": ["a", "b"]})
+>>> out = again.add_label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a",
+...                        "annotator_id": "ann", "ts": 5, "duration_ms": 900, "note": None}, learn=False)
+>>> out.consensus[0]["label"], again.learner.labels_seen
+('a', 0)
 """
 
 from __future__ import annotations
@@ -89,17 +101,19 @@ class Trainer:
             result.extend(self._take(label))
         return result
 
-    def add_label(self, label: dict) -> Result:
-        """Take one label; rows for ClickHouse and any task to re-issue."""
+    def add_label(self, label: dict, learn: bool = True) -> Result:
+        """Take one label; rows for ClickHouse and any task to re-issue. With
+        ``learn=False`` (a replay of a label the model already reflects) the
+        consensus settles but the learner is not taught."""
         if label["event_id"] in self._labels_seen:
             return Result()
         self._labels_seen[label["event_id"]] = None
         if label["task_id"] not in self._tasks:
             self._waiting[label["task_id"]] = self._waiting.get(label["task_id"], []) + [label]
             return Result()
-        return self._take(label)
+        return self._take(label, learn)
 
-    def _take(self, label: dict) -> Result:
+    def _take(self, label: dict, learn: bool = True) -> Result:
         entry = self._tasks[label["task_id"]]
         if entry["label_set"] and label["label"] not in entry["label_set"]:
             raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
@@ -123,7 +137,9 @@ class Trainer:
                 "reason": outcome.reason, "annotators": outcome.exclude, "ts": label["ts"]})
         elif outcome.action == "done" and outcome.changed:
             votes = self.consensus.votes(label["task_id"])
-            proba = self.learner.learn(entry["x"], outcome.label, control=control, weight=outcome.confidence)
+            proba = {}
+            if learn:
+                proba = self.learner.learn(entry["x"], outcome.label, control=control, weight=outcome.confidence)
             row["shadow_prediction"] = top_label(proba)
             result.consensus.append({
                 "task_id": label["task_id"], "item_id": item, "label": outcome.label,
