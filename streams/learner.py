@@ -134,6 +134,7 @@ class Learner:
         self.prequential_hits = 0
         self.prequential_total = 0
         self.control: deque[tuple[dict, str]] = deque(maxlen=control_window)
+        self.label_offset = -1  # offset on the labels topic of the newest label taken (set by the worker)
         self._since_publish = 0
 
     def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
@@ -183,7 +184,8 @@ class Learner:
         self._since_publish = 0
         snapshot = pickle.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
             "labels_seen": self.labels_seen, "prequential_hits": self.prequential_hits,
-            "prequential_total": self.prequential_total, "control": list(self.control)}})
+            "prequential_total": self.prequential_total, "control": list(self.control),
+            "label_offset": self.label_offset}})
         return {
             "model_name": self.name,
             "version": self.version,
@@ -208,4 +210,5 @@ class Learner:
         self.prequential_hits = saved.get("prequential_hits", 0)
         self.prequential_total = saved.get("prequential_total", 0)
         self.control.extend(saved.get("control", []))
+        self.label_offset = saved.get("label_offset", -1)
         self._since_publish = 0
