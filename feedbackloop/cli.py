@@ -53,7 +53,7 @@ def cmd_stack(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from feedbackloop import stack, worker
+    from feedbackloop import keys, stack, worker
 
     s = _settings(args)
     if not s.kafka_bootstrap_servers:
@@ -61,7 +61,8 @@ def cmd_worker(args) -> int:
         if not local.status()["running"]:
             print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
             return 2
-        s = s.replace(kafka_bootstrap_servers=local.status()["kafka"])
+        s = keys.local(s.replace(kafka_bootstrap_servers=local.status()["kafka"]))
+    keys.signing_key(s)  # no key, no worker: the error says how to set one
     worker.run(s, loglevel=args.loglevel)
     return 0
 
@@ -176,8 +177,9 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from consumers.labeling import cli as labeling_cli
-    from feedbackloop import agreement, dashboard, simulate
+    from feedbackloop import agreement, dashboard, keys, simulate
 
+    keys.add_parser(sub)
     simulate.add_parser(sub)
     agreement.add_parser(sub)
     dashboard.add_parser(sub)

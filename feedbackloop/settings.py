@@ -4,6 +4,11 @@ Every setting has an environment variable; a config file (``FEEDBACKLOOP_CONFIG`
 ``KEY=value`` lines using the same names) fills in what the environment leaves
 unset. Secrets are never printed: ``Settings.public()`` masks them.
 
+Model keys have no default: ``model_signing_key`` (the Ed25519 private key,
+held by workers, since any worker may own the learner) and ``model_verify_key``
+(its public half, all the labeling service needs) are each the base64 of the
+raw 32 bytes, as ``feedbackloop keygen`` prints them (see :mod:`feedbackloop.keys`).
+
 >>> s = Settings.from_env({"FEEDBACKLOOP_TOPIC_PREFIX": "acme.", "FEEDBACKLOOP_BUDGET_PER_HOUR": "50"})
 >>> s.topic("labeling.tasks")
 'acme.labeling.tasks'
@@ -13,6 +18,8 @@ unset. Secrets are never printed: ``Settings.public()`` masks them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,6 +46,37 @@ def env_name(name: str) -> str:
     if name in {"kafka_bootstrap_servers", "clickhouse_dsn"}:
         return name.upper()
     return "FEEDBACKLOOP_" + name.upper()
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``KEY=value`` lines of a file (blank lines and ``#`` comments skipped)."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def raw_key(text: str, name: str = "key") -> bytes:
+    """The 32 bytes of an Ed25519 key given as base64, or a ``ValueError`` naming ``name``.
+
+    >>> len(raw_key("A" * 43 + "="))
+    32
+    >>> raw_key("feedbackloop-dev-key", "FEEDBACKLOOP_MODEL_SIGNING_KEY")
+    Traceback (most recent call last):
+    ...
+    ValueError: FEEDBACKLOOP_MODEL_SIGNING_KEY is not an Ed25519 key (the base64 of 32 bytes); `feedbackloop keygen` prints a new key pair
+    """
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"{name} is not an Ed25519 key (the base64 of 32 bytes); "
+                         "`feedbackloop keygen` prints a new key pair")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -69,7 +107,8 @@ class Settings:
     model_kind: str = "knn"
     publish_every: int = 25
     min_control: int = 20
-    model_signing_key: str = "feedbackloop-dev-key"
+    model_signing_key: str = ""
+    model_verify_key: str = ""
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 0
     overlap: int = 1
@@ -79,16 +118,18 @@ class Settings:
     gold_threshold: float = 0.7
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("model_signing_key", "model_verify_key"):
+            if getattr(self, name):
+                raw_key(getattr(self, name), env_name(name))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         config = env.get("FEEDBACKLOOP_CONFIG")
         if config:
-            for line in Path(config).read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#") and "=" in line:
-                    key, _, value = line.partition("=")
-                    env.setdefault(key.strip(), value.strip())
+            for key, value in read_env_file(config).items():
+                env.setdefault(key, value)
         values = {}
         for f in fields(cls):
             raw = env.get(env_name(f.name))

@@ -34,6 +34,7 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from feedbackloop import keys
 from feedbackloop.settings import TOPICS, Settings
 
 KAFKA_DIST = "kafka_2.12-2.3.0"
@@ -475,14 +476,15 @@ def start(settings: Settings | None = None, timeout: float = 90) -> Settings:
 
     If ``settings.kafka_bootstrap_servers`` is set (``KAFKA_BOOTSTRAP_SERVERS``),
     that cluster is used and nothing is started; otherwise the local stack is
-    brought up.
+    brought up. Settings without model keys get the state directory's key
+    pair (:func:`feedbackloop.keys.local`), so local workers need no set-up.
     """
     settings = settings if settings is not None else Settings.from_env()
     if not settings.kafka_bootstrap_servers:
         status = local_stack(settings).up(timeout=timeout)
         settings = settings.replace(kafka_bootstrap_servers=status["kafka"])
     ensure_topics(settings.kafka_config(), settings, timeout=min(timeout, 60))
-    return settings
+    return keys.local(settings)
 
 
 def stop(settings: Settings | None = None, purge: bool = False) -> None:

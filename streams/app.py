@@ -28,6 +28,7 @@ import faust
 
 from consumers.clickhouse_sink import ClickHouseSink
 from dashboards.migrate import migrate
+from feedbackloop import keys
 from feedbackloop.clickhouse import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
@@ -105,7 +106,7 @@ class Runtime:
     """The core objects of one worker, created on first use."""
 
     def __init__(self, s: Settings):
-        self.key = s.model_signing_key.encode()
+        self.key = keys.signing_key(s)  # the learner signs, everyone verifies with its public half
         self.scorer = Scorer()
         budget = Budget(s.budget_fraction, s.budget_per_hour or None, s.budget_per_day or None,
                         s.budget_per_week or None)

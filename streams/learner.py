@@ -4,41 +4,44 @@ A :class:`Learner` owns the model. Each label is first predicted (for the
 prequential accuracy), then learned, except labels of the random control
 slice, which are held out: they are the loop's unbiased test set, and every
 published version records its accuracy on them. :meth:`Learner.publish`
-returns a ``ModelVersion`` record whose snapshot is signed with HMAC-SHA256;
-:func:`load_version` refuses a snapshot whose signature does not match, since
-unpickling is running code.
+returns a ``ModelVersion`` record signed with the learner's Ed25519 private
+key; :func:`load_version` checks the signature with the public key, then
+unpickles with a restricted unpickler (see :mod:`streams.snapshot`), and
+refuses anything else with :class:`SnapshotRejected`.
 
+>>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+>>> key = Ed25519PrivateKey.generate()
 >>> learner = Learner("demo", kind="linear", publish_every=2, min_control=1)
 >>> for i in range(4):
 ...     _ = learner.learn({"x": float(i % 2)}, "yes" if i % 2 else "no", control=(i == 3))
->>> record = learner.publish(now_ms=0, key=b"k")
+>>> record = learner.publish(now_ms=0, key=key)
 >>> record["version"], record["labels_seen"], record["control_labels"]
 (1, 4, 1)
->>> model = load_version(record, key=b"k")
+>>> model = load_version(record, key.public_key())
 >>> model.version, sorted(model.classes)
 (1, ['no', 'yes'])
 >>> again = Learner("demo", kind="linear")
->>> again.resume(record, key=b"k")
+>>> again.resume(record, key.public_key())
 >>> again.version, again.labels_seen, len(again.control)
 (1, 4, 1)
->>> load_version(record, key=b"wrong")
+>>> load_version(record, Ed25519PrivateKey.generate().public_key())
 Traceback (most recent call last):
 ...
-streams.learner.SnapshotRejected: signature of model 'demo' version 1 does not match
+streams.snapshot.SnapshotRejected: model 'demo' version 1: the signature does not verify with the model verify key
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import pickle
 import re
 from collections import deque
 from dataclasses import dataclass, field
 
 from river import linear_model, multiclass, neighbors, preprocessing, tree
 
-from streams import signals
+from streams import signals, snapshot
+from streams.snapshot import SnapshotRejected
+
+__all__ = ["Learner", "ShadowModel", "SnapshotRejected", "featurize", "load_version", "make_model"]
 
 _TOKEN = re.compile(r"\w+")
 
@@ -86,20 +89,14 @@ class ShadowModel:
         return self.model.predict_proba_one(x)
 
 
-class SnapshotRejected(Exception):
-    """A model snapshot whose signature does not verify."""
+def load_version(record: dict, key) -> ShadowModel:
+    """A ``ModelVersion`` record as a :class:`ShadowModel`, if signed by the learner.
 
-
-def sign(snapshot: bytes, key: bytes) -> str:
-    return hmac.new(key, snapshot, hashlib.sha256).hexdigest()
-
-
-def load_version(record: dict, key: bytes) -> ShadowModel:
-    """Verify and unpickle a ``ModelVersion`` record into a :class:`ShadowModel`."""
-    if not hmac.compare_digest(sign(record["snapshot"], key), record["signature"]):
-        raise SnapshotRejected(
-            f"signature of model {record['model_name']!r} version {record['version']} does not match")
-    state = pickle.loads(record["snapshot"])
+    ``key`` is the Ed25519 public key (a private key stands for its public half).
+    Raises :class:`SnapshotRejected` (model, version and reason in its message)
+    when the signature does not verify or the snapshot names what a model may not.
+    """
+    state = snapshot.open_snapshot(record, key)
     return ShadowModel(record["model_name"], record["version"], state["model"], list(state["classes"]))
 
 
@@ -178,11 +175,12 @@ class Learner:
         return (self._since_publish >= self.publish_every and bool(self.classes)
                 and (self.version > 0 or len(self.control) >= self.min_control))
 
-    def publish(self, now_ms: int, key: bytes) -> dict:
-        """Bump the version and return it as a signed ``ModelVersion`` record."""
+    def publish(self, now_ms: int, key) -> dict:
+        """Bump the version and return it as a ``ModelVersion`` record signed with
+        ``key``, the Ed25519 private key only the learner holds."""
         self.version += 1
         self._since_publish = 0
-        snapshot = pickle.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
+        data = snapshot.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
             "labels_seen": self.labels_seen, "prequential_hits": self.prequential_hits,
             "prequential_total": self.prequential_total, "control": list(self.control),
             "label_offset": self.label_offset}})
@@ -195,15 +193,15 @@ class Learner:
             "control_accuracy": self.control_accuracy(),
             "control_labels": len(self.control),
             "classes": sorted(self.classes),
-            "snapshot": snapshot,
-            "signature": sign(snapshot, key),
+            "snapshot": data,
+            "signature": snapshot.sign(self.name, self.version, data, key),
         }
 
-    def resume(self, record: dict, key: bytes) -> None:
+    def resume(self, record: dict, key) -> None:
         """Continue from a published version (after a restart): model, counters
-        and held-out control labels; labels learned after it are learned again."""
-        load_version(record, key)  # verifies the signature
-        state = pickle.loads(record["snapshot"])
+        and held-out control labels; labels learned after it are learned again.
+        ``key`` and refusals as in :func:`load_version`."""
+        state = snapshot.open_snapshot(record, key)
         self.model, self.classes, self.version = state["model"], set(state["classes"]), record["version"]
         saved = state.get("state", {})
         self.labels_seen = saved.get("labels_seen", record["labels_seen"])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from consumers.labeling.api import UI, create_app
@@ -32,7 +33,7 @@ from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.service import LabelingService
 from consumers.labeling.store import Store, event_id
 from consumers.labeling.tokens import Tokens
-from feedbackloop import stack
+from feedbackloop import keys, stack
 from schemas import codec
 from streams.learner import Learner
 
@@ -455,8 +456,8 @@ def test_a_new_model_version_reranks_the_queue(fresh, tmp_path):
     for i in range(400):
         x = (i % 41 - 20) / 4
         learner.learn({"x": x}, "spam" if x > 0 else "ham")
-    version = learner.publish(0, fresh.model_signing_key.encode())
-    forged = dict(learner.publish(0, b"someone else's key"), version=version["version"] + 5)
+    version = learner.publish(0, keys.signing_key(fresh))
+    forged = dict(learner.publish(0, Ed25519PrivateKey.generate()), version=version["version"] + 5)
     service = LabelingService(fresh, Tokens.parse(TOKENS), port=0, db=tmp_path / "q.sqlite3").start()
     try:
         wait_for(lambda: service.store.counts()["pending"] == 5, what="tasks queued")
@@ -502,7 +503,8 @@ def test_a_label_left_unsent_by_a_crash_is_sent_at_restart(fresh, tmp_path):
 def spawn(settings, db: Path, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
                FEEDBACKLOOP_TOPIC_PREFIX=settings.topic_prefix, FEEDBACKLOOP_APP_ID=settings.app_id,
-               FEEDBACKLOOP_LABELING_TOKENS=TOKENS, PYTHONPATH=str(ROOT))
+               FEEDBACKLOOP_LABELING_TOKENS=TOKENS, PYTHONPATH=str(ROOT),
+               FEEDBACKLOOP_MODEL_VERIFY_KEY=settings.model_verify_key)
     return subprocess.Popen([sys.executable, "-m", "consumers.labeling.cli", "--port", str(port),
                              "--db", str(db), "--lease-seconds", "120"],
                             cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)

@@ -44,7 +44,7 @@ def run(args) -> int:
     """Run ``serve-labeling`` with parsed ``args`` (``args.state_dir`` too, if the parser has it)."""
     from consumers.labeling.service import load_guidelines, serve
     from consumers.labeling.tokens import ROLES, Tokens
-    from feedbackloop import stack
+    from feedbackloop import keys, stack
     from feedbackloop.settings import Settings
 
     env = dict(os.environ)
@@ -56,7 +56,8 @@ def run(args) -> int:
         if not local["running"]:
             print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
             return 2
-        settings = settings.replace(kafka_bootstrap_servers=local["kafka"])
+        settings = keys.local(settings.replace(kafka_bootstrap_servers=local["kafka"]), signing=False)
+    keys.verify_key(settings)  # no key, no service: the error says how to set one
     stack.ensure_topics(settings.kafka_config(), settings)
     tokens = Tokens.from_env(env)
     minted = {}

@@ -9,8 +9,10 @@ lag, and are where a new, empty store starts). So a crash at any moment loses
 no task, and a task read twice is stored once.
 
 A new version of the shadow model (``Settings.model_name``) on ``models``
-re-ranks the queue (see :mod:`consumers.labeling.rerank`); a snapshot whose
-signature fails is refused and the queue keeps its order. A message on
+re-ranks the queue (see :mod:`consumers.labeling.rerank`). A version that
+is not signed by the learner's key, or whose snapshot names what a model may
+not (:mod:`streams.snapshot`), is logged as refused and never loaded; the
+newest version that passes is used, and without one the queue keeps its order. A message on
 ``labeling.tasks`` that is not a task goes to ``deadletter`` with the reason.
 The same thread sends again any label whose sending was cut short.
 """
@@ -27,6 +29,7 @@ from consumers.background import Background
 from consumers.labeling import rerank
 from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.store import Store
+from feedbackloop import keys
 from feedbackloop.settings import Settings
 from schemas import codec
 from streams.learner import SnapshotRejected, load_version
@@ -47,7 +50,7 @@ class Feed(Background):
         self.retry_every = retry_every
         self.tasks_topic = settings.topic("labeling.tasks")
         self.models_topic = settings.topic("models")
-        self.key = settings.model_signing_key.encode()
+        self.key = keys.verify_key(settings)  # no key, no service: MissingKey says how to set it
 
     # ------------------------------------------------------------------ the loop
 
@@ -126,7 +129,8 @@ class Feed(Background):
         self._dead.poll(0)
 
     def _take_models(self, messages: list) -> None:
-        newest, offsets = None, {}
+        newer, offsets = [], {}
+        current = self.store.model_version()
         for m in messages:
             if m.error():
                 continue
@@ -136,22 +140,20 @@ class Feed(Background):
             except codec.DecodeError as exc:
                 log.warning("ignored a message on %s: %s", self.models_topic, exc)
                 continue
-            if record["model_name"] == self.settings.model_name and (
-                    newest is None or record["version"] > newest["version"]):
-                newest = record
+            if record["model_name"] == self.settings.model_name and record["version"] > current:
+                newer.append(record)
         if not offsets:
             return
-        if newest is None or newest["version"] <= self.store.model_version():
-            self.store.add_tasks([], offsets)
+        for record in sorted(newer, key=lambda r: r["version"], reverse=True):
+            try:
+                model = load_version(record, self.key)
+            except SnapshotRejected as exc:
+                log.error("refused model version: %s", exc)
+                continue
+            started = time.monotonic()
+            new = rerank.priorities(self.store.rankable(), model)
+            self.store.rerank(new, model.version, offsets)
+            log.info("re-ranked %d task(s) by %s version %d in %.2f s", len(new), model.name, model.version,
+                     time.monotonic() - started)
             return
-        try:
-            model = load_version(newest, self.key)
-        except SnapshotRejected as exc:
-            log.error("refused model version: %s", exc)
-            self.store.add_tasks([], offsets)
-            return
-        started = time.monotonic()
-        new = rerank.priorities(self.store.rankable(), model)
-        self.store.rerank(new, model.version, offsets)
-        log.info("re-ranked %d task(s) by %s version %d in %.2f s", len(new), model.name, model.version,
-                 time.monotonic() - started)
+        self.store.add_tasks([], offsets)
