@@ -5,7 +5,10 @@ the Compose Specification's JSON schema; its services must run commands the
 ``feedbackloop`` command line accepts with settings it knows; Grafana's
 provisioning must point at the same ClickHouse and carry the dashboard built
 from the analyst queries; the ``Dockerfile`` must build the image from the
-package with ``feedbackloop`` as its entry point.
+package with ``feedbackloop`` as its entry point. Every secret must be given
+(``${VAR:?message}``, no default), only the labeling UI is published, only
+workers hold the private model key, and the commented TLS proxy is a valid
+service in front of the labeling UI.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import yaml
 
 from consumers.labeling import service
 from dashboards import grafana_dashboard
-from feedbackloop import cli, dashboard
+from feedbackloop import cli, dashboard, keys
 from feedbackloop.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,20 +36,40 @@ OURS = ("init", "worker", "labeling", "dashboard")
 #: Variables read by a service directly rather than through Settings.
 OTHER_VARIABLES = {"FEEDBACKLOOP_LABELING_TOKENS"}
 
-_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+#: Secrets the stack needs, with the values the tests give them.
+SIGNING, VERIFY = keys.generate()
+SECRETS = {"CLICKHOUSE_PASSWORD": "clickhouse-test-password", "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
+           "FEEDBACKLOOP_MODEL_SIGNING_KEY": SIGNING, "FEEDBACKLOOP_MODEL_VERIFY_KEY": VERIFY,
+           "FEEDBACKLOOP_LABELING_TOKENS": "test-token-0123456789abcdef:ann:annotator"}
+_SECRET_NAME = re.compile(r"PASSWORD|KEY|TOKEN|SECRET")
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` (or ``${VAR?message}``) whose variable is not set."""
 
 
 def interpolate(value, env: dict):
-    """Substitute ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` as Compose does (``$$`` is a ``$``)."""
+    """Substitute ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``,
+    ``${VAR?error}`` and ``$VAR`` as Compose does (``$$`` is a ``$``)."""
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
         return [interpolate(v, env) for v in value]
     if isinstance(value, str):
-        parts = value.split("$$")
-        return "$".join(_VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(3)) or m.group(2) or "", p)
-                        for p in parts)
+        return "$".join(_VARIABLE.sub(lambda m: _substitute(m, env), p) for p in value.split("$$"))
     return value
+
+
+def _substitute(match: re.Match, env: dict) -> str:
+    name, operator, word = match.group(1) or match.group(4), match.group(2) or "", match.group(3) or ""
+    value = env.get(name)
+    missing = value is None or (operator.startswith(":") and value == "")
+    if missing and operator.endswith("?"):
+        raise MissingVariable(f"required variable {name} is missing a value: {word}")
+    if missing and operator.endswith("-"):
+        return word
+    return value or ""
 
 
 def validate(compose: dict) -> list[str]:
@@ -56,8 +79,14 @@ def validate(compose: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text()), env={})
+def raw() -> dict:
+    """The compose file before interpolation."""
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw) -> dict:
+    return interpolate(raw, env=SECRETS)
 
 
 def command_line() -> argparse.ArgumentParser:
@@ -178,3 +207,76 @@ def test_the_dockerfile_builds_the_worker_image_from_the_package():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert not ignored & copied and "pyproject.toml" not in ignored and "README.md" not in ignored
+    assert {".env", "*.env"} <= ignored, "secrets stay out of the build context"
+
+
+def _references(value) -> list[re.Match]:
+    return list(_VARIABLE.finditer(value)) if isinstance(value, str) else []
+
+
+def test_every_secret_must_be_set_and_has_no_default(raw):
+    required = set()
+    for name, spec in raw["services"].items():
+        for variable, value in (spec.get("environment") or {}).items():
+            refs = _references(value)
+            if _SECRET_NAME.search(variable):
+                assert refs, f"{name}: {variable} is a fixed value, not a variable"
+            for ref in refs:
+                referenced = ref.group(1) or ref.group(4)
+                if _SECRET_NAME.search(variable) or _SECRET_NAME.search(referenced):
+                    assert ref.group(2) == ":?" and ref.group(3).strip(), \
+                        f"{name}: {variable} must be ${{{referenced}:?how to set it}}, not {ref.group(0)}"
+                    required.add(referenced)
+    assert required == set(SECRETS)
+    for secret in SECRETS:
+        for env in ({k: v for k, v in SECRETS.items() if k != secret}, {**SECRETS, secret: ""}):
+            with pytest.raises(MissingVariable, match=secret):
+                interpolate(raw, env)
+
+
+def _published(port) -> tuple[str, str]:
+    """(host address, container port) of a short-syntax port mapping."""
+    parts = str(port).split(":")
+    return (parts[0] if len(parts) == 3 else "0.0.0.0"), parts[-1]
+
+
+def test_only_the_labeling_ui_is_published(compose):
+    public = {(name, _published(p)[1]) for name, spec in compose["services"].items() for p in spec.get("ports", [])
+              if _published(p)[0] != "127.0.0.1"}
+    assert public == {("labeling", "8000")}
+    assert "ports" not in compose["services"]["clickhouse"]
+    for name in ("kafka", "dashboard", "grafana"):
+        assert compose["services"][name]["ports"], name
+
+
+def test_only_workers_hold_the_private_model_key(compose):
+    services = compose["services"]
+    settings = {name: Settings.from_env({k: str(v) for k, v in services[name]["environment"].items()})
+                for name in OURS}
+    assert keys.signing_key(settings["worker"]).public_key() == keys.verify_key(settings["labeling"])
+    assert settings["labeling"].model_signing_key == ""
+    for name in ("init", "dashboard"):
+        assert settings[name].model_signing_key == settings[name].model_verify_key == "", name
+
+
+def test_the_commented_tls_proxy_is_a_valid_service_in_front_of_the_labeling_ui(compose):
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    start = lines.index("  # proxy:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  # "):
+            break
+        block.append(line[len("  # "):])
+    proxy = yaml.safe_load("\n".join(block))["proxy"]
+    with pytest.raises(MissingVariable, match="FEEDBACKLOOP_PUBLIC_HOST"):
+        interpolate(proxy, SECRETS)
+    proxy = interpolate(proxy, {**SECRETS, "FEEDBACKLOOP_PUBLIC_HOST": "label.example.org"})
+    with_proxy = copy.deepcopy(compose)
+    with_proxy["services"]["proxy"] = proxy
+    with_proxy["volumes"]["caddy-data"] = None
+    assert validate(with_proxy) == []
+    command = proxy["command"]
+    labeling_port = _published(compose["services"]["labeling"]["ports"][0])[1]
+    assert command[command.index("--from") + 1] == "label.example.org"
+    assert command[command.index("--to") + 1] == f"labeling:{labeling_port}"
+    assert "443:443" in proxy["ports"] and proxy["depends_on"] == ["labeling"]
