@@ -7,12 +7,19 @@ schema. :func:`decode` turns either into ``(schema name, record dict)`` with
 defaults filled, or raises :class:`DecodeError`, whose ``error`` code and
 ``reason`` go to the dead-letter topic as they are.
 
+What decodes can be stored: every string is valid UTF-8 (a JSON ``"\\ud800"``,
+a lone surrogate, is refused), strings, maps and arrays stay within
+:class:`Limits`, and the times of input events fall in a window around now
+(:data:`TIMES`; by default one year back to one day ahead), so the warehouse
+never refuses a row for what it holds, and a block of input rows spans at most
+14 monthly partitions, not hundreds.
+
 Schemas are the ``*.avsc`` files beside this module, parsed once at import; a
 batch schema names its item type (``feedbackloop.Prediction``), and its
 fingerprint is taken over the canonical form with that type written inline,
 as any Avro tool does.
 
->>> event = {"event_id": "e1", "item_id": "i1", "ts": 1700000000000,
+>>> event = {"event_id": "e1", "item_id": "i1", "ts": int(time.time() * 1000),
 ...          "model_name": "spam", "model_version": "3", "predicted_label": "spam",
 ...          "probabilities": {"spam": 0.9, "ham": 0.1}, "features": {"links": 4.0}}
 >>> data = encode("Prediction", event)
@@ -29,14 +36,33 @@ True
 ... except DecodeError as e:
 ...     print(e.error, "-", e.reason)
 invalid - probabilities contain NaN for class 'spam'
+>>> try:
+...     decode(json.dumps(dict(event, item_id="\\ud800")).encode(), accept=("Prediction",))
+... except DecodeError as e:
+...     print(e.error, "-", e.reason)
+unencodable - field 'item_id': not valid UTF-8 (lone surrogate '\\ud800' at index 0)
+>>> stale = encode("Prediction", dict(event, ts=1700000000000))
+>>> try:
+...     decode(stale, accept=("Prediction",), now_ms=1700000000000 + 400 * DAY_MS)
+... except DecodeError as e:
+...     print(e.error, "-", e.reason)
+out_of_range - field 'ts': 1700000000000 (2023-11-14 22:13:20 UTC) is more than 365 days before now (2024-12-18 22:13:20 UTC)
+>>> decode(stale, accept=("Prediction",), now_ms=1700000000000 + 400 * DAY_MS,
+...        limits=Limits(past_ms=500 * DAY_MS))[0]
+'Prediction'
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import time
+from datetime import datetime, timezone
 from functools import lru_cache
 from io import BytesIO
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -50,8 +76,8 @@ from fastavro.schema import (
 from fastavro.validation import ValidationError, validate
 
 __all__ = [
-    "SCHEMA_DIR", "MARKER", "MAX_BYTES", "NAMES",
-    "DecodeError", "InvalidEvent",
+    "SCHEMA_DIR", "MARKER", "MAX_BYTES", "NAMES", "DAY_MS", "TIMES", "LIMITS",
+    "DecodeError", "InvalidEvent", "Limits",
     "encode", "decode", "fingerprint", "schema",
 ]
 
@@ -65,14 +91,46 @@ MAX_BYTES = 1 << 20
 BATCHES = {"PredictionBatch": ("events", "Prediction"), "CandidateBatch": ("candidates", "Candidate")}
 #: Kinds of input event, as written in ``Candidate.kind`` and ``LabelingTask.kind``.
 KINDS = frozenset({"prediction", "override", "appeal"})
+#: Milliseconds in a day.
+DAY_MS = 86_400_000
+#: Schema -> its epoch-millis fields that must fall in the window of :class:`Limits`: the
+#: times of input events, written by other systems. Times this system writes (tasks,
+#: model versions, labels from the labeling service) are not checked: a model version
+#: may rightly be a year old.
+TIMES: dict[str, tuple[str, ...]] = {"Prediction": ("ts",), "Override": ("ts",), "Appeal": ("ts",)}
+
+
+class Limits(NamedTuple):
+    """What :func:`decode` accepts beyond the schema, so what it returns can be stored.
+
+    ``past_ms`` and ``future_ms``: the :data:`TIMES` fields fall in
+    ``[now - past_ms, now + future_ms]``; ``max_string``: characters in any
+    string (field, map key or value, array item); ``max_entries``: entries in
+    any map; ``max_items``: items in any array, events in a batch. The payload
+    itself is bounded by ``decode(max_bytes=...)``.
+
+    >>> Limits(past_ms=7 * DAY_MS).future_ms == DAY_MS
+    True
+    """
+
+    past_ms: int = 365 * DAY_MS
+    future_ms: int = DAY_MS
+    max_string: int = 65_536
+    max_entries: int = 10_000
+    max_items: int = 10_000
+
+
+#: The default :class:`Limits`.
+LIMITS = Limits()
 
 
 class DecodeError(Exception):
     """Bytes that are not a valid event.
 
     ``error`` is a short code (``undecodable``, ``unknown_schema``,
-    ``schema_mismatch``, ``invalid``, ``too_large``); ``reason`` says what was
-    wrong, in words.
+    ``schema_mismatch``, ``invalid``, ``unencodable``, ``out_of_range``,
+    ``too_large``); ``reason`` says what was wrong, in words (never quoting a
+    string that could not be stored, so the reason itself can be).
     """
 
     def __init__(self, error: str, reason: str):
@@ -85,13 +143,14 @@ class DecodeError(Exception):
 
 
 class InvalidEvent(DecodeError):
-    """A record that breaks its schema or a semantic rule (``error == "invalid"``)."""
+    """A record that breaks its schema or a semantic rule (``error == "invalid"``), or
+    holds what cannot be stored (``unencodable``, ``out_of_range``, ``too_large``)."""
 
-    def __init__(self, reason: str):
-        super().__init__("invalid", reason)
+    def __init__(self, reason: str, error: str = "invalid"):
+        super().__init__(error, reason)
 
     def __reduce__(self):
-        return (InvalidEvent, (self.reason,))
+        return (InvalidEvent, (self.reason, self.error))
 
 
 # --------------------------------------------------------------------------- registry
@@ -277,6 +336,304 @@ _REGISTRY, _BY_FINGERPRINT, _NAMED = _load(SCHEMA_DIR)
 NAMES: tuple[str, ...] = tuple(sorted(n for n in _REGISTRY if "." not in n))
 
 
+# --------------------------------------------------------------------------- storable values
+# One checker per schema, built once from the parsed schema: strings, maps and arrays
+# within the limits, strings encodable as UTF-8 (only JSON can yield a lone surrogate:
+# the Avro reader decodes strictly), the times of input events in the window.
+
+
+class _Ctx(NamedTuple):
+    max_string: int
+    max_entries: int
+    max_items: int
+    text: bool  # look for lone surrogates
+    low: int  # the window of TIMES fields
+    high: int
+    now: int
+    limits: Limits
+
+
+class _Bad(Exception):
+    """A value that cannot be stored; the path to it is filled in on the way up."""
+
+    def __init__(self, error: str, what: str):
+        super().__init__(error, what)
+        self.error, self.what, self.path = error, what, []
+
+    def event(self) -> InvalidEvent:
+        where = ""
+        for part in reversed(self.path):
+            where += part if part[:1] == "[" or not where else "." + part
+        return InvalidEvent(f"field {where!r}: {self.what}" if where else self.what, self.error)
+
+
+def _utf8(v: str) -> None:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _Bad("unencodable", f"not valid UTF-8 (lone surrogate {v[e.start]!r} at index {e.start})") from None
+
+
+def _string(v: str, c: _Ctx) -> None:
+    if len(v) > c.max_string:
+        raise _Bad("too_large", f"{len(v)} characters exceed the limit of {c.max_string}")
+    if c.text and not v.isascii():
+        _utf8(v)
+
+
+def _short(values, c: _Ctx) -> bool:
+    """Every string of ``values`` within the limits, in one C-level pass (two for JSON)."""
+    return not values or (max(map(len, values)) <= c.max_string and (not c.text or all(map(str.isascii, values))))
+
+
+def _keys(m: dict, c: _Ctx) -> None:
+    if not _short(m, c):
+        for k in m:
+            try:
+                _string(k, c)
+            except _Bad as e:  # an unencodable key is not shown, a long one in part
+                e.what = f"key {k[:12]!r}... {e.what}" if e.error == "too_large" else f"key {e.what}"
+                raise
+
+
+def _values(pairs, c: _Ctx) -> None:
+    """Check the strings of ``(path part, string)`` pairs."""
+    for part, v in pairs:
+        try:
+            _string(v, c)
+        except _Bad as e:
+            e.path.append(part)
+            raise
+
+
+def _when(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        return "not a representable date"
+
+
+def _span(ms: int) -> str:
+    for unit, size in (("day", DAY_MS), ("hour", 3_600_000), ("minute", 60_000)):
+        if ms and ms % size == 0:
+            n = ms // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{ms / 1000:g} s"
+
+
+def _window(v: int, c: _Ctx) -> None:
+    if not c.low <= v <= c.high:
+        side = f"{_span(c.limits.past_ms)} before" if v < c.low else f"{_span(c.limits.future_ms)} after"
+        raise _Bad("out_of_range", f"{v} ({_when(v)}) is more than {side} now ({_when(c.now)})")
+
+
+def _checker(s: Any) -> Callable[[Any, _Ctx], None] | None:
+    """The storability check of values of schema ``s``; None if there is nothing to check."""
+    if isinstance(s, str):
+        if s in _NAMED:
+            return _checker(_NAMED[s])
+        return _string if s == "string" else None
+    if isinstance(s, list):  # union: the branch the Python type of the value picks
+        by_type = {}
+        for branch in s:
+            check = _checker(branch)
+            if check is not None:
+                by_type.setdefault(_PY_TYPE[_type_name(branch)], check)
+        if not by_type:
+            return None
+
+        def union(v, c):
+            check = by_type.get(type(v))
+            if check is not None:
+                check(v, c)
+        return union
+    t = s["type"]
+    if t == "record":
+        short = s["name"].rpartition(".")[2]
+        fields = [(f["name"], check) for f in s["fields"] if (check := _checker(f["type"])) is not None]
+        times = TIMES.get(short, ())
+        if not fields and not times:
+            return None
+
+        def record(v, c):
+            name = None
+            try:
+                for name, check in fields:
+                    check(v[name], c)
+                for name in times:
+                    _window(v[name], c)
+            except _Bad as e:
+                e.path.append(name)
+                raise
+        return record
+    if t == "map":
+        values = _checker(s["values"])
+        strings = s["values"] == "string"
+
+        def map_(v, c):
+            if len(v) > c.max_entries:
+                raise _Bad("too_large", f"{len(v)} entries exceed the limit of {c.max_entries}")
+            _keys(v, c)
+            if strings:
+                if not _short(v.values(), c):
+                    _values(((f"[{k!r}]", x) for k, x in v.items()), c)
+            elif values is not None:
+                for k, x in v.items():
+                    try:
+                        values(x, c)
+                    except _Bad as e:
+                        e.path.append(f"[{k!r}]")
+                        raise
+        return map_
+    if t == "array":
+        items = _checker(s["items"])
+
+        def array(v, c):
+            if len(v) > c.max_items:
+                raise _Bad("too_large", f"{len(v)} items exceed the limit of {c.max_items}")
+            if items is _string:
+                if not _short(v, c):
+                    _values(((f"[{i}]", x) for i, x in enumerate(v)), c)
+            elif items is not None:
+                i = 0
+                try:
+                    for i, x in enumerate(v):
+                        items(x, c)
+                except _Bad as e:
+                    e.path.append(f"[{i}]")
+                    raise
+        return array
+    return _checker(t) if t == "string" else None
+
+
+def _type_name(s: Any) -> str:
+    if isinstance(s, str):
+        return _NAMED[s]["type"] if s in _NAMED else s
+    return "union" if isinstance(s, list) else s["type"]
+
+
+_PY_TYPE = {"string": str, "record": dict, "map": dict, "array": list, "enum": str, "bytes": bytes}
+_STORABLE = {name: _checker(entry.parsed) for name, entry in _REGISTRY.items()}
+
+
+# The same limits on the hot path, in a few C-level passes over a whole batch: a record
+# whose fields are strings, maps and arrays of strings is checked through itemgetters.
+# Only when a pass finds something does the checker above run, to name the field.
+
+
+class _Flat(NamedTuple):
+    """Getters of a flat record's fields, each returning a tuple (or None: no such field)."""
+
+    strings: Callable | None  # string and optional string fields
+    maps: Callable | None  # map fields (their keys are strings)
+    text_maps: Callable | None  # map fields whose values are strings
+    arrays: Callable | None  # arrays of strings
+    times: Callable | None  # the TIMES field (one at most), its value
+
+
+def _getter(names: list) -> Callable | None:
+    if not names:
+        return None
+    return itemgetter(*names) if len(names) > 1 else itemgetter(names[0], names[0])  # a tuple either way
+
+
+def _flat(s: Any) -> _Flat | None:
+    """The getters of record schema ``s``, None if a field holds records or containers of them."""
+    found: dict[str, list] = {"strings": [], "maps": [], "text_maps": [], "arrays": []}
+    for f in s["fields"]:
+        t = f["type"]
+        branches = [b for b in t if b != "null"] if isinstance(t, list) else [t]
+        kinds = {_type_name(b) for b in branches}
+        if kinds <= {"string", "enum"}:
+            found["strings"].append(f["name"])
+        elif kinds == {"map"} and len(branches) == 1:
+            values = _type_name(branches[0]["values"])
+            if values not in _PRIMITIVES:
+                return None
+            found["maps"].append(f["name"])
+            if values == "string":
+                found["text_maps"].append(f["name"])
+        elif kinds == {"array"} and len(branches) == 1:
+            if _type_name(branches[0]["items"]) != "string":
+                return None
+            found["arrays"].append(f["name"])
+        elif not kinds <= _PRIMITIVES:
+            return None
+    times = TIMES.get(s["name"].rpartition(".")[2], ())
+    if len(times) > 1:
+        return None
+    return _Flat(*(_getter(found[k]) for k in _Flat._fields[:-1]), itemgetter(times[0]) if times else None)
+
+
+def _within(records: list, flat: _Flat, c: _Ctx, lengths: bool) -> bool:
+    """True if every record certainly passes :data:`_STORABLE` (lone surrogates aside);
+    ``lengths=False`` when the payload is too small to break a length limit."""
+    if lengths:
+        strings = []
+        if flat.strings is not None:
+            strings.append(filter(None, chain.from_iterable(map(flat.strings, records))))
+        if flat.maps is not None:
+            maps = list(chain.from_iterable(map(flat.maps, records)))
+            if max(map(len, maps), default=0) > c.max_entries:
+                return False
+            strings.append(chain.from_iterable(maps))
+        if flat.text_maps is not None:
+            strings.append(chain.from_iterable(map(dict.values, chain.from_iterable(map(flat.text_maps, records)))))
+        if flat.arrays is not None:
+            arrays = list(chain.from_iterable(map(flat.arrays, records)))
+            if max(map(len, arrays), default=0) > c.max_items:
+                return False
+            strings.append(chain.from_iterable(arrays))
+        if max(map(len, chain.from_iterable(strings)), default=0) > c.max_string:
+            return False
+    if flat.times is not None:
+        times = list(map(flat.times, records))
+        if times and (min(times) < c.low or max(times) > c.high):
+            return False
+    return True
+
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string", "enum", "fixed"}
+
+
+def _fast(entry: _Entry) -> tuple[str | None, _Flat] | None:
+    """(batch array field or None, getters of the records), None if the schema is not flat."""
+    if entry.name in BATCHES:
+        key, item = BATCHES[entry.name]
+        flat = _flat(_REGISTRY[item].parsed)
+        return None if flat is None else (key, flat)
+    flat = _flat(entry.parsed)
+    return None if flat is None else (None, flat)
+
+
+_FAST = {name: _fast(entry) for name, entry in _REGISTRY.items()}
+
+
+def _storable(entry: _Entry, record: dict, text: bool, limits: Limits, now_ms: int | None, size: int) -> None:
+    """Raise :class:`InvalidEvent` if ``record`` holds what cannot be stored (see :class:`Limits`).
+
+    ``size`` is the payload's: no string, map or array decoded from it has more
+    characters, entries or items than it has bytes.
+    """
+    check = _STORABLE[entry.name]
+    if check is None:
+        return
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    c = _Ctx(limits.max_string, limits.max_entries, limits.max_items, text,
+             now - limits.past_ms, now + limits.future_ms, now, limits)
+    fast = _FAST[entry.name]
+    if not text and fast is not None:
+        key, flat = fast
+        records = [record] if key is None else record[key]
+        lengths = size > min(c.max_string, c.max_entries, c.max_items)
+        if (not lengths or len(records) <= c.max_items) and _within(records, flat, c, lengths):
+            return
+    try:
+        check(record, c)
+    except _Bad as e:
+        raise e.event() from None
+
+
 def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
@@ -338,8 +695,25 @@ def encode(name: str, record: dict, *, check: bool = True) -> bytes:
             entry.check(record)
     out = BytesIO()
     out.write(entry.header)
-    schemaless_writer(out, entry.parsed, record)
+    try:
+        schemaless_writer(out, entry.parsed, record)
+    except UnicodeEncodeError:
+        raise _unencodable(entry, record) from None
     return out.getvalue()
+
+
+def _unencodable(entry: _Entry, record: dict) -> InvalidEvent:
+    """The error for a record holding a lone surrogate, naming the field if it can."""
+    storable = _STORABLE[entry.name]
+    try:
+        if storable is not None:
+            storable(record, _Ctx(1 << 62, 1 << 62, 1 << 62, True, -(1 << 62), 1 << 62, 0, LIMITS))
+    except _Bad as e:
+        if e.error == "unencodable":
+            return e.event()
+    except Exception:  # a record fastavro would have refused for another reason
+        pass
+    return InvalidEvent(f"a string in this {entry.name} is not valid UTF-8 (a lone surrogate)", "unencodable")
 
 
 # --------------------------------------------------------------------------- decode
@@ -368,14 +742,18 @@ def _plan(accept: tuple) -> _Plan:
 
 
 def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
-           check: bool = True) -> tuple[str, dict]:
+           check: bool = True, limits: Limits = LIMITS, now_ms: int | None = None) -> tuple[str, dict]:
     """Decode one message into ``(schema name, record)``; the name is one of ``accept``.
 
     ``data`` is Avro single-object encoding (any known writer schema) or a UTF-8
     JSON object. Raises :class:`DecodeError` for anything else, including events
-    that break a semantic rule (NaN or non-normalised probabilities, empty ids...).
-    ``check=False`` skips the semantic rules, for internal topics whose
-    messages this process family wrote itself.
+    that break a semantic rule (NaN or non-normalised probabilities, empty ids...)
+    or hold what cannot be stored: a string that is not valid UTF-8
+    (``unencodable``), a time of an input event outside the window of ``limits``
+    around ``now_ms`` (``out_of_range``; now by default), a string, map or array
+    beyond ``limits`` (``too_large``). ``check=False`` skips the semantic rules
+    and the limits, for internal topics whose messages this process family
+    wrote itself.
     """
     try:
         plan = _plan(accept)
@@ -401,6 +779,9 @@ def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
             record = schemaless_reader(fo, entry.parsed)
         except EOFError:
             raise DecodeError("undecodable", f"truncated Avro body for {entry.name} ({size} bytes)") from None
+        except UnicodeDecodeError as e:
+            raise DecodeError("unencodable", f"a string in the Avro body of {entry.name} is not valid UTF-8 "
+                                             f"({e.reason})") from None
         except Exception as e:  # fastavro raises many kinds on corrupt input
             raise DecodeError(
                 "undecodable", f"corrupt Avro body for {entry.name}: {type(e).__name__}: {str(e)[:200]}"
@@ -409,14 +790,23 @@ def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
             raise DecodeError(
                 "undecodable", f"{size - fo.tell()} trailing bytes after the Avro body of {entry.name}"
             )
+        text = False  # the Avro reader refuses invalid UTF-8 itself
     else:
-        entry, record = _from_json(data, plan)
-    if check and entry.check is not None:
-        entry.check(record)
+        entry, record, text = _from_json(data, plan)
+    if check:
+        _storable(entry, record, text, limits, now_ms, size)
+        if entry.check is not None:
+            entry.check(record)
     return entry.name, record
 
 
-def _from_json(data: Any, plan: _Plan) -> tuple[_Entry, dict]:
+#: A JSON escape of a surrogate code point (U+D800 to U+DFFF): a string without one
+#: cannot hold a lone surrogate once parsed (raw surrogates are refused as invalid UTF-8).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _from_json(data: Any, plan: _Plan) -> tuple[_Entry, dict, bool]:
+    """The entry and record of a JSON object, and whether its text escapes a surrogate."""
     if not data:
         raise DecodeError("undecodable", "empty payload")
     try:
@@ -439,7 +829,7 @@ def _from_json(data: Any, plan: _Plan) -> tuple[_Entry, dict]:
         raise
     except ValidationError as e:
         raise InvalidEvent(_validation_reason(e)) from None
-    return entry, record
+    return entry, record, _SURROGATE_ESCAPE.search(raw) is not None
 
 
 def _fits(entry: _Entry, keys) -> bool:

@@ -8,10 +8,12 @@ import json
 import pickle
 import random
 import sys
+import time
 from pathlib import Path
 
 import fastavro
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from fastavro.schema import to_parsing_canonical_form
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +24,14 @@ from schemas import codec  # noqa: E402
 from schemas.codec import DecodeError, InvalidEvent  # noqa: E402
 
 INPUTS = ("Prediction", "PredictionBatch")
+#: An hour ago: the events' times fall in the window decode accepts around now.
+T = int(time.time() * 1000) - 3_600_000
 
 # --------------------------------------------------------------------------- realistic events
 # name -> (record as a producer writes it, the defaults decoding must fill in)
 
 PREDICTION = {
-    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": 1732704000123,
+    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": T + 123,
     "model_name": "fraud-gbm", "model_version": "2024.11.3", "predicted_label": "legit",
     "probabilities": {"legit": 0.87, "fraud": 0.13},
     "features": {"amount": 182.5, "n_items": 3.0, "account_age_days": 412.0, "hour": 14.0,
@@ -37,14 +41,14 @@ PREDICTION = {
 }
 PREDICTION_DEFAULTS = {"text": None}
 CANDIDATE = {
-    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": 1732704000123, "kind": "prediction",
+    "event_id": "pred-7f3a9c2e", "item_id": "txn-000482", "ts": T + 123, "kind": "prediction",
     "model_name": "fraud-gbm", "model_version": "2024.11.3", "predicted_label": "legit",
     "probabilities": {"legit": 0.87, "fraud": 0.13}, "features": {"amount": 182.5, "hour": 14.0},
     "shadow_label": "fraud", "shadow_version": 12,
-    "signals": {"entropy": 0.557, "margin": 0.74, "disagreement": 1.0}, "scored_ts": 1732704000150,
+    "signals": {"entropy": 0.557, "margin": 0.74, "disagreement": 1.0}, "scored_ts": T + 150,
 }
 CANDIDATE_DEFAULTS = {"text": None, "context": {}, "user_label": None, "note": None}
-OVERRIDE_CANDIDATE = {"event_id": "ovr-19", "item_id": "txn-000977", "ts": 1732704100000, "kind": "override",
+OVERRIDE_CANDIDATE = {"event_id": "ovr-19", "item_id": "txn-000977", "ts": T + 100000, "kind": "override",
                       "user_label": "fraud"}
 OVERRIDE_CANDIDATE_DEFAULTS = {
     "model_name": "", "model_version": "", "predicted_label": None, "probabilities": {}, "features": {},
@@ -60,12 +64,12 @@ CASES = {
         {},
     ),
     "Override": (
-        {"event_id": "ovr-19", "item_id": "txn-000977", "ts": 1732704100000,
+        {"event_id": "ovr-19", "item_id": "txn-000977", "ts": T + 100000,
          "predicted_label": "legit", "override_label": "fraud"},
         {"user_id": None, "context": {}},
     ),
     "Appeal": (
-        {"event_id": "apl-3", "item_id": "post-5521", "ts": 1732704200000, "predicted_label": "spam",
+        {"event_id": "apl-3", "item_id": "post-5521", "ts": T + 200000, "predicted_label": "spam",
          "reason": "It is my own bakery's opening hours, not an ad.", "user_id": "u-88"},
         {"context": {}},
     ),
@@ -74,7 +78,7 @@ CASES = {
                                        {**OVERRIDE_CANDIDATE, **OVERRIDE_CANDIDATE_DEFAULTS}]}, {}),
     "LabelingTask": (
         {"task_id": "task-000031", "event_id": "pred-7f3a9c2e", "item_id": "txn-000482",
-         "created_ts": 1732704000300, "source_ts": 1732704000123, "kind": "prediction",
+         "created_ts": T + 300, "source_ts": T + 123, "kind": "prediction",
          "reasons": ["uncertain", "disagreement"], "signals": {"entropy": 0.557, "margin": 0.74},
          "selection_probability": 0.25, "priority": 0.83, "suggested_label": "legit", "confidence": 0.87,
          "label_set": ["fraud", "legit"], "features": {"amount": 182.5}, "predicted_label": "legit",
@@ -85,17 +89,22 @@ CASES = {
     ),
     "Label": (
         {"event_id": "lbl-000031-ann7", "task_id": "task-000031", "item_id": "txn-000482", "label": "fraud",
-         "annotator_id": "ann-7", "ts": 1732704090000, "duration_ms": 8400},
+         "annotator_id": "ann-7", "ts": T + 90000, "duration_ms": 8400},
         {"note": None, "tier": "annotator"},
     ),
     "ModelVersion": (
-        {"model_name": "shadow", "version": 12, "ts": 1732704095000, "labels_seen": 300,
+        {"model_name": "shadow", "version": 12, "ts": T + 95000, "labels_seen": 300,
          "prequential_accuracy": 0.91, "classes": ["fraud", "legit"],
          "snapshot": b"\x80\x05\x95\x00\x01river.linear_model\x94", "signature": "ab" * 32},
         {"control_accuracy": None, "control_labels": 0},
     ),
+    "AuditEvent": (
+        {"event_id": "audit-1", "ts": T + 1000, "action": "label", "annotator_id": "ann-7",
+         "client": "10.0.0.8", "task_id": "task-000031"},
+        {"role": "", "detail": "", "service": ""},
+    ),
     "DeadLetter": (
-        {"event_id": "dl-1", "ts": 1732704000999, "topic": "predictions", "partition": 3, "offset": 80213,
+        {"event_id": "dl-1", "ts": T + 999, "topic": "predictions", "partition": 3, "offset": 80213,
          "payload": b"\xc3\x01\x00\x00garbage\xff", "reason": "unknown schema fingerprint 0000676172626167",
          "error": "unknown_schema"},
         {"key": None},
@@ -192,7 +201,8 @@ def standalone(name):
 
 def test_every_schema_is_loaded():
     assert set(codec.NAMES) == {"Prediction", "PredictionBatch", "Override", "Appeal", "Candidate",
-                                "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter"}
+                                "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter",
+                                "AuditEvent"}
     assert set(CASES) == set(codec.NAMES)
     assert len(list(codec.SCHEMA_DIR.glob("*.avsc"))) == len(codec.NAMES)
     assert codec.schema("Prediction")["name"] == "feedbackloop.Prediction"
@@ -399,6 +409,242 @@ def test_encode_checks_batch_items_and_leaves_defaults_out():
     assert codec.decode(codec.encode("Prediction", minimal), accept=INPUTS)[1]["features"] == {}
 
 
+# --------------------------------------------------------------------------- what cannot be stored
+
+LONE = "\ud800"  # a lone surrogate: valid in a JSON text and a Python str, not in UTF-8
+
+
+def _string_field(schema_type) -> bool:
+    return schema_type == "string" or isinstance(schema_type, list) and "string" in schema_type
+
+
+def string_spots(value, fields=None, path=""):
+    """(path, copy of ``value`` with a lone surrogate in that one string) for every string in it:
+    fields (optional ones too), map keys and values, array items, batch members."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if fields is not None and path else (k if fields is not None else f"{path}[{k!r}]")
+            if fields is None:  # a map: its key, then its value
+                yield f"{path} key", {**{x: y for x, y in value.items() if x != k}, LONE + k: v}
+            kind = fields.get(k) if fields is not None else None
+            if isinstance(v, str) or (v is None and kind is not None and _string_field(kind)):
+                yield where, {**value, k: LONE if v is None else v + LONE}
+            elif isinstance(v, (dict, list)):
+                inner = ITEM_FIELDS.get(k) if isinstance(v, list) else None
+                sub_fields = None if isinstance(v, dict) else inner
+                for spot, changed in string_spots(v, sub_fields, where):
+                    yield spot, {**value, k: changed}
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, str):
+                yield f"{path}[{i}]", value[:i] + [LONE] + value[i + 1:]
+            elif isinstance(v, dict):
+                for spot, changed in string_spots(v, fields, f"{path}[{i}]"):
+                    yield spot, value[:i] + [changed] + value[i + 1:]
+
+
+def field_types(name):
+    return {f["name"]: f["type"] for f in codec.schema(name)["fields"]}
+
+
+ITEM_FIELDS = {"events": field_types("Prediction"), "candidates": field_types("Candidate")}
+
+
+def test_a_lone_surrogate_is_refused_in_every_string_of_every_schema():
+    tried = 0
+    for name in sorted(CASES):
+        for spot, record in string_spots(expected(name), field_types(name)):
+            with pytest.raises(DecodeError) as info:
+                codec.decode(to_json(record), accept=(name,))
+            assert info.value.error == "unencodable", (name, spot, info.value.reason)
+            field = spot.removesuffix(" key")
+            assert info.value.reason.startswith(f"field {field!r}: "), (name, spot, info.value.reason)
+            assert "lone surrogate '\\ud800'" in info.value.reason
+            info.value.reason.encode("utf-8")  # the reason can be stored itself
+            with pytest.raises(InvalidEvent) as encoded:  # and nothing can be encoded with it
+                codec.encode(name, record, check=False)
+            assert encoded.value.error == "unencodable" and field in encoded.value.reason
+            tried += 1
+    assert tried > 150  # e.g. 10 in a Prediction, every field and map entry of the batches too
+
+
+def test_a_surrogate_pair_is_one_character_and_fine():
+    name, record = codec.decode(to_json(pred(text="\U0001F600 fraud?")), accept=INPUTS)
+    assert b"\\ud83d\\ude00" in to_json(pred(text="\U0001F600"))  # escaped as a pair in the JSON text
+    assert record["text"] == "\U0001F600 fraud?"
+
+
+@pytest.mark.parametrize("name, path", [
+    ("Prediction", ["item_id"]), ("PredictionBatch", ["events", 1, "context", "surface"]),
+    ("LabelingTask", ["reasons", 0]), ("Candidate", ["signals"]),
+])
+def test_invalid_utf8_in_avro_is_refused(name, path):
+    """A producer writing raw bytes: the three bytes of an encoded surrogate in one string."""
+    record = json.loads(json.dumps(CASES[name][0]))  # no shared maps between batch members
+    *parents, last = path
+    holder = record
+    for step in parents:
+        holder = holder[step]
+    if isinstance(holder[last], dict):  # a map key
+        holder[last] = {"QQQ": 1.0}
+    else:
+        holder[last] = "QQQ"
+    data = codec.encode(name, record, check=False)
+    assert data.count(b"QQQ") == 1
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data.replace(b"QQQ", b"\xed\xa0\x80"), accept=(name,))
+    assert info.value.error == "unencodable"
+    assert f"Avro body of {name} is not valid UTF-8" in info.value.reason
+
+
+NOW = T + 3_600_000
+DAY = codec.DAY_MS
+
+
+@pytest.mark.parametrize("name", ["Prediction", "Override", "Appeal"])
+def test_times_of_input_events_fall_in_a_window_around_now(name):
+    record = CASES[name][0]
+    ok = lambda ts, **kw: codec.decode(to_json({**record, "ts": ts}), accept=(name,), now_ms=NOW, **kw)[0] == name
+    assert ok(NOW - 365 * DAY) and ok(NOW + DAY)  # the edges are in
+    for ts, side in ((NOW - 365 * DAY - 1, "365 days before"), (NOW + DAY + 1, "1 day after"), (0, "before"),
+                     (-(2 ** 62), "before"), (2 ** 62, "after")):
+        with pytest.raises(InvalidEvent) as info:
+            ok(ts)
+        assert info.value.error == "out_of_range"
+        assert info.value.reason.startswith(f"field 'ts': {ts} (") and f"{side} now (" in info.value.reason
+        with pytest.raises(InvalidEvent, match="out_of_range"):  # the Avro path too
+            codec.decode(codec.encode(name, {**record, "ts": ts}), accept=(name,), now_ms=NOW)
+    assert ok(NOW - 400 * DAY, limits=codec.Limits(past_ms=500 * DAY))
+    with pytest.raises(InvalidEvent, match="1 hour after"):
+        ok(NOW + 2 * 3_600_000, limits=codec.Limits(future_ms=3_600_000))
+    assert codec.decode(to_json({**record, "ts": 0}), accept=(name,), check=False)[0] == name
+
+
+def test_an_empty_batch_has_nothing_to_refuse():
+    assert codec.decode(codec.encode("PredictionBatch", {"events": []}), accept=INPUTS) == (
+        "PredictionBatch", {"events": []})
+
+
+def test_the_window_is_around_the_clock_by_default_and_in_batches():
+    stale = {"events": [PREDICTION, pred(event_id="old", ts=int(time.time() * 1000) - 366 * DAY)]}
+    with pytest.raises(InvalidEvent, match=r"field 'events\[1\]\.ts': .* more than 365 days before now"):
+        codec.decode(codec.encode("PredictionBatch", stale), accept=INPUTS)
+    assert codec.decode(codec.encode("PredictionBatch", stale), accept=INPUTS, limits=codec.Limits(past_ms=400 * DAY))
+
+
+def test_times_the_system_writes_itself_are_not_windowed():
+    """A model version, a label or a task may rightly be old: only input events are checked."""
+    assert set(codec.TIMES) == {"Prediction", "Override", "Appeal"}
+    for name in ("Label", "ModelVersion", "LabelingTask", "Candidate", "DeadLetter"):
+        record = {**CASES[name][0], **{f: 0 for f in ("ts", "created_ts", "source_ts") if f in CASES[name][0]}}
+        assert codec.decode(codec.encode(name, record), accept=(name,))[0] == name
+
+
+SMALL = codec.Limits(max_string=12, max_entries=3, max_items=2)
+TINY = {  # records within SMALL
+    "Prediction": {"event_id": "e1", "item_id": "i1", "ts": T, "model_name": "m", "model_version": "1",
+                   "predicted_label": "a", "probabilities": {"a": 1.0}, "features": {"x": 1.0}, "context": {"k": "v"}},
+    "LabelingTask": {"task_id": "t1", "event_id": "e1", "item_id": "i1", "created_ts": T, "source_ts": T,
+                     "kind": "prediction", "reasons": ["u"], "signals": {"s": 0.5}, "selection_probability": 0.5,
+                     "priority": 0.5, "confidence": 0.5, "label_set": ["a", "b"], "model_name": "m",
+                     "model_version": "1", "shadow_version": 1, "policy_version": "p"},
+}
+TINY["PredictionBatch"] = {"events": [TINY["Prediction"], {**TINY["Prediction"], "event_id": "e2"}]}
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("Prediction", {"item_id": "x" * 13}, "field 'item_id': 13 characters exceed the limit of 12"),
+    ("Prediction", {"text": "y" * 13}, "field 'text': 13 characters exceed the limit of 12"),
+    ("Prediction", {"features": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}},
+     "field 'features': 4 entries exceed the limit of 3"),
+    ("Prediction", {"features": {"k" * 13: 1.0}}, "field 'features': key 'kkkkkkkkkkkk'... 13 characters"),
+    ("Prediction", {"context": {"k": "v" * 13}}, "field \"context['k']\": 13 characters exceed the limit of 12"),
+    ("LabelingTask", {"reasons": ["a", "b", "c"]}, "field 'reasons': 3 items exceed the limit of 2"),
+    ("LabelingTask", {"reasons": ["r" * 13]}, "field 'reasons[0]': 13 characters exceed the limit of 12"),
+    ("PredictionBatch", {"events": [TINY["Prediction"]] * 3}, "field 'events': 3 items exceed the limit of 2"),
+    ("PredictionBatch", {"events": [TINY["Prediction"], {**TINY["Prediction"], "model_name": "m" * 13}]},
+     "field 'events[1].model_name': 13 characters exceed the limit of 12"),
+])
+def test_lengths_and_counts_beyond_the_limits(name, change, words):
+    base = TINY[name]
+    assert codec.decode(codec.encode(name, base), accept=(name,), limits=SMALL)
+    record = {**base, **change}
+    for data in (codec.encode(name, record, check=False), to_json(record)):
+        with pytest.raises(InvalidEvent) as info:
+            codec.decode(data, accept=(name,), limits=SMALL)
+        assert info.value.error == "too_large"
+        assert words in info.value.reason
+
+
+def test_default_limits_hold_a_large_text_but_not_a_huge_one():
+    assert codec.LIMITS == codec.Limits(365 * DAY, DAY, 65_536, 10_000, 10_000)
+    assert codec.decode(to_json(pred(text="t" * 65_536)), accept=INPUTS)
+    with pytest.raises(InvalidEvent, match="field 'text': 65537 characters exceed the limit of 65536"):
+        codec.decode(to_json(pred(text="t" * 65_537)), accept=INPUTS)
+    many = {f"f{i}": 0.0 for i in range(10_001)}
+    with pytest.raises(InvalidEvent, match="field 'features': 10001 entries exceed the limit of 10000"):
+        codec.decode(codec.encode("Prediction", pred(features=many)), accept=INPUTS)
+
+
+def _oracle(event: dict, limits: codec.Limits, now: int) -> set[str]:
+    """The codes an event must be refused with, worked out plainly."""
+    strings = [event[k] for k in ("event_id", "item_id", "model_name", "model_version", "predicted_label")]
+    strings += [event["text"]] if event["text"] is not None else []
+    maps = [event["probabilities"], event["features"], event["context"]]
+    strings += [k for m in maps for k in m] + list(event["context"].values())
+    codes = set()
+    if any(len(s) > limits.max_string for s in strings) or any(len(m) > limits.max_entries for m in maps):
+        codes.add("too_large")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for s in strings for ch in s):
+        codes.add("unencodable")
+    if not now - limits.past_ms <= event["ts"] <= now + limits.future_ms:
+        codes.add("out_of_range")
+    return codes
+
+
+_plain = st.text(max_size=8)  # no surrogates: Hypothesis leaves them out unless asked
+_text = st.one_of(_plain, _plain, _plain, _plain, _plain, _plain,
+                  st.sampled_from([LONE, "ok" + "\udfff", "\u00e9t\u00e9", "\U0001F600"]))
+_events = st.fixed_dictionaries({
+    "event_id": _plain.map(lambda s: "e" + s), "item_id": _text.map(lambda s: "i" + s),
+    "ts": st.integers(NOW - DAY, NOW) | st.integers(NOW - 400 * DAY, NOW + 2 * DAY),
+    "model_name": _text, "model_version": _plain,
+    "predicted_label": st.just("a"), "probabilities": st.just({"a": 1.0}),
+    "features": st.dictionaries(_text, st.floats(-1e6, 1e6), max_size=6),
+    "text": st.none() | _text, "context": st.dictionaries(_plain, _text, max_size=4),
+})
+_limits = st.builds(codec.Limits, st.just(365 * DAY) | st.integers(0, 365 * DAY), st.just(DAY) | st.integers(0, 2 * DAY),
+                    st.just(64) | st.integers(0, 9), st.just(64) | st.integers(0, 5), st.just(64) | st.integers(1, 6))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(_events, min_size=1, max_size=5), limits=_limits)
+def test_refused_exactly_when_something_cannot_be_stored(events, limits):
+    """Against a plain oracle, on the batch (the fast path) and on each event, from Avro and from JSON."""
+    expected_codes = [_oracle(e, limits, NOW) for e in events]
+    batch = {"events": events}
+    if len(events) > limits.max_items:
+        expected_codes.append({"too_large"})
+    datas = [to_json(batch)]
+    if not any("unencodable" in c for c in expected_codes):  # no Avro writer can write a lone surrogate
+        datas.append(codec.encode("PredictionBatch", batch, check=False))
+    for data in datas:
+        bad = set().union(*expected_codes)
+        try:
+            codec.decode(data, accept=INPUTS, limits=limits, now_ms=NOW)
+        except DecodeError as e:
+            assert e.error in bad, (e.reason, bad)
+        else:
+            assert not bad
+    for event, codes in zip(events, expected_codes):
+        try:
+            codec.decode(to_json(event), accept=INPUTS, limits=limits, now_ms=NOW)
+        except DecodeError as e:
+            assert e.error in codes, (e.reason, codes)
+        else:
+            assert not codes
+
+
 # --------------------------------------------------------------------------- fuzz
 
 
@@ -437,7 +683,8 @@ def test_fuzz_only_decode_errors():
         try:
             name, record = codec.decode(data, accept=accept)
         except DecodeError as e:
-            assert e.error in {"undecodable", "unknown_schema", "schema_mismatch", "invalid", "too_large"}
+            assert e.error in {"undecodable", "unknown_schema", "schema_mismatch", "invalid", "too_large",
+                               "unencodable", "out_of_range"}
             assert e.reason
             outcomes["error"] += 1
         else:
