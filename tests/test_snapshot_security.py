@@ -236,8 +236,8 @@ def test_the_labeling_feed_refuses_forged_versions_from_the_broker(kafka, tmp_pa
     settings = kafka.replace(topic_prefix=f"{kafka.topic_prefix}sec-{uuid.uuid4().hex[:8]}.")
     stack.ensure_topics(settings.kafka_config(), settings)
     marker = tmp_path / "marker"
-    attacks = [forged(settings.model_name, 100 + i, data, how)
-               for i, (how, data) in enumerate((how, data) for how in ATTACKER_KEYS for data in payloads(marker).values())]
+    signed = [(how, data) for how in ATTACKER_KEYS for data in payloads(marker).values()]
+    attacks = [forged(settings.model_name, 100 + i, data, how) for i, (how, data) in enumerate(signed)]
     learner = Learner(settings.model_name, kind="linear", publish_every=1, min_control=0)
     learner.learn({"x": 1.0}, "a")
     learner.learn({"x": -1.0}, "b")
