@@ -46,6 +46,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "stopping_signals": ("metric", "version", "ts"),
     "budget_state": ("ts",),
     "agent_stats": ("worker", "agent", "ts"),
+    "audit_log": ("event_id",),
 }
 TABLES = tuple(TABLE_KEYS)
 

@@ -2,7 +2,9 @@
 
 ``feedbackloop label`` pulls the next task from ``labeling.tasks``, shows the
 item, the suggested label, the model's confidence and the reasons in plain
-words, and sends the annotator's answer to ``labels``.
+words, and sends the annotator's answer to ``labels``. Whatever comes from the
+task is shown through :func:`printable`: an escape sequence in an item's text
+is shown, never obeyed by the terminal.
 
 >>> print(explain({"reasons": ["uncertain", "disagreement"], "kind": "prediction",
 ...     "signals": {"margin": 0.04}, "suggested_label": "a", "confidence": 0.52,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+import unicodedata
 import uuid
 
 from confluent_kafka import Consumer, Producer
@@ -47,17 +50,32 @@ def explain(task: dict) -> str:
     return "\n".join(lines)
 
 
+def printable(text: str, multiline: bool = False) -> str:
+    r"""``text`` safe to print on a terminal: control characters (escape sequences
+    begin with one), invisible format characters such as bidirectional overrides,
+    and lone surrogates are written out escaped; with ``multiline``, new lines stay.
+
+    >>> print(printable("\x1b[2J\x1b]0;pwned\x07ham\u202eeps\r\nnext"))
+    \x1b[2J\x1b]0;pwned\x07ham\u202eeps\r\nnext
+    >>> print(printable("two\nlines\tand caf\u00e9", multiline=True))
+    two
+    lines\tand café
+    """
+    return "".join(ch if (ch == "\n" and multiline) or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def show(task: dict, out=sys.stdout) -> None:
     print("\n" + "=" * 60, file=out)
-    print(f"item {task['item_id']}   (task {task['task_id']})", file=out)
+    print(f"item {printable(task['item_id'])}   (task {printable(task['task_id'])})", file=out)
     if task.get("text"):
-        print(f"\n  {task['text']}\n", file=out)
+        print("\n  " + printable(task["text"], multiline=True).replace("\n", "\n  ") + "\n", file=out)
     for name, value in sorted(task["features"].items()):
-        print(f"  {name:>24} = {value:.4g}", file=out)
-    print(f"\nwhy: {explain(task)}", file=out)
+        print(f"  {printable(name):>24} = {value:.4g}", file=out)
+    print(f"\nwhy: {printable(explain(task), multiline=True)}", file=out)
     print(f"suggested: {task['suggested_label']!r} (confidence {task['confidence']:.0%})", file=out)
     for i, label in enumerate(task["label_set"], start=1):
-        print(f"  [{i}] {label}", file=out)
+        print(f"  [{i}] {printable(label)}", file=out)
     print("Enter to accept the suggestion, a number to choose, s to skip, q to quit.", file=out)
 
 

@@ -37,6 +37,7 @@ TOPICS: dict[str, tuple[int, dict[str, str]]] = {
     "labels": (1, {}),
     "models": (1, {"cleanup.policy": "compact"}),
     "deadletter": (1, {}),
+    "audit": (1, {}),  # the labeling service's audit log (AuditEvent), sunk into audit_log by the worker
 }
 
 SECRET_FIELDS = {"kafka_sasl_password", "clickhouse_password", "model_signing_key"}

@@ -99,6 +99,9 @@ def one_row_per_table(i: int = 0) -> dict[str, dict]:
         "budget_state": {"ts": T0 + i, "spent_hour": 3, "spent_day": 9, "spent_week": 9, "cap_hour": 100,
                          "cap_day": 1000, "cap_week": None, "target_fraction": 0.1, "realised_fraction": 0.09},
         "agent_stats": {"ts": T0 + i, "worker": "w1", "agent": "score", "events": 500, "seconds": 0.2, "lag": 0},
+        "audit_log": {"event_id": f"a-{i}", "ts": T0 + i, "action": "label", "annotator_id": "ann-1",
+                      "role": "annotator", "client": "10.0.0.7", "task_id": f"t-{i}", "detail": "ham",
+                      "service": "labeling-1:42"},
     }
 
 
