@@ -6,16 +6,23 @@ valid one, 403 outside the token's role). Errors are JSON ``{"detail": ...}``:
 you, already labeled, flagged), 422 a malformed request or a label outside the
 task's label set, 503 a label stored but not yet confirmed by Kafka (it is
 sent again; submitting again is safe). A refused request writes nothing.
+Before any of that, the :class:`~consumers.labeling.guard.Guard` checks the
+host, the rate limits, the token and the body's size and time (400, 429, 401,
+413, 408), and puts security headers on every answer. Every lease, label,
+skip, flag, resolution and requeue is written to the audit log
+(:mod:`~consumers.labeling.audit`) with the action. There is no ``/docs``
+page: open ``/openapi.json`` in any OpenAPI viewer.
 
 >>> from fastapi.testclient import TestClient
 >>> from consumers.labeling.outbox import Outbox
 >>> from consumers.labeling.store import Store
 >>> from consumers.labeling.tokens import Tokens
->>> store, sent, tokens = Store(":memory:"), [], Tokens.parse("token-ann:ann:annotator")
->>> client = TestClient(create_app(store, Outbox(store, sent.extend), tokens))
+>>> token = "Zq3vT8mW1xK5pR7yN2bC6dF9"
+>>> store, sent, tokens = Store(":memory:"), [], Tokens.parse(f"{token}:ann:annotator")
+>>> client = TestClient(create_app(store, Outbox(store, sent.extend), tokens), base_url="http://localhost")
 >>> client.post("/api/tasks/next").status_code
 401
->>> client.headers["Authorization"] = "Bearer token-ann"
+>>> client.headers["Authorization"] = f"Bearer {token}"
 >>> client.post("/api/tasks/next").status_code  # nothing in the queue
 204
 """
@@ -24,12 +31,14 @@ sent again; submitting again is safe). A refused request writes nothing.
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Response
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from consumers.labeling import audit
+from consumers.labeling.guard import Guard
 from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.store import Store, TaskError
 from consumers.labeling.tokens import Annotator, Tokens
@@ -145,25 +154,36 @@ class Health(BaseModel):
 
 
 def _responses(*codes: int) -> dict:
-    words = {400: "The body is not JSON.", 401: "No valid token.", 403: "The token's role does not allow this.", 404: "No such task.",
-             409: "The task is not in a state for this request.",
+    """The answers of an ``/api`` operation besides success: ``codes``, and the guard's."""
+    words = {400: "The body is not JSON.", 401: "No valid token.", 403: "The token's role does not allow this.",
+             404: "No such task.", 408: "The body did not arrive in time.", 409: "The task is not in a state for this request.",
+             413: "The body is too large.", 429: "Too many requests, or too many bad tokens from your address: "
+                                                  "wait as long as Retry-After says.",
              503: "Stored, but Kafka has not confirmed it yet; it will be sent again."}
-    return {c: {"model": Error, "description": words[c]} for c in codes}
+    return {c: {"model": Error, "description": words[c]} for c in sorted({*codes, 401, 408, 413, 429})}
 
 
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | None = None,
-               lease_seconds: float = 600.0) -> FastAPI:
-    """The labeling API and UI over ``store``; labels leave through ``outbox``.
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
-    ``guidelines`` is ``{"text": ..., "labels": {label: meaning}}``.
+
+def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | None = None,
+               lease_seconds: float = 600.0, **guard) -> Guard:
+    """The labeling API and UI over ``store`` behind its :class:`~consumers.labeling.guard.Guard`;
+    labels leave through ``outbox``.
+
+    ``guidelines`` is ``{"text": ..., "labels": {label: meaning}}``; ``guard`` holds
+    the guard's options (``allowed_hosts``, ``limits``, ``max_body``, ``body_timeout``;
+    by default ``localhost`` and this machine's name, and the defaults of
+    :mod:`~consumers.labeling.guard`). The FastAPI app is the guard's ``app``.
     """
     guidelines = guidelines or {}
     guideline = guidelines.get("text") or DEFAULT_GUIDELINE
     label_guidelines = dict(guidelines.get("labels") or {})
-    app = FastAPI(title="feedbackloop labeling", version="1",
+    app = FastAPI(title="feedbackloop labeling", version="1", docs_url=None, redoc_url=None,
                   description="Pull the next task, label it, skip it or flag it as ambiguous. "
                               "Every /api request needs `Authorization: Bearer <token>`.")
     bearer = HTTPBearer(auto_error=False, description="An annotator's token.")
@@ -206,14 +226,17 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
                     context=t.get("context") or {})
 
     def deliver(record: dict, new: bool) -> LabelOut:
-        if new or not store.is_sent(record["event_id"]):
-            try:
-                outbox.deliver([record])
-            except DeliveryError as exc:
-                raise HTTPException(503, f"label stored, not yet confirmed by Kafka ({exc}); "
-                                         "it will be sent again, and submitting again is safe") from None
+        try:
+            outbox.deliver([record])  # once, however many submits race here
+        except DeliveryError as exc:
+            raise HTTPException(503, f"label stored, not yet confirmed by Kafka ({exc}); "
+                                     "it will be sent again, and submitting again is safe") from None
         return LabelOut(**{k: record[k] for k in ("event_id", "task_id", "label", "annotator_id", "duration_ms")},
                         duplicate=not new)
+
+    def note(action: str, who: Annotator, request: Request, task_id: str, detail: str = "") -> None:
+        """Audit an action, inside the store transaction that makes it."""
+        store.audit(audit.event(action, who.annotator_id, who.role, _client(request), task_id, detail))
 
     # ------------------------------------------------------------------ annotators
 
@@ -224,31 +247,40 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
 
     @app.post("/api/tasks/next", tags=["annotators"], status_code=200,
               responses={204: {"description": "No task is waiting."}, **_responses(401)})
-    def next_task(who: Annotating) -> Task:
+    def next_task(who: Annotating, request: Request) -> Task:
         """Lease the next task (the one of highest priority). Asking again while
         holding a lease returns the same task, its lease renewed."""
-        leased = store.lease(who.annotator_id, seconds=lease_seconds, reviewer=who.may("reviewer"))
-        if leased is None:
-            return Response(status_code=204)
+        with store.transaction():
+            leased = store.lease(who.annotator_id, seconds=lease_seconds, reviewer=who.may("reviewer"))
+            if leased is None:
+                return Response(status_code=204)
+            note("lease", who, request, leased["task"]["task_id"])
         return view(leased)
 
     @app.post("/api/tasks/{task_id}/label", tags=["annotators"], responses=_responses(400, 401, 404, 409, 503))
-    def label(task_id: TaskId, body: LabelIn, who: Annotating) -> LabelOut:
+    def label(task_id: TaskId, body: LabelIn, who: Annotating, request: Request) -> LabelOut:
         """Label a task you hold. The answer means the label is on Kafka; a second
         submit of the same task returns the first label and sends nothing."""
-        record, new = store.label(task_id, who.annotator_id, body.label, body.note)
+        with store.transaction():
+            record, new = store.label(task_id, who.annotator_id, body.label, body.note)
+            if new:
+                note("label", who, request, task_id, body.label)
         return deliver(record, new)
 
     @app.post("/api/tasks/{task_id}/skip", tags=["annotators"], responses=_responses(401, 404, 409))
-    def skip(task_id: TaskId, who: Annotating) -> Done:
+    def skip(task_id: TaskId, who: Annotating, request: Request) -> Done:
         """Give a task back; you will not be offered it again."""
-        store.skip(task_id, who.annotator_id)
+        with store.transaction():
+            store.skip(task_id, who.annotator_id)
+            note("skip", who, request, task_id)
         return Done(task_id=task_id, state="pending")
 
     @app.post("/api/tasks/{task_id}/flag", tags=["annotators"], responses=_responses(400, 401, 404, 409))
-    def flag(task_id: TaskId, body: FlagIn, who: Annotating) -> Done:
+    def flag(task_id: TaskId, body: FlagIn, who: Annotating, request: Request) -> Done:
         """Set a task you hold aside as ambiguous, with a note, for a reviewer."""
-        store.flag(task_id, who.annotator_id, body.note)
+        with store.transaction():
+            store.flag(task_id, who.annotator_id, body.note)
+            note("flag", who, request, task_id)
         return Done(task_id=task_id, state="flagged")
 
     # ------------------------------------------------------------------ reviewers
@@ -259,15 +291,20 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         return [view(v) for v in store.flagged()]
 
     @app.post("/api/review/{task_id}/label", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409, 503))
-    def resolve(task_id: TaskId, body: LabelIn, who: Reviewing) -> LabelOut:
+    def resolve(task_id: TaskId, body: LabelIn, who: Reviewing, request: Request) -> LabelOut:
         """Decide a flagged task: your label goes to Kafka like any other."""
-        record, new = store.resolve(task_id, who.annotator_id, body.label, body.note)
+        with store.transaction():
+            record, new = store.resolve(task_id, who.annotator_id, body.label, body.note)
+            if new:
+                note("resolve", who, request, task_id, body.label)
         return deliver(record, new)
 
     @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409))
-    def review_requeue(task_id: TaskId, body: RequeueIn, who: Reviewing) -> Done:
+    def review_requeue(task_id: TaskId, body: RequeueIn, who: Reviewing, request: Request) -> Done:
         """Send a flagged task back to the queue, with a note for the next annotator."""
-        store.requeue(task_id, who.annotator_id, body.note, only_flagged=True)
+        with store.transaction():
+            store.requeue(task_id, who.annotator_id, body.note, only_flagged=True)
+            note("requeue", who, request, task_id, "flagged")
         return Done(task_id=task_id, state="pending")
 
     # ------------------------------------------------------------------ admins
@@ -279,9 +316,12 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
                      annotators=[AnnotatorStats(**a) for a in store.annotator_stats()])
 
     @app.post("/api/admin/tasks/{task_id}/requeue", tags=["admins"], responses=_responses(400, 401, 403, 404, 409))
-    def requeue(task_id: TaskId, body: RequeueIn, who: Administering) -> Done:
+    def requeue(task_id: TaskId, body: RequeueIn, who: Administering, request: Request) -> Done:
         """Put any task not yet labeled back in the queue (ends its lease or its flag)."""
-        store.requeue(task_id, who.annotator_id, body.note)
+        with store.transaction():
+            state = store.task(task_id)["state"]
+            store.requeue(task_id, who.annotator_id, body.note)
+            note("requeue", who, request, task_id, state)
         return Done(task_id=task_id, state="pending")
 
     # ------------------------------------------------------------------ UI and health
@@ -290,13 +330,13 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
     def health() -> Health:
         return Health(status="ok")
 
-    headers = {"Cache-Control": "no-cache",
-               "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                                          "form-action 'none'; frame-ancestors 'none'"}
-
     @app.get("/", include_in_schema=False)
     def index():
-        return FileResponse(UI / "index.html", headers=headers)
+        return FileResponse(UI / "index.html")
 
     app.mount("/ui", StaticFiles(directory=UI), name="ui")
-    return app
+
+    def locked_out(address: str) -> None:
+        store.audit(audit.event("lockout", "", "", address, detail="too many bad tokens"))
+
+    return Guard(app, tokens, on_lockout=locked_out, **guard)

@@ -26,8 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Reads labeling.tasks into a durable queue and serves annotators over HTTP "
                     "(web UI at /, API description at /openapi.json); labels go to the labels topic. "
                     "Tokens come from FEEDBACKLOOP_LABELING_TOKENS ('token:annotator_id:role,...', roles: "
-                    "annotator, reviewer, admin), FEEDBACKLOOP_LABELING_TOKENS_FILE (one entry a line) "
-                    "and --mint; with none, an admin token is minted. Each is printed as a link to open.")
+                    "annotator, reviewer, admin), FEEDBACKLOOP_LABELING_TOKENS_FILE (one entry a line, read again "
+                    "when it changes: delete a line to revoke a token) and --mint; with none, an admin token "
+                    "is minted. Each is printed as a link to open. A token needs 128 bits of entropy or more.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
@@ -36,6 +37,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help='the labeling guideline: a text file, or JSON {"text": ..., "labels": {label: meaning}}')
     p.add_argument("--mint", action="append", default=[], metavar="ANNOTATOR[:ROLE]",
                    help="mint a token for an annotator and print its link (repeatable; role: annotator)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the service answers to, besides any IP address, localhost, --host and "
+                        "this machine's name (repeatable; '*' for any, '.example.com' for a domain; also "
+                        "FEEDBACKLOOP_LABELING_ALLOWED_HOSTS, comma-separated)")
     p.set_defaults(func=run)
     return p
 
@@ -50,6 +55,11 @@ def run(args) -> int:
     env = dict(os.environ)
     if getattr(args, "state_dir", None):
         env["FEEDBACKLOOP_STATE_DIR"] = args.state_dir
+    try:
+        tokens = Tokens.from_env(env)
+    except (OSError, ValueError) as exc:
+        print(f"labeling tokens: {exc}", file=sys.stderr)
+        return 2
     settings = Settings.from_env(env)
     if not settings.kafka_bootstrap_servers:
         local = stack.local_stack(settings).status()
@@ -59,15 +69,16 @@ def run(args) -> int:
         settings = keys.local(settings.replace(kafka_bootstrap_servers=local["kafka"]), signing=False)
     keys.verify_key(settings)  # no key, no service: the error says how to set one
     stack.ensure_topics(settings.kafka_config(), settings)
-    tokens = Tokens.from_env(env)
     minted = {}
     for spec in args.mint:
         who, _, role = spec.partition(":")
         if role and role not in ROLES:
             raise ValueError(f"--mint {spec}: unknown role {role!r}; choose {', '.join(ROLES)}")
         minted[who] = tokens.mint(who, role or "annotator")
+    hosts = args.allowed_host + [h.strip() for h in env.get("FEEDBACKLOOP_LABELING_ALLOWED_HOSTS", "").split(",")
+                                 if h.strip()]
     return serve(settings, args.host, args.port, tokens, args.db, args.lease_seconds,
-                 load_guidelines(args.guidelines), announce=minted)
+                 load_guidelines(args.guidelines), announce=minted, allowed_hosts=hosts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,22 +32,30 @@ class DeliveryError(Exception):
 
 class Outbox:
     """Sends stored labels with ``send(records)`` (which raises :class:`DeliveryError`
-    unless every record is on Kafka) and marks them sent."""
+    unless every record is on Kafka) and marks them sent.
+
+    One delivery at a time, and each skips the labels already marked sent: ten
+    identical submits racing each other, or a submit racing :meth:`retry`, put
+    a label on Kafka once.
+    """
 
     def __init__(self, store, send: Callable[[list[dict]], None]):
         self.store = store
         self.send = send
+        self._lock = threading.Lock()
 
-    def deliver(self, records: list[dict]) -> None:
-        self.send(records)
-        self.store.mark_sent([r["event_id"] for r in records])
+    def deliver(self, records: list[dict]) -> int:
+        """Send those of ``records`` not yet sent; returns how many went."""
+        with self._lock:
+            records = [r for r in records if not self.store.is_sent(r["event_id"])]
+            if records:
+                self.send(records)
+                self.store.mark_sent([r["event_id"] for r in records])
+            return len(records)
 
     def retry(self) -> int:
         """Send every label still unsent; returns how many went."""
-        records = self.store.unsent()
-        if records:
-            self.deliver(records)
-        return len(records)
+        return self.deliver(self.store.unsent())
 
 
 class KafkaLabels:

@@ -3,8 +3,20 @@
 :class:`LabelingService` wires the pieces: the SQLite :class:`~consumers.labeling.store.Store`
 (by default ``<state_dir>/labeling/<topic prefix>queue.sqlite3``), the
 :class:`~consumers.labeling.feed.Feed` that fills it from Kafka, the
-:class:`~consumers.labeling.outbox.Outbox` that sends labels, and the HTTP app
-served by uvicorn. At start, labels left unsent by a crash are sent first.
+:class:`~consumers.labeling.outbox.Outbox` that sends labels, the
+:class:`~consumers.labeling.audit.AuditShipper` that sends the audit log, and
+the HTTP app served by uvicorn. At start, labels left unsent by a crash are
+sent first.
+
+The HTTP server answers the host names of ``allowed_hosts`` (by default the
+bound host, ``localhost`` and this machine's name; any IP address always), cuts
+a connection whose request head takes longer than ``header_timeout`` seconds
+and a body longer than ``body_timeout`` (:mod:`consumers.labeling.guard`).
+The client address (for the rate limits and the audit log) is the peer's, or
+the ``X-Forwarded-For`` of a proxy uvicorn trusts: one on this machine, or the
+addresses in ``FORWARDED_ALLOW_IPS`` (uvicorn's setting). Behind a proxy on
+another host, set it to the proxy's address, or every annotator shares that
+address, and its budget and lockout.
 
 ``feedbackloop serve-labeling`` (:mod:`consumers.labeling.cli`) runs it until
 Ctrl-C; ``serve()`` does the same from Python, and ``LabelingService(...).start()``
@@ -28,8 +40,11 @@ from pathlib import Path
 import uvicorn
 
 from consumers.labeling.api import create_app
+from consumers.labeling.audit import AuditShipper
 from consumers.labeling.feed import Feed
+from consumers.labeling.guard import BODY_TIMEOUT, HEADER_TIMEOUT, default_hosts, http_protocol
 from consumers.labeling.outbox import DeliveryError, KafkaLabels, Outbox
+from consumers.labeling.ratelimit import Limits
 from consumers.labeling.store import Store
 from consumers.labeling.tokens import Tokens
 from feedbackloop.settings import Settings
@@ -62,11 +77,16 @@ def load_guidelines(path: str | Path | None) -> dict:
 class LabelingService:
     """The labeling service for ``settings`` (which must point at a Kafka cluster).
 
-    ``port=0`` picks a free port (see :attr:`url` once started).
+    ``port=0`` picks a free port (see :attr:`url` once started). ``allowed_hosts``
+    are host names the service answers to besides :func:`~consumers.labeling.guard.default_hosts`
+    (``["*"]``: any); ``limits`` are the guard's rate limits.
     """
 
     def __init__(self, settings: Settings, tokens: Tokens, host: str = "127.0.0.1", port: int = 8000,
-                 db: str | Path | None = None, lease_seconds: float = 600.0, guidelines: dict | None = None):
+                 db: str | Path | None = None, lease_seconds: float = 600.0, guidelines: dict | None = None,
+                 allowed_hosts: list[str] | None = None, limits: Limits | None = None,
+                 header_timeout: float = HEADER_TIMEOUT,
+                 body_timeout: float = BODY_TIMEOUT):
         self.settings = settings
         self.tokens = tokens
         self.host = host
@@ -74,9 +94,13 @@ class LabelingService:
         self.sender = KafkaLabels(settings)
         self.outbox = Outbox(self.store, self.sender)
         self.feed = Feed(settings, self.store, self.outbox)
-        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds)
+        self.audit = AuditShipper(settings, self.store)
+        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds,
+                              allowed_hosts=default_hosts(host) + list(allowed_hosts or []), limits=limits,
+                              body_timeout=body_timeout)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+                                                    access_log=False, lifespan="off", server_header=False,
+                                                    http=http_protocol(header_timeout)))
         self._thread: threading.Thread | None = None
 
     @property
@@ -100,6 +124,7 @@ class LabelingService:
         except DeliveryError as exc:  # the feed keeps trying
             print(f"labels left unsent, will retry: {exc}", file=sys.stderr)
         self.feed.start()
+        self.audit.start()
 
     def start(self, timeout: float = 30.0) -> "LabelingService":
         """Run in background threads; returns once the HTTP server listens."""
@@ -127,13 +152,15 @@ class LabelingService:
         if self._thread is not None:
             self._thread.join(10)
         self.feed.stop()
+        if self.audit.running:
+            self.audit.stop()
         self.sender.close()
         self.store.close()
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, tokens: Tokens | None = None,
           db: str | Path | None = None, lease_seconds: float = 600.0, guidelines: dict | None = None,
-          announce: dict[str, str] | None = None, out=sys.stdout) -> int:
+          announce: dict[str, str] | None = None, out=sys.stdout, allowed_hosts: list[str] | None = None) -> int:
     """Serve annotators until Ctrl-C, after printing the address to open for each
     ``{annotator: token}`` of ``announce``. Without any token, one ``admin``
     token is minted and announced."""
@@ -141,7 +168,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, tokens:
     announce = dict(announce or {})
     if not len(tokens):
         announce["admin"] = tokens.mint("admin", "admin")
-    service = LabelingService(settings, tokens, host, port, db, lease_seconds, guidelines)
+    service = LabelingService(settings, tokens, host, port, db, lease_seconds, guidelines, allowed_hosts)
     print(f"labeling service on {service.url} (queue {service.store.path})", file=out)
     for who, token in announce.items():
         print(f"  {who}: {service.link(token)}", file=out)

@@ -9,7 +9,9 @@ A task is ``pending`` until an annotator leases it (``leased``), then
 or ``flagged`` as ambiguous until a reviewer resolves it. A label is written
 here before it is sent to Kafka, with an event id fixed by task and annotator:
 submitting twice finds the first label, and labels whose sending was cut short
-are sent again (the *outbox*).
+are sent again (the *outbox*). Audit events (:mod:`consumers.labeling.audit`)
+wait here too, written in the transaction of the action they record, until
+Kafka has them.
 
 >>> store = Store(":memory:")
 >>> task = {"task_id": "t1", "item_id": "i1", "priority": 0.8, "label_set": ["cat", "dog"]}
@@ -82,6 +84,7 @@ CREATE TABLE IF NOT EXISTS offsets (
     PRIMARY KEY (topic, partition)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
 """
 
 
@@ -142,6 +145,11 @@ class Store:
 
     def _tx(self):
         return _Transaction(self._db, self._lock)
+
+    def transaction(self):
+        """``with store.transaction():`` makes the calls inside one transaction
+        (all written, or none if the block raises)."""
+        return self._tx()
 
     # ------------------------------------------------------------------ input
 
@@ -393,6 +401,24 @@ class Store:
         with self._tx() as db:
             row = db.execute("SELECT sent FROM labels WHERE event_id = ?", (event_id,)).fetchone()
         return bool(row and row[0])
+
+    # ------------------------------------------------------------------ audit events
+
+    def audit(self, event: dict) -> None:
+        """Keep an audit event until it is on Kafka (see :meth:`forget_audit`)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (record) VALUES (?)", (json.dumps(event),))
+
+    def unsent_audit(self, limit: int = 1000) -> list[tuple[int, dict]]:
+        """``(seq, event)`` of the audit events not yet on Kafka, oldest first."""
+        with self._tx() as db:
+            return [(r[0], json.loads(r[1])) for r in
+                    db.execute("SELECT seq, record FROM audit ORDER BY seq LIMIT ?", (limit,))]
+
+    def forget_audit(self, seqs: list[int]) -> None:
+        """Drop audit events Kafka confirmed."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM audit WHERE seq = ?", [(s,) for s in seqs])
 
     # ------------------------------------------------------------------ figures
 
