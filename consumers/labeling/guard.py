@@ -48,6 +48,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import socket
 from typing import Awaitable, Callable, Iterable
 
@@ -127,6 +128,10 @@ async def _refuse(send, status: int, detail: str, headers: dict[str, str] | None
     await send({"type": "http.response.body", "body": body})
 
 
+def _retry(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
@@ -196,7 +201,7 @@ class Guard:
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = self.limiter.address(address)
         if wait:
-            return 429, "too many requests from your address; try again later", {"Retry-After": f"{wait:.0f}"}
+            return 429, "too many requests from your address; try again later", _retry(wait)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             return 413, f"the body is larger than {self.max_body} bytes"
@@ -204,7 +209,7 @@ class Guard:
             return None
         locked = self.limiter.locked(address)
         if locked:
-            return 429, "too many bad tokens from your address; try again later", {"Retry-After": f"{locked:.0f}"}
+            return 429, "too many bad tokens from your address; try again later", _retry(locked)
         who = self.tokens.get(_bearer(headers))
         if who is None:
             locked = self.limiter.failure(address)
@@ -214,10 +219,10 @@ class Guard:
             log.warning("locked out %s for %.0f s after too many bad tokens", address, locked)
             if self.on_lockout is not None:
                 await anyio.to_thread.run_sync(self.on_lockout, address)
-            return 429, "too many bad tokens from your address; try again later", {"Retry-After": f"{locked:.0f}"}
+            return 429, "too many bad tokens from your address; try again later", _retry(locked)
         wait = self.limiter.token(who.annotator_id)
         if wait:
-            return 429, "too many requests with your token; try again later", {"Retry-After": f"{wait:.0f}"}
+            return 429, "too many requests with your token; try again later", _retry(wait)
         return None
 
     async def _read(self, receive, send) -> bytes | None:
