@@ -7,14 +7,20 @@
 * ``learn`` (one owner): labels are joined to their tasks and learned; new
   model versions are published on ``models`` and picked up by every scorer.
 
-Every stage buffers its rows for ClickHouse; they are inserted in large blocks,
-and always right before offsets are committed (:class:`FlushBeforeCommit`),
-so a committed offset never runs ahead of the rows it stands for. Input that cannot be processed goes to ``deadletter`` with its reason.
+Each agent makes its batch durable before the batch is acknowledged: the
+messages it sent are delivered and its ClickHouse rows written (off the event
+loop, :func:`write_rows`), so a committed offset never runs ahead of what it
+stands for. While ClickHouse is down the agents wait there, consumption
+pauses and the worker keeps its group membership. The router and the learner
+rebuild their state from the topics after a restart (:mod:`streams.replay`).
+Input that cannot be processed, and rows ClickHouse refuses, go to
+``deadletter`` with the reason; the stream goes on.
 Run it with ``feedbackloop worker``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,6 +28,7 @@ import socket
 import ssl
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
@@ -36,6 +43,7 @@ from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.learner import Learner, SnapshotRejected, load_version
 from streams.lift import Lift
 from streams.policy import Policy
+from streams.replay import latest_version, rebuild_router, rebuild_trainer
 from streams.router import Router
 from streams.scorer import Scorer
 from streams.stopping import StoppingSignal
@@ -79,6 +87,8 @@ app = faust.App(
     web_enabled=False,
     topic_allow_declare=False,
     producer_max_request_size=4_000_000,
+    # static group membership (KIP-345): a restarted worker takes its partitions back at once
+    consumer_group_instance_id=settings.worker_id or None,
 )
 
 inputs = app.topic(*(settings.topic(t) for t in ("predictions", "overrides", "appeals")))
@@ -128,47 +138,32 @@ class Runtime:
 
             self.dashboard = dashboard.start(s, s.dashboard_host, s.dashboard_port)
             log.info("dashboard at %s", self.dashboard.url)
-        last = latest_version(s)
+        last = latest_version(s, self.key)
         if last is not None:
             self.trainer.learner.resume(last, self.key)
             self.scorer.use(load_version(last, self.key))
             log.info("resumed %s at version %s", last["model_name"], last["version"])
-        client = connect_settings(s)
-        migrate(client)
-        self.sink = ClickHouseSink(client)
+        self.sink = ClickHouseSink(wait_for_clickhouse(s), fault_path=s.sink_fault_path or None)
+        self.sink.remember_recent()  # rows written just before a restart are not written twice
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one insert at a time
+        self.router_ready = self.trainer_ready = False
 
 
 _runtime: Runtime | None = None
 
 
-def latest_version(s: Settings) -> dict | None:
-    """The newest version of ``s.model_name`` on the ``models`` topic, if any."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-resume", "enable.auto.commit": False})
-    try:
-        tp = TopicPartition(s.topic("models"), 0)
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
-        if high <= low:
-            return None
-        consumer.assign([TopicPartition(tp.topic, 0, low)])
-        newest, offset = None, low
-        while offset < high - 1:
-            message = consumer.poll(5.0)
-            if message is None:
-                break
-            offset = message.offset()
-            if message.error():
-                continue
-            try:
-                _, record = codec.decode(message.value(), ("ModelVersion",))
-            except codec.DecodeError:
-                continue
-            if record["model_name"] == s.model_name and (newest is None or record["version"] > newest["version"]):
-                newest = record
-        return newest
-    finally:
-        consumer.close()
+def wait_for_clickhouse(s: Settings):
+    """A migrated ClickHouse client; waits (and says so) while the server is not up."""
+    delay = 1.0
+    while True:
+        try:
+            client = connect_settings(s)
+            migrate(client)
+            return client
+        except Exception as exc:
+            log.error("waiting for ClickHouse, retrying in %.0f s: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(15.0, delay * 2)
 
 
 def runtime() -> Runtime:
@@ -194,14 +189,14 @@ async def dead_letter(message, reason: str, error: str) -> None:
 
 
 async def each(events, handle) -> None:
-    """Run ``handle(name, record)`` on every event's decoded message; whatever
-    fails goes to the dead-letter topic and the stream goes on."""
+    """Run ``handle(name, record, message)`` on every event's decoded message;
+    whatever fails goes to the dead-letter topic and the stream goes on."""
     for event in events:
         message = event.message
         try:
             name, record = codec.decode(message.value or b"", ACCEPT[message.topic],
                                         check=message.topic not in INTERNAL)
-            await handle(name, record)
+            await handle(name, record, message)
         except codec.DecodeError as exc:
             await dead_letter(message, exc.reason, exc.error)
         except UnknownLabel as exc:
@@ -211,21 +206,18 @@ async def each(events, handle) -> None:
             await dead_letter(message, f"{type(exc).__name__}: {exc}", "internal")
 
 
-class FlushBeforeCommit(faust.Sensor):
-    """Makes every buffered ClickHouse row durable right before offsets are
-    committed, so a committed event always has its rows written. Agents only
-    add rows; inserts happen in large blocks (by size, age, or at commit).
-    While ClickHouse is unreachable the commit waits and retries."""
-
-    def on_commit_initiated(self, consumer):
-        if _runtime is not None:
-            now = now_ms()
-            if _runtime.labels_changed:
-                _runtime.labels_changed = False
-                label_quality_rows(_runtime, now)
-            budget_row(_runtime, now)
-            write_rows(_runtime.sink, force=True)
-        return None
+@app.timer(2.0)
+async def standing():
+    """Every two seconds: agreement and annotators' standing (when labels came
+    in), the budget against its caps, and whatever rows wait."""
+    if _runtime is None:
+        return
+    now = now_ms()
+    if _runtime.labels_changed:
+        _runtime.labels_changed = False
+        label_quality_rows(_runtime, now)
+    budget_row(_runtime, now)
+    await write_rows(_runtime)
 
 
 def budget_row(rt: "Runtime", now: int) -> None:
@@ -246,24 +238,43 @@ def agent_stats(rt: "Runtime", agent: str, events: int, started: float) -> None:
                                 "seconds": time.perf_counter() - started, "lag": -1})
 
 
-def write_rows(sink, force: bool = False) -> None:
-    """Write the buffered rows (all of them with ``force``, else when a block is
-    full or old enough), retrying until ClickHouse takes them."""
-    delay = 0.5
+async def write_rows(rt: "Runtime") -> None:
+    """Make the buffered rows durable, on the writer thread, never on the event loop.
+
+    While ClickHouse cannot take them the calling agent waits here with
+    backoff: its batch stays unacknowledged, so consumption pauses, nothing is
+    lost, and the worker keeps its group membership. Rows ClickHouse refuses
+    for what they hold are set aside by the sink and go to ``deadletter``."""
+    loop = asyncio.get_running_loop()
+    delay, down = 0.5, None
     while True:
         try:
-            if force:
-                sink.flush()
-            else:
-                sink.maybe_flush()
-            return
+            await loop.run_in_executor(rt.writer, rt.sink.flush)
+            break
         except Exception as exc:
-            log.error("ClickHouse write failed, retrying in %.1f s: %s", delay, exc)
-            time.sleep(delay)
-            delay = min(30.0, delay * 2)
+            down = down or time.monotonic()
+            log.error("ClickHouse unavailable for %.0f s: consumption paused, retrying in %.1f s: %s",
+                      time.monotonic() - down, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(15.0, delay * 2)
+    if down is not None:
+        outage = time.monotonic() - down
+        log.warning("ClickHouse back after %.0f s: consumption resumed", outage)
+        rt.sink.add("agent_stats", {"ts": now_ms(), "worker": WORKER, "agent": "clickhouse_outage", "events": 0,
+                                    "seconds": outage, "lag": -1})
+    for table, row, error in rt.sink.take_rejected():
+        await dead_letter_row(table, row, error)
 
 
-app.sensors.add(FlushBeforeCommit())
+async def dead_letter_row(table: str, row: dict, error: str) -> None:
+    """A row ClickHouse refused (already in ``dead_letters``): on the ``deadletter`` topic too."""
+    payload = json.dumps(row, default=str, ensure_ascii=True).encode()
+    key = str(row.get("event_id") or row.get("task_id") or "").encode("utf-8", "backslashreplace")
+    record = {"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"row/{table}/{payload!r}")), "ts": now_ms(),
+              "topic": f"clickhouse:{table}", "partition": -1, "offset": -1, "key": key, "payload": payload,
+              "reason": f"ClickHouse refused a {table} row: {error}"[:1000], "error": "unstorable_row"}
+    log.warning("dead letter: a %s row ClickHouse refused: %s", table, error)
+    await deadletter_topic.send(key=key, value=codec.encode("DeadLetter", record, check=False))
 
 
 @app.agent(inputs)
@@ -271,29 +282,50 @@ async def score(stream):
     """Score every input event and pass it to the router."""
     rt = runtime()
     async for events in stream.take_events(BATCH, within=WITHIN):
-        now, out, started = now_ms(), [], time.perf_counter()
+        now, out, sources, started = now_ms(), [], [], time.perf_counter()
 
-        async def handle(name, record):
+        async def handle(name, record, message):
             if name == "PredictionBatch":
-                out.extend(rt.scorer.prediction(p, now) for p in record["events"])
+                scored = [rt.scorer.prediction(p, now) for p in record["events"]]
             elif name == "Prediction":
-                out.append(rt.scorer.prediction(record, now))
+                scored = [rt.scorer.prediction(record, now)]
             elif name == "Override":
-                out.append(rt.scorer.override(record, now))
+                scored = [rt.scorer.override(record, now)]
             else:
-                out.append(rt.scorer.appeal(record, now))
+                scored = [rt.scorer.appeal(record, now)]
+            for c in scored:
+                if c["kind"] == "prediction":
+                    rt.sink.add("predictions", {**c, "confidence": max(c["probabilities"].values()),
+                                                "scored_at": c["scored_ts"]}, project=True)
+            out.extend(scored)
+            sources.extend([message] * len(scored))
 
         # predictions first: an override or appeal in the same batch then finds its item
         await each(sorted(events, key=lambda e: e.message.topic != PREDICTIONS), handle)
-        for c in out:
-            if c["kind"] == "prediction":
-                rt.sink.add("predictions", {**c, "confidence": max(c["probabilities"].values()),
-                                            "scored_at": c["scored_ts"]}, project=True)
         for i in range(0, len(out), CANDIDATES_PER_MESSAGE):
-            batch = {"candidates": out[i:i + CANDIDATES_PER_MESSAGE]}
-            await candidates_topic.send(value=codec.encode("CandidateBatch", batch, check=False))
+            for value in await encode_candidates(out[i:i + CANDIDATES_PER_MESSAGE], sources[i:i + CANDIDATES_PER_MESSAGE]):
+                await candidates_topic.send(value=value)
         agent_stats(rt, "score", len(out), started)
-        write_rows(rt.sink)
+        await write_rows(rt)
+
+
+async def encode_candidates(candidates: list[dict], sources: list) -> list[bytes]:
+    """``CandidateBatch`` messages for ``candidates``; should one fail to encode,
+    the input message it came from is dead-lettered and the others go on."""
+    try:
+        return [codec.encode("CandidateBatch", {"candidates": candidates}, check=False)]
+    except Exception:
+        bad = set()
+        for c, message in zip(candidates, sources):
+            try:
+                codec.encode("CandidateBatch", {"candidates": [c]}, check=False)
+            except Exception as exc:
+                if id(message) not in bad:
+                    bad.add(id(message))
+                    await dead_letter(message, f"cannot encode its candidate: {type(exc).__name__}: {exc}",
+                                      "unencodable")
+        kept = [c for c, message in zip(candidates, sources) if id(message) not in bad]
+        return [codec.encode("CandidateBatch", {"candidates": kept}, check=False)] if kept else []
 
 
 @app.agent(candidates_topic)
@@ -301,40 +333,58 @@ async def route(stream):
     """Decide for each candidate under the global budget; send the tasks."""
     rt = runtime()
     async for events in stream.take_events(100, within=0.01):
-        started, seen = time.perf_counter(), 0
+        if not rt.router_ready:
+            await asyncio.get_running_loop().run_in_executor(None, rebuild_router, rt.router, settings, now_ms())
+            rt.router_ready = True
+        started, seen, rows, sent = time.perf_counter(), 0, [], []
 
-        async def handle(name, record):
+        async def handle(name, record, message):
             nonlocal seen
             seen += len(record["candidates"])
             for c in record["candidates"]:
+                if rt.sink.remembers("routing_decisions", c["event_id"]):
+                    continue  # decided and recorded before a restart
                 decision, task = rt.router.route(c, now_ms())
-                if task is not None:
-                    task["overlap"] = max(1, settings.overlap)
                 if decision is not None:
-                    rt.sink.add("routing_decisions", decision)
-                if task is not None:
-                    value = codec.encode("LabelingTask", task, check=False)  # built here from checked input
-                    await tasks_topic.send(key=task["task_id"].encode(), value=value)
-                    rt.sink.add("labeling_tasks", {**task, "created_at": task["created_ts"]}, project=True)
-                    gold = rt.gold.follow(task) if rt.gold else None
-                    if gold is not None:
-                        await tasks_topic.send(key=gold["task_id"].encode(), value=codec.encode("LabelingTask", gold))
-                        rt.sink.add("labeling_tasks", {**gold, "created_at": gold["created_ts"], "kind": "gold",
-                                                       "reasons": ["gold"]}, project=True)
+                    rows.append(("routing_decisions", decision))
+                if task is None:
+                    continue
+                task["overlap"] = max(1, settings.overlap)
+                value = codec.encode("LabelingTask", task, check=False)  # built here from checked input
+                sent.append(await tasks_topic.send(key=task["task_id"].encode(), value=value))
+                rows.append(("labeling_tasks", {**task, "created_at": task["created_ts"]}))
+                gold = rt.gold.follow(task) if rt.gold else None
+                if gold is not None:
+                    sent.append(await tasks_topic.send(key=gold["task_id"].encode(),
+                                                       value=codec.encode("LabelingTask", gold)))
+                    rows.append(("labeling_tasks", {**gold, "created_at": gold["created_ts"], "kind": "gold",
+                                                    "reasons": ["gold"]}))
 
         await each(events, handle)
+        await asyncio.gather(*sent)  # the tasks are delivered before the decisions that name them are written
+        for table, row in rows:
+            rt.sink.add(table, row, project=True)
         agent_stats(rt, "route", seen, started)
-        write_rows(rt.sink)
+        await write_rows(rt)
 
 
 @app.agent(joined)
 async def learn(stream):
     """Join labels to tasks, settle consensus, learn, publish model versions."""
     rt = runtime()
+    learner = rt.trainer.learner
     async for events in stream.take_events(100, within=0.01):
+        if not rt.trainer_ready:
+            await asyncio.get_running_loop().run_in_executor(None, rebuild_trainer, rt.trainer, settings)
+            rt.trainer_ready = True
+        sent = []
 
-        async def handle(name, record):
-            result = rt.trainer.add_task(record) if name == "LabelingTask" else rt.trainer.add_label(record)
+        async def handle(name, record, message):
+            if name == "LabelingTask":
+                result = rt.trainer.add_task(record)
+            else:
+                result = rt.trainer.add_label(record)
+                learner.label_offset = max(learner.label_offset, message.offset)
             for table in ("labels", "consensus", "adjudications"):
                 for row in getattr(result, table):
                     rt.sink.add(TABLE_OF[table], row, project=True)
@@ -342,12 +392,21 @@ async def learn(stream):
             for row in result.consensus:
                 measure(rt, row)
             for task in result.tasks:
-                await tasks_topic.send(key=task["task_id"].encode(), value=codec.encode("LabelingTask", task))
-            if rt.trainer.learner.due:
-                await publish(rt)
+                sent.append(await tasks_topic.send(key=task["task_id"].encode(),
+                                                   value=codec.encode("LabelingTask", task)))
 
-        await each(events, handle)
-        write_rows(rt.sink)
+        for event in events:
+            await each([event], handle)
+            if learner.due:  # published only once the labels it learned are recorded
+                await asyncio.gather(*sent)
+                sent.clear()
+                await write_rows(rt)
+                try:
+                    await publish(rt)
+                except Exception:  # a version that cannot be published must not stop the learner
+                    log.exception("publishing %s version %s failed", learner.name, learner.version)
+        await asyncio.gather(*sent)
+        await write_rows(rt)
 
 
 TABLE_OF = {"labels": "labels", "consensus": "consensus_labels", "adjudications": "adjudications"}
@@ -424,7 +483,7 @@ def stopping_rows(rt: "Runtime", record: dict) -> None:
 
 async def publish(rt: "Runtime") -> None:
     record = rt.trainer.learner.publish(now_ms(), rt.key)
-    await models_topic.send(key=record["model_name"].encode(), value=codec.encode("ModelVersion", record))
+    await (await models_topic.send(key=record["model_name"].encode(), value=codec.encode("ModelVersion", record)))
     rt.sink.add("model_versions", record, project=True)
     lift_row(rt, record["version"], record["ts"])
     stopping_rows(rt, record)

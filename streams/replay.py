@@ -1,0 +1,165 @@
+"""Rebuilding the owners' state from the topics after a restart.
+
+A worker can be killed at any moment. Its consumer group resumes after the
+committed offsets, so everything the router and the learner held in memory
+must come back from what Kafka keeps:
+
+* the **router** re-reads the tasks it sent (``labeling.tasks``, a look-back
+  covering the longest cap window): the caps count them again, and a
+  re-delivered candidate gets the decision its task recorded
+  (:meth:`streams.router.Router.restore`);
+* the **learner** resumes from the newest signed model version, which records
+  the offset of the last label it reflects; the trainer re-reads the tasks (so
+  a label for a task created before the restart still finds it) and the
+  labels: those the model reflects settle consensus and agreement without
+  being learned again, those after it are learned.
+
+Candidates already decided and recorded in ClickHouse are recognised by the
+sink, which remembers the keys it wrote last (``ClickHouseSink.remember_recent``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+from schemas import codec
+
+log = logging.getLogger("feedbackloop")
+
+#: How far back the router looks for tasks it sent: the weekly cap's window, and a day more.
+LOOKBACK_MS = 8 * 24 * 3_600_000
+
+
+def _consumer(settings):
+    from confluent_kafka import Consumer
+
+    return Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-replay",
+                     "enable.auto.commit": False, "enable.partition.eof": False})
+
+
+def watermarks(settings, topic: str) -> tuple[int, int]:
+    """The low and high offsets of ``topic``'s partition 0."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(settings)
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(settings.topic(topic), 0), timeout=30)
+    finally:
+        consumer.close()
+
+
+def committed(settings, topic: str) -> int | None:
+    """The worker group's committed offset on ``topic``'s partition 0 (None: nothing committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka_config(), "group.id": settings.app_id, "enable.auto.commit": False})
+    try:
+        [tp] = consumer.committed([TopicPartition(settings.topic(topic), 0)], timeout=30)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        consumer.close()
+
+
+def offset_at(settings, topic: str, ts_ms: int) -> int:
+    """The first offset of ``topic``'s partition 0 written at or after ``ts_ms``."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(settings)
+    try:
+        [tp] = consumer.offsets_for_times([TopicPartition(settings.topic(topic), 0, ts_ms)], timeout=30)
+        if tp.offset >= 0:
+            return tp.offset
+        return consumer.get_watermark_offsets(TopicPartition(settings.topic(topic), 0), timeout=30)[1]
+    finally:
+        consumer.close()
+
+
+def read(settings, topic: str, accept: tuple[str, ...], start: int, end: int) -> Iterator[tuple[int, dict]]:
+    """``(offset, record)`` for each decodable message of ``topic``'s partition 0
+    in ``[start, end)``; what does not decode was dead-lettered when it came in."""
+    from confluent_kafka import TopicPartition
+
+    if end <= start:
+        return
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(settings.topic(topic), 0, start)])
+        following, idle = start, time.monotonic()
+        while following < end:
+            messages = consumer.consume(500, timeout=1.0)
+            if not messages:
+                if time.monotonic() - idle > 60:
+                    raise TimeoutError(f"reading {topic} back stalled at offset {following} of {end}")
+                continue
+            idle = time.monotonic()
+            for message in messages:
+                if message.error():
+                    continue
+                offset = message.offset()
+                if offset >= end:
+                    return
+                following = offset + 1
+                try:
+                    _, record = codec.decode(message.value(), accept, check=False)
+                except codec.DecodeError:
+                    continue
+                yield offset, record
+    finally:
+        consumer.close()
+
+
+def latest_version(settings, key) -> dict | None:
+    """The newest version of ``settings.model_name`` on the ``models`` topic
+    whose signature verifies with ``key``, if any; forged ones are logged as
+    refused and skipped."""
+    from streams.snapshot import SnapshotRejected, verify
+
+    low, high = watermarks(settings, "models")
+    versions = [(offset, record) for offset, record in read(settings, "models", ("ModelVersion",), low, high)
+                if record["model_name"] == settings.model_name]
+    for offset, record in sorted(versions, key=lambda v: v[1]["version"], reverse=True):
+        try:
+            verify(record, key)
+            return record
+        except SnapshotRejected as exc:
+            log.error("refused model version at offset %s: %s", offset, exc)
+    return None
+
+
+def rebuild_router(router, settings, now_ms: int) -> int:
+    """Give ``router`` the tasks it sent within :data:`LOOKBACK_MS`; the number read."""
+    start = offset_at(settings, "labeling.tasks", now_ms - LOOKBACK_MS)
+    _, end = watermarks(settings, "labeling.tasks")
+    tasks = [task for _, task in read(settings, "labeling.tasks", ("LabelingTask",), start, end)]
+    router.restore(tasks)
+    log.info("router rebuilt from %d tasks sent before the restart", len(tasks))
+    return len(tasks)
+
+
+def rebuild_trainer(trainer, settings, memory: int = 200_000) -> int:
+    """Give ``trainer`` the tasks and the labels it had before a restart.
+
+    Labels up to the resumed model's ``label_offset`` settle consensus without
+    being learned; later ones, up to where the worker group committed, are
+    learned again (their rows were written before the restart). Returns the
+    offset on ``labels`` from which the stream's own labels count."""
+    low, high = watermarks(settings, "labeling.tasks")
+    for _, task in read(settings, "labeling.tasks", ("LabelingTask",), max(low, high - memory), high):
+        trainer.add_task(task)
+    reflected = trainer.learner.label_offset
+    low, high = watermarks(settings, "labels")
+    end = max(committed(settings, "labels") or low, reflected + 1)
+    learned = known = 0
+    for offset, label in read(settings, "labels", ("Label",), max(low, end - memory), end):
+        try:
+            trainer.add_label(label, learn=offset > reflected)
+        except ValueError:  # a label outside its task's label set was dead-lettered when it came in
+            continue
+        learned += offset > reflected
+        known += offset <= reflected
+    trainer.learner.label_offset = max(reflected, end - 1)
+    log.info("trainer rebuilt: %d labels the model reflects, %d learned again, up to offset %d",
+             known, learned, end)
+    return end
