@@ -118,6 +118,9 @@ class Settings:
     gold_rate: float = 0.0
     gold_threshold: float = 0.7
     seed: int = 0
+    #: a test hook: while a file exists at this path, every ClickHouse insert of the sink
+    #: fails as if the server were down (the embedded engine cannot be taken down otherwise)
+    sink_fault_path: str = ""
 
     def __post_init__(self):
         for name in ("model_signing_key", "model_verify_key"):
