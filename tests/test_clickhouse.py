@@ -7,13 +7,16 @@ own directory and the fixture closes its client afterwards.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import threading
 from datetime import datetime, timezone
 
 import pytest
 
-from consumers.clickhouse_sink import TABLE_KEYS, TABLES, ClickHouseSink, SinkError, counts, optimize
+from consumers.clickhouse_sink import (DATETIME64_MS, TABLE_KEYS, TABLES, ClickHouseSink, SinkError, counts, optimize,
+                                      transient)
 from dashboards.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
 from feedbackloop import clickhouse
 from feedbackloop.clickhouse import connect, connect_settings
@@ -278,16 +281,17 @@ def test_a_second_sink_collapses_on_final_and_optimize(db):
     assert counts(db, final=False)["predictions"] == 200
 
 
-def test_rows_survive_reopening_and_redelivery_still_counts_once(tmp_path):
+def test_rows_survive_reopening_and_redelivery_counts_once_without_final(tmp_path):
     dsn = "chdb://" + str(tmp_path / "ch")
     for _ in range(2):
         client = connect(dsn)
         try:
             assert migrate(client) in ([f"{m.version:04d}_{m.name}" for m in load_migrations()], [])
             sink = ClickHouseSink(client)
+            sink.remember_recent()
             sink.add_many("labels", [one_row_per_table(i)["labels"] for i in range(10)])
             sink.flush()
-            assert counts(client, tables=["labels"]) == {"labels": 10}
+            assert counts(client, final=False, tables=["labels"]) == {"labels": 10}
         finally:
             client.close()
 
@@ -362,16 +366,185 @@ def test_flush_on_an_executor_thread_while_adding(db):
     assert counts(db, final=False)["predictions"] == 3000
 
 
-def test_a_failed_insert_keeps_its_rows(db):
+def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_lands(db):
     sink = ClickHouseSink(db)
-    sink.add("predictions", prediction(0, confidence="not a number"))
+    rows = [prediction(i) for i in range(50)]
+    rows[17] = prediction(17, item_id="\ud800")  # a lone surrogate: no UTF-8 for it
+    rows[33] = prediction(33, confidence="not a number")
+    sink.add_many("predictions", rows)
     sink.add("labels", one_row_per_table()["labels"])
-    with pytest.raises(SinkError, match="1 rows into predictions"):
+    assert sink.flush() == 48 + 1 + 2  # 48 predictions, the label, 2 dead letters
+    assert counts(db, final=False, tables=["predictions", "labels", "dead_letters"]) == {
+        "predictions": 48, "labels": 1, "dead_letters": 2}
+    assert sorted(db.query("SELECT event_id FROM predictions").result_columns[0]) == sorted(
+        f"p-{i}" for i in range(50) if i not in (17, 33))
+
+    rejected = sink.take_rejected()
+    assert [(r.table, r.row["event_id"]) for r in rejected] == [("predictions", "p-17"), ("predictions", "p-33")]
+    assert "UnicodeEncodeError" in rejected[0].error and "could not convert string to float" in rejected[1].error
+    assert sink.take_rejected() == []
+    letters = db.query("SELECT topic, `partition`, key, error, reason, payload FROM dead_letters ORDER BY key")
+    for (topic, partition, key, error, reason, payload), i in zip(letters.result_rows, (17, 33)):
+        assert (topic, partition, key, error) == ("clickhouse:predictions", -1, f'"p-{i}"', "unstorable_row")
+        assert reason.startswith("ClickHouse refused a predictions row: ")
+        assert json.loads(payload) == rows[i]  # the row as it was, lone surrogate included
+    assert not sink.add("predictions", rows[17])  # re-delivered: seen already
+    assert sink.flush() == 0
+
+
+def test_a_block_over_101_monthly_partitions_lands_whole_by_bisection(db):
+    months = [prediction(i, ts=int(datetime(2020 + i // 12, 1 + i % 12, 15, tzinfo=timezone.utc).timestamp() * 1000))
+              for i in range(101)]
+    with pytest.raises(Exception) as refused:  # what ClickHouse says to one insert of them all
+        ClickHouseSink(db)._describe("predictions")
+        db.insert("predictions", [(r["event_id"], r["item_id"], r["ts"]) for r in months],
+                  column_names=["event_id", "item_id", "ts"])
+    assert refused.value.code == 252 and not transient(refused.value)
+    sink = ClickHouseSink(db)
+    sink.add_many("predictions", months)
+    assert sink.flush() == 101
+    assert sink.take_rejected() == []
+    assert counts(db, final=False, tables=["predictions", "dead_letters"]) == {"predictions": 101, "dead_letters": 0}
+    assert db.command("SELECT uniqExact(toYYYYMM(ts)) FROM predictions") == 101
+
+
+def test_times_datetime64_cannot_hold_are_dead_lettered(db):
+    sink = ClickHouseSink(db)
+    sink.add("predictions", prediction(0))
+    sink.add("predictions", prediction(1, ts=10**16))  # year 318857
+    sink.add("predictions", prediction(2, scored_at=-3 * 10**12))  # 1874
+    sink.add("predictions", prediction(3, ts=DATETIME64_MS[1], scored_at=DATETIME64_MS[0]))  # the very edges
+    assert sink.flush() == 2 + 2
+    rejected = {r.row["event_id"]: r.error for r in sink.take_rejected()}
+    assert rejected == {"p-1": "ts is 10000000000000000, outside the range of DateTime64 (1900-01-01 to 2299-12-31)",
+                        "p-2": "scored_at is -3000000000000, outside the range of DateTime64 (1900-01-01 to 2299-12-31)"}
+    rows = db.query("SELECT event_id, ts, scored_at FROM predictions ORDER BY event_id").result_rows  # all readable
+    assert rows[1] == ("p-3", datetime(2299, 12, 31, 23, 59, 59, 999000), datetime(1900, 1, 1))
+
+
+def test_a_transient_failure_keeps_the_rows_then_writes_them_once(db, tmp_path):
+    fault = tmp_path / "clickhouse-down"
+    sink = ClickHouseSink(db, fault_path=fault)
+    sink.add_many("predictions", [prediction(i) for i in range(10)])
+    sink.add("labels", one_row_per_table()["labels"])
+    fault.touch()
+    for _ in range(3):
+        with pytest.raises(SinkError, match="10 rows into predictions failed, kept for a retry") as info:
+            sink.flush()
+        assert info.value.transient
+        assert isinstance(info.value.__cause__, ConnectionError)
+    assert sink.pending() == {"predictions": 10, "labels": 1}
+    assert sink.take_rejected() == []
+    sink.add("predictions", prediction(10))  # the stream goes on adding meanwhile
+    fault.unlink()
+    assert sink.flush() == 12
+    assert sink.flush() == 0
+    assert counts(db, final=False, tables=["predictions", "labels", "dead_letters"]) == {
+        "predictions": 11, "labels": 1, "dead_letters": 0}
+
+
+def test_the_fault_hook_is_a_setting(tmp_path):
+    path = str(tmp_path / "fault")
+    assert Settings.from_env({"FEEDBACKLOOP_SINK_FAULT_PATH": path}).sink_fault_path == path
+    assert Settings().sink_fault_path == ""
+
+
+def test_transient_or_about_the_rows(db, free_port):
+    assert transient(ConnectionResetError()) and transient(TimeoutError())
+    with pytest.raises(Exception) as closed:  # a ClickHouse server that is not up
+        clickhouse.clickhouse_connect.get_client(host="127.0.0.1", port=free_port(), connect_timeout=2)
+    assert transient(closed.value)
+    with pytest.raises(Exception) as missing:  # for an operator to fix: the rows are not to blame
+        db.insert("no_such_table", [("x",)], column_names=["event_id"], column_type_names=["String"])
+    assert missing.value.code == 60 and transient(missing.value)
+    with pytest.raises(Exception) as busy:
+        raise type(missing.value)("Code: 252. DB::Exception: Too many parts (3001). Merges are processing "
+                                  "significantly slower than inserts", code=252)
+    assert transient(busy.value)  # the same code, but the server is behind
+    with pytest.raises(UnicodeEncodeError) as surrogate:
+        db.insert("predictions", [("\ud800",)], column_names=["event_id"], column_type_names=["String"])
+    assert not transient(surrogate.value)
+
+
+# -- restarts -----------------------------------------------------------------------
+
+#: The tables migration 0011 gives an ``inserted_at`` column (a later table has its own).
+STAMPED = re.findall(r"^ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS inserted_at",
+                     (MIGRATIONS_DIR / "0011_inserted_at.sql").read_text(), re.M)
+
+
+def stamped(client) -> set[str]:
+    return set(client.query("SELECT table FROM system.columns WHERE database = currentDatabase() "
+                            "AND name = 'inserted_at' AND type = 'DateTime64(3, \\'UTC\\')'").result_columns[0])
+
+
+def test_a_new_sink_remembers_what_was_written_before_a_restart(db):
+    rows = {t: [one_row_per_table(i)[t] for i in range(20)] for t in TABLES}
+    before = ClickHouseSink(db)
+    for table, batch in rows.items():
+        before.add_many(table, batch)
+    before.flush()
+    assert counts(db, final=False) == {t: 20 for t in TABLES}
+
+    after = ClickHouseSink(db)  # the worker restarted; its input is re-delivered
+    assert after.remember_recent() == {t: 20 for t in TABLES if t in stamped(db)}
+    for table, batch in rows.items():
+        if table not in stamped(db):
+            continue
+        redelivered = [dict(r) for r in batch]
+        for r in redelivered:  # times as datetimes this time: keyed alike
+            for column in ("ts", "window_start"):
+                if column in r and table in ("consensus_labels", "annotator_agreement", "agent_stats"):
+                    r[column] = datetime.fromtimestamp(r[column] / 1000, timezone.utc)
+        assert after.add_many(table, redelivered) == 0, table
+    assert after.remembers("routing_decisions", "p-3") and not after.remembers("routing_decisions", "p-99")
+    assert after.remembers("consensus_labels", ("t-3", T0 + 61_000))
+    after.add_many("predictions", [prediction(i) for i in range(15, 25)])  # 5 new
+    after.flush()
+    assert counts(db, final=False, tables=STAMPED) == {t: 25 if t == "predictions" else 20 for t in STAMPED}
+
+
+def test_remember_recent_counts_back_from_the_newest_row_not_from_now(db):
+    hours_ago = int(datetime.now(timezone.utc).timestamp() * 1000) - 5 * 3_600_000
+    sink = ClickHouseSink(db)
+    for i in range(30):  # written 5 hours ago, one second apart; the worker was down since
+        sink.add("predictions", {**prediction(i), "inserted_at": hours_ago + i * 1000})
+    sink.flush()
+    seeded = ClickHouseSink(db)
+    assert seeded.remember_recent(seconds=9.5)["predictions"] == 10  # the rows of the last 9.5 s before the newest
+    assert [seeded.remembers("predictions", f"p-{i}") for i in (19, 20, 29)] == [False, True, True]
+    assert ClickHouseSink(db).remember_recent(seconds=9.5, limit=4)["predictions"] == 4
+    assert ClickHouseSink(db).remember_recent()["labels"] == 0
+
+
+def test_a_dead_letter_is_written_once_across_a_restart(db):
+    bad = prediction(1, item_id="\ud800")
+    for _ in range(2):  # rejected, the worker restarts before its offset is committed, rejected again
+        sink = ClickHouseSink(db)
+        sink.remember_recent()
+        sink.add_many("predictions", [prediction(0), bad])
         sink.flush()
-    assert sink.pending() == {"predictions": 1, "labels": 1}  # labels come after predictions
-    sink._buffers["predictions"][0]["confidence"] = 0.9
-    assert sink.flush() == 2
-    assert counts(db, tables=["predictions", "labels"]) == {"predictions": 1, "labels": 1}
+        assert [r.row["event_id"] for r in sink.take_rejected()] == ["p-1"]
+    assert counts(db, final=False, tables=["predictions", "dead_letters"]) == {"predictions": 1, "dead_letters": 1}
+
+
+def test_every_table_of_the_sink_records_when_rows_arrived(db):
+    sink = ClickHouseSink(db)
+    sink.add("labels", one_row_per_table()["labels"])
+    sink.flush()
+    arrived = db.command("SELECT dateDiff('second', inserted_at, now64(3)) FROM labels")
+    assert 0 <= arrived < 60
+    assert len(STAMPED) == 15 and set(STAMPED) <= set(TABLES)
+    assert set(STAMPED) <= stamped(db)
+
+
+def test_a_table_without_inserted_at_is_not_remembered(db):
+    db.command("ALTER TABLE budget_state DROP COLUMN inserted_at")
+    sink = ClickHouseSink(db)
+    sink.add("budget_state", one_row_per_table()["budget_state"])
+    sink.flush()
+    seeded = ClickHouseSink(db).remember_recent()
+    assert "budget_state" not in seeded and seeded["predictions"] == 0
 
 
 def test_bad_rows_are_refused_on_add(db):
