@@ -18,6 +18,10 @@ written in Avro single-object encoding. Events are keyed and partitioned by
 appeal of one item meet in the same worker. With ``batch_size > 1``,
 predictions are packed into ``PredictionBatch`` messages, which cuts the
 per-message cost of the stream by as much.
+
+The Kafka producer is idempotent (``enable.idempotence``): a send the client
+retries after a lost acknowledgement is written once, in order, so retries
+never duplicate an event on the topic.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class Producer:
     batch_size
         Predictions per Kafka message (1: one event per message).
     config
-        Extra librdkafka settings.
+        Extra librdkafka settings (idempotence is on unless they turn it off).
     """
 
     def __init__(self, settings: Settings | None = None, *, bootstrap_servers: str | None = None,
@@ -63,7 +67,7 @@ class Producer:
         self.settings = s
         self.batch_size = batch_size
         self._kafka = KafkaProducer({**s.kafka_config(), "partitioner": "consistent", "linger.ms": 5,
-                                     "compression.type": "lz4", **(config or {})})
+                                     "compression.type": "lz4", "enable.idempotence": True, **(config or {})})
         self._partitions: dict[str, int] = {}
         self._buffers: dict[int, list[dict]] = {}
         self.sent = 0
