@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 
 from feedbackloop.settings import Settings
 
@@ -63,7 +66,7 @@ def cmd_worker(args) -> int:
             return 2
         s = keys.local(s.replace(kafka_bootstrap_servers=local.status()["kafka"]))
     keys.signing_key(s)  # no key, no worker: the error says how to set one
-    worker.run(s, loglevel=args.loglevel)
+    worker.run(s, loglevel=args.loglevel, parent=args.parent)
     return 0
 
 
@@ -76,7 +79,7 @@ def cmd_demo(args) -> int:
     report = demo.run(s, dataset=args.dataset, label_column=args.label_column, events=args.events,
                       rate=args.rate, seed=args.seed, annotators=args.annotators,
                       annotator_error=args.annotator_error, override_rate=args.override_rate,
-                      appeal_rate=args.appeal_rate, annotator_errors=errors, drift_at=args.drift_at, keep=args.keep or args.serve,
+                      appeal_rate=args.appeal_rate, annotator_errors=errors, drift_at=args.drift_at, keep=args.keep,
                       serve=args.serve, labeling_port=args.labeling_port, dashboard_port=args.dashboard_port)
     print(demo.summary(report))
     demo.write_report(report, args.report)
@@ -122,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
                                    "SIGINT/SIGTERM. Scale out by running more workers: input topics split by "
                                    "partition.")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.add_argument("--parent", type=int, metavar="PID",
+                   help="stop when process PID, which started this worker, ends (however it ends)")
     w.set_defaults(func=cmd_worker)
 
     d = sub.add_parser("demo", help="the whole loop on a local stack, with a real dataset",
@@ -187,10 +192,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and a closed terminal (SIGHUP) stop a command the way Ctrl-C does,
+    so its clean-up runs and stops what it started. Servers and the worker
+    install their own handlers on top."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with _terminate_as_interrupt():
+            return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
     except (ValueError, RuntimeError) as exc:

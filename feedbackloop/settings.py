@@ -118,6 +118,10 @@ class Settings:
     gold_rate: float = 0.0
     gold_threshold: float = 0.7
     seed: int = 0
+    #: this worker's static group membership id (KIP-345); empty: derived from the host and state dir
+    worker_id: str = ""
+    #: seconds a worker has to stop gracefully after SIGTERM/SIGINT before it exits regardless
+    stop_grace: float = 8.0
     #: a test hook: while a file exists at this path, every ClickHouse insert of the sink
     #: fails as if the server were down (the embedded engine cannot be taken down otherwise)
     sink_fault_path: str = ""

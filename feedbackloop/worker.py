@@ -4,14 +4,35 @@
 start workers as child processes with :func:`spawn`, configured only through
 the environment, exactly as in production, and wait for them with
 :func:`wait_drained`.
+
+Stopping. SIGTERM or SIGINT starts Faust's graceful stop (the open batches
+made durable, offsets committed). A watchdog that needs no event loop backs it
+(:func:`exit_after_grace`): a worker still running ``stop_grace`` seconds later
+(8 by default) exits at once, whatever it was doing; what it had not committed
+is delivered again. A spawned worker also stops when its parent dies, however
+it died (:func:`stop_with_parent`).
+
+Restarting. Each worker is a static member of its consumer group (KIP-345,
+Kafka 2.3+) under :func:`instance_id`: a worker restarted under the same id
+takes its partitions back at once, instead of waiting for the session of the
+member it replaces to time out. A static member does not leave the group when
+it stops, so a worker stopped for good hands its partitions over only when its
+session expires (Faust's ``broker_session_timeout``, 60 s).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import itertools
+import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +44,9 @@ from feedbackloop.settings import Settings, env_name
 #: Topics the worker's consumer group reads.
 CONSUMED = ("predictions", "overrides", "appeals", "labeling.candidates", "labeling.tasks", "labels")
 
+log = logging.getLogger("feedbackloop")
+_slots: list = []  # the slot locks this process holds, for as long as it runs
+
 
 def environment(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
@@ -32,25 +56,136 @@ def environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run(settings: Settings, loglevel: str = "info") -> None:
-    """Run the Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+def instance_id(settings: Settings) -> str:
+    """This worker's static group membership id: ``settings.worker_id`` if set.
+
+    Otherwise ``<host>-<state dir digest>-<slot>``, where the slot is the lowest
+    one no other running worker of this app holds on this host and state dir (a
+    lock file, held until the process ends). A worker restarted after a crash
+    gets its old id back; workers running side by side get distinct ones.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as state:
+    ...     s = Settings(state_dir=state, app_id="shop")
+    ...     first, second = instance_id(s), instance_id(s)
+    ...     for lock in _slots[-2:]:
+    ...         lock.close()  # as when these two workers end
+    ...     again = instance_id(s)
+    ...     _slots.pop().close()
+    >>> first.rsplit("-", 1)[1], second.rsplit("-", 1)[1], again == first
+    ('0', '1', True)
+    >>> instance_id(Settings(worker_id="scorer-7"))
+    'scorer-7'
+    """
+    if settings.worker_id:
+        return settings.worker_id
+    state = Path(settings.state_dir).resolve()
+    folder = state / "worker"
+    folder.mkdir(parents=True, exist_ok=True)
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+    app = re.sub(r"[^A-Za-z0-9._-]", "-", settings.app_id)
+    for slot in itertools.count():
+        lock = open(folder / f"{app}.slot-{slot}.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _slots.append(lock)
+        return f"{host}-{digest}-{slot}"
+
+
+def exit_after_grace(grace: float, signals=(signal.SIGTERM, signal.SIGINT)) -> None:
+    """From now on, ``signals`` also start a clock: if this process still runs
+    ``grace`` seconds after the first of them, it exits at once with status
+    128 + the signal's number, whatever its event loop is doing.
+
+    The clock runs on a daemon thread started here; the handler only sets an
+    event. The signal keeps its other handling: an asyncio loop still gets it
+    (the interpreter writes every signal to the loop's wakeup descriptor), so
+    the graceful stop stays the normal path. Call it after the loop installed
+    its signal handlers, from the main thread.
+
+    >>> import subprocess, sys
+    >>> code = ("import os, signal, time; from feedbackloop.worker import exit_after_grace; "
+    ...         "signal.signal(signal.SIGTERM, lambda *a: None); exit_after_grace(0.2); "
+    ...         "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
+    >>> done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    >>> done.returncode, done.stderr.strip()
+    (143, 'not stopped 0.2 s after SIGTERM: exiting now')
+    """
+    first: list[int] = []
+    received = threading.Event()
+
+    def expire():
+        received.wait()
+        time.sleep(grace)
+        # no logging, no print: the blocked thread may hold their locks
+        os.write(2, f"not stopped {grace:g} s after {signal.Signals(first[0]).name}: exiting now\n".encode())
+        os._exit(128 + first[0])
+
+    def handler(signum, frame):
+        if not first:
+            first.append(signum)
+        received.set()
+
+    threading.Thread(target=expire, name="stop-watchdog", daemon=True).start()
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+def stop_with_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """Send this process SIGTERM once ``parent`` is no longer its parent, that
+    is once the parent has ended, however it ended (even by SIGKILL). Checked
+    every ``interval`` seconds on a daemon thread; portable, unlike
+    ``PR_SET_PDEATHSIG``, which also fires when the spawning *thread* ends."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def run(settings: Settings, loglevel: str = "info", parent: int | None = None) -> None:
+    """Run the Faust worker in this process until it is stopped (SIGINT/SIGTERM,
+    or the death of process ``parent``); see the module's description."""
+    settings = settings.replace(worker_id=instance_id(settings))
     os.environ.update(environment(settings))
+    if parent is not None:
+        stop_with_parent(parent)
     from streams.app import app  # reads the settings from the environment
     from faust import Worker
 
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    class GuardedWorker(Worker):
+        def install_signal_handlers(self) -> None:
+            super().install_signal_handlers()
+            exit_after_grace(settings.stop_grace)
+            log.info("static group member %s; stops on SIGTERM, within %g s", settings.worker_id,
+                     settings.stop_grace)
+
+    GuardedWorker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
 def spawn(settings: Settings, log_path: Path) -> subprocess.Popen:
-    """Start a worker as a child process, logging to ``log_path``."""
+    """Start a worker as a child process, logging to ``log_path``. It stops when
+    this process ends; its instance id is its own (:func:`instance_id`) unless
+    ``settings.worker_id`` is set."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "feedbackloop", "worker"], env=environment(settings),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "ab") as out:
+        # a session of its own: a terminal's Ctrl-C reaches the parent, which stops its children in order
+        return subprocess.Popen([sys.executable, "-m", "feedbackloop", "worker", "--parent", str(os.getpid())],
+                                env=environment(settings), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(process: subprocess.Popen, timeout: float = 30.0) -> int:
-    """Stop a worker gracefully (SIGTERM), killing it if it does not stop in time."""
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop a worker: SIGTERM, then SIGKILL if it still runs ``timeout`` seconds
+    later (its own watchdog ends it after its stop grace; this is the backstop)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
