@@ -5,13 +5,24 @@ every item; users override a share of its errors and appeal a few; the worker
 scores and routes; simulated annotators label the tasks; the shadow model
 learns and publishes versions. At the end the report is read back from
 ClickHouse, so its figures are the ones analysts see.
+
+Stopping: what the demo started (the stack's two JVMs unless ``keep``, the
+worker, the labeling service) is stopped in reverse order when it ends, also
+on Ctrl-C, SIGTERM or SIGHUP, all within :data:`STOP_SECONDS`. If the demo
+itself is killed (SIGKILL), its worker stops by itself and a watcher process
+stops the stack (:data:`ORPHAN_WATCH`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import random
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -26,6 +37,69 @@ from feedbackloop import datasets, stack, worker
 from feedbackloop.clickhouse import connect_settings
 from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
+
+#: Seconds from the start of the clean-up until every process the demo started is gone.
+STOP_SECONDS = 9.5
+
+#: Run by a watcher process the demo starts with its stack. The demo writes the
+#: pid of each worker it spawns to the watcher's stdin, and kills the watcher
+#: once it has stopped everything itself. If the demo dies first, even by
+#: SIGKILL, the watcher's stdin ends: it gives the workers (which stop by
+#: themselves then) up to ``argv[1]`` seconds, and stops the stack.
+ORPHAN_WATCH = """
+import os, sys, time
+pids = [int(line) for line in sys.stdin]
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end and any(alive(pid) for pid in pids):
+    time.sleep(0.2)
+from feedbackloop import stack
+from feedbackloop.settings import Settings
+stack.stop(Settings.from_env())
+"""
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ignore Ctrl-C, SIGTERM and SIGHUP inside (a second Ctrl-C must not cut a
+    clean-up short and leave orphans); only the main thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Started(contextlib.ExitStack):
+    """What a run started. Leaving it stops them in reverse order, uninterrupted,
+    together within :data:`STOP_SECONDS`; a step takes at most :meth:`left`."""
+
+    deadline = 0.0
+
+    def left(self, reserve: float = 0.0) -> float:
+        """Seconds the current step may take, keeping ``reserve`` for the steps after it."""
+        return max(0.5, self.deadline - time.monotonic() - reserve)
+
+    def __exit__(self, *exc) -> bool:
+        with _uninterrupted():
+            self.deadline = time.monotonic() + STOP_SECONDS
+            return super().__exit__(*exc)
+
+
+def _end(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
+    if process.stdin:
+        process.stdin.close()
 
 
 def production_model(rows, sample: float, seed: int):
@@ -151,9 +225,6 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.",
                                 app_id=f"feedbackloop-demo-{run_id}", seed=seed,
                                 clickhouse_dsn="chdb://" + str(run_dir / "clickhouse"))
-    started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
-    settings = stack.start(settings)
-
     truth = {}
     if settings.gold_rate > 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,16 +242,31 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
     if settings.overlap != 1:
         team.append(SimulatedAnnotator("reviewer-1", truth.get, min(errors) / 2, seed + 99, tier="reviewer"))
 
-    if serve:
-        settings = settings.replace(dashboard_port=dashboard_port)
-    proc = worker.spawn(settings, run_dir / "worker.log")
-    if progress:
-        print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
-    worker.wait_ready(settings, proc)
-    pool = AnnotatorPool(settings, team).start()
-    sent = Counter()
-    correct = 0
-    try:
+    started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
+    with Started() as children:
+        watcher = None
+        if started_stack and not keep:
+            watcher = subprocess.Popen([sys.executable, "-c", ORPHAN_WATCH, str(settings.stop_grace + 2)],
+                                       env=worker.environment(settings), stdin=subprocess.PIPE,
+                                       start_new_session=True)
+            children.callback(_end, watcher)
+            local = stack.local_stack(settings)
+            children.callback(lambda: local.down(timeout=children.left(reserve=1.0)))
+        settings = stack.start(settings)
+        if serve:
+            settings = settings.replace(dashboard_port=dashboard_port)
+        proc = worker.spawn(settings, run_dir / "worker.log")
+        children.callback(lambda: worker.stop(proc, timeout=children.left(reserve=5.0 if watcher else 0.0)))
+        if watcher is not None:
+            watcher.stdin.write(f"{proc.pid}\n".encode())
+            watcher.stdin.flush()
+        if progress:
+            print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
+        worker.wait_ready(settings, proc)
+        pool = AnnotatorPool(settings, team).start()
+        children.callback(pool.stop, 2.0)
+        sent = Counter()
+        correct = 0
         producer = Producer(settings, batch_size=20)
         bar = tqdm(total=events, desc="replaying", unit="ev", disable=not progress)
         t0 = time.monotonic()
@@ -224,26 +310,24 @@ def run(settings: Settings, dataset: str = "bananas", label_column: str | None =
             raise RuntimeError(f"the loop did not drain in time; see {run_dir / 'worker.log'}")
         if serve:
             pool.stop()
-            serve_until_interrupted(settings, labeling_port, dashboard_port, run_dir)
-    finally:
-        pool.stop()
-        worker.stop(proc)
-        if started_stack and not keep:
-            stack.stop(settings)
+            serve_until_interrupted(settings, labeling_port, dashboard_port, run_dir, children)
     if pool.error:
         raise RuntimeError(f"annotators failed: {pool.error}")
     sent["annotator_errors"] = {a.annotator_id: a.error_rate for a in team}
     return report_from_clickhouse(settings, dict(sent), time.monotonic() - started, run_dir)
 
 
-def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_port: int, run_dir: Path) -> None:
-    """Serve the labeling UI (the worker serves the dashboard) until Ctrl-C."""
+def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_port: int, run_dir: Path,
+                            children: contextlib.ExitStack) -> None:
+    """Serve the labeling UI (the worker serves the dashboard) until Ctrl-C;
+    leaving ``children`` stops the service."""
     from consumers.labeling.service import LabelingService
     from consumers.labeling.tokens import Tokens
 
     tokens = Tokens()
     token = tokens.mint("you", "admin")
     service = LabelingService(settings, tokens, port=labeling_port, db=run_dir / "labeling.sqlite3").start()
+    children.callback(service.stop)
     print(f"\nlabel in your browser:  {service.link(token)}\n  (token {token})\n"
           f"dashboard:              http://{settings.dashboard_host}:{dashboard_port}/\n"
           "Tasks come with the simulated annotators' labels already in; yours add to them.\n"
@@ -253,8 +337,6 @@ def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_po
             time.sleep(1)
     except KeyboardInterrupt:
         print()
-    finally:
-        service.stop()
 
 
 def summary(report: dict) -> str:
