@@ -378,18 +378,29 @@ class ClickHouseSink:
                     if len(block) == 1:
                         self._reject(table, block[0], f"{type(exc).__name__}: {exc}")
                     else:
+                        if getattr(exc, "code", None) == 252:  # too many partitions: halves of sorted rows span half
+                            block = sorted(block, key=self._partition_order(table))
                         half = len(block) // 2
                         todo += [block[half:], block[:half]]
                     continue
                 written += len(block)
         return written
 
+    def _partition_order(self, table: str) -> Callable[[dict], tuple]:
+        """A sort key of rows by the columns of the table's partition key (NULLs first)."""
+        key = self.client.command("SELECT partition_key FROM system.tables WHERE database = currentDatabase() "
+                                  "AND name = {t:String}", parameters={"t": table})
+        columns = [c for c in self._columns[table] if re.search(rf"\b{re.escape(c)}\b", str(key))]
+        return lambda row: tuple((row.get(c) is not None, row.get(c)) for c in columns)
+
     def _in_range(self, table: str, rows: list[dict]) -> list[dict]:
         """``rows`` without those whose times DateTime64 cannot hold (they are rejected:
         ClickHouse would store them, but no client could read them back)."""
         for column, precision in self._times[table].items():
+            if not rows or column not in rows[0]:  # the rows of a group have the same columns
+                continue
             low, high = (t * 10**precision // 1000 for t in DATETIME64_MS)
-            values = [row[column] for row in rows if row.get(column) is not None]
+            values = [v for v in map(itemgetter(column), rows) if v is not None]
             if values and (min(values) < low or max(values) > high):
                 kept = []
                 for row in rows:

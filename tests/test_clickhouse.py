@@ -408,6 +408,18 @@ def test_a_block_over_101_monthly_partitions_lands_whole_by_bisection(db):
     assert db.command("SELECT uniqExact(toYYYYMM(ts)) FROM predictions") == 101
 
 
+def test_a_block_over_too_many_partitions_is_cut_by_partition(db):
+    """5,000 rows over 150 months, interleaved: halves of the rows sorted by month fit at once."""
+    sink = ClickHouseSink(db)
+    sink.add_many("predictions", [prediction(i, ts=int(datetime(2014 + i % 150 // 12, 1 + i % 150 % 12, 1,
+                                                               tzinfo=timezone.utc).timestamp() * 1000))
+                                  for i in range(5000)])
+    assert sink.flush() == 5000
+    assert db.command("SELECT uniqExact(toYYYYMM(ts)) FROM predictions") == 150
+    parts = db.command("SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'predictions'")
+    assert parts <= 2 * 150  # two inserts of 75 months each, not dozens of slices over every month
+
+
 def test_times_datetime64_cannot_hold_are_dead_lettered(db):
     sink = ClickHouseSink(db)
     sink.add("predictions", prediction(0))
