@@ -565,9 +565,10 @@ def _flat(s: Any) -> _Flat | None:
     return _Flat(*(_getter(found[k]) for k in _Flat._fields[:-1]), itemgetter(times[0]) if times else None)
 
 
-def _within(records: list, flat: _Flat, c: _Ctx, lengths: bool) -> bool:
-    """True if every record certainly passes :data:`_STORABLE` (lone surrogates aside);
-    ``lengths=False`` when the payload is too small to break a length limit."""
+def _within(records: list, flat: _Flat, c: Limits, lengths: bool, low: int, high: int) -> bool:
+    """True if every record certainly passes :data:`_STORABLE` (lone surrogates aside):
+    within the limits ``c``, times in ``[low, high]``; ``lengths=False`` when the
+    payload is too small to break a length limit."""
     if lengths:
         strings = []
         if flat.strings is not None:
@@ -588,7 +589,7 @@ def _within(records: list, flat: _Flat, c: _Ctx, lengths: bool) -> bool:
             return False
     if flat.times is not None:
         times = list(map(flat.times, records))
-        if times and (min(times) < c.low or max(times) > c.high):
+        if times and (min(times) < low or max(times) > high):
             return False
     return True
 
@@ -619,15 +620,19 @@ def _storable(entry: _Entry, record: dict, text: bool, limits: Limits, now_ms: i
     if check is None:
         return
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    c = _Ctx(limits.max_string, limits.max_entries, limits.max_items, text,
-             now - limits.past_ms, now + limits.future_ms, now, limits)
+    low, high = now - limits.past_ms, now + limits.future_ms
     fast = _FAST[entry.name]
     if not text and fast is not None:
         key, flat = fast
-        records = [record] if key is None else record[key]
-        lengths = size > min(c.max_string, c.max_entries, c.max_items)
-        if (not lengths or len(records) <= c.max_items) and _within(records, flat, c, lengths):
-            return
+        if key is None and size <= limits.max_string and size <= limits.max_entries and size <= limits.max_items:
+            if flat.times is None or low <= flat.times(record) <= high:  # one small event: its time only
+                return
+        else:
+            records = [record] if key is None else record[key]
+            lengths = size > min(limits.max_string, limits.max_entries, limits.max_items)
+            if (not lengths or len(records) <= limits.max_items) and _within(records, flat, limits, lengths, low, high):
+                return
+    c = _Ctx(limits.max_string, limits.max_entries, limits.max_items, text, low, high, now, limits)
     try:
         check(record, c)
     except _Bad as e:
