@@ -31,7 +31,7 @@ from feedbackloop.clickhouse import connect
 from feedbackloop.settings import Settings
 from schemas import codec
 
-__all__ = ["INPUTS", "WorkerLives", "audit", "bounce_broker", "group_members", "input_lag", "read_topic",
+__all__ = ["INPUTS", "WorkerLives", "audit", "bounce_broker", "committed", "group_members", "input_lag", "read_topic",
            "scenario", "watermark"]
 
 #: The topics production writes.
@@ -138,6 +138,18 @@ def group_members(settings: Settings, stable: bool = False) -> dict[str, int]:
 def input_lag(settings: Settings) -> int:
     """Input messages the worker group has not committed yet."""
     return worker.lag(settings, topics=INPUTS)
+
+
+def committed(settings: Settings, name: str) -> int:
+    """Messages of topic ``name`` the worker group has committed (sum over partitions)."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": settings.app_id, "enable.auto.commit": False})
+    try:
+        topic = settings.topic(name)
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        offsets = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return sum(max(0, tp.offset) for tp in offsets)
+    finally:
+        consumer.close()
 
 
 # -- the broker ------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from feedbackloop import worker
 from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
 from schemas import codec
-from tests.faults import WorkerLives, audit, bounce_broker, group_members, input_lag, read_topic, scenario, watermark
+from tests.faults import (WorkerLives, audit, bounce_broker, committed, group_members, input_lag, read_topic,
+                          scenario, watermark)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -81,8 +82,8 @@ def report(counts: dict) -> None:
 # -- 1. the worker SIGKILLed during a backlog ------------------------------------------------
 
 BACKLOG, OVERRIDES, CAP, KILLS = 20_000, 500, 1000, 2
-#: A life is killed once the router has sent this many tasks more since it joined.
-TASKS_PER_LIFE = 300
+#: A life is killed once its router has committed candidates and sent this many tasks.
+TASKS_PER_LIFE = 200
 
 
 def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twice(kafka, tmp_path, ts):
@@ -95,12 +96,15 @@ def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twic
     try:
         for _ in range(KILLS):
             lives.start()
-            start, deadline = watermark(settings, "labeling.tasks"), time.monotonic() + 120
-            while watermark(settings, "labeling.tasks") - start < TASKS_PER_LIFE:
-                assert lives.alive and time.monotonic() < deadline, "the worker routed no tasks\n" + lives.tail()
+            tasks, routed = watermark(settings, "labeling.tasks"), committed(settings, "labeling.candidates")
+            deadline = time.monotonic() + 120
+            while (watermark(settings, "labeling.tasks") - tasks < TASKS_PER_LIFE
+                   or committed(settings, "labeling.candidates") == routed):
+                assert lives.alive and time.monotonic() < deadline, "the worker routed nothing\n" + lives.tail()
                 time.sleep(0.2)
             lives.kill(signal.SIGKILL)
-            kills.append({"input_lag": input_lag(settings), "tasks_sent": watermark(settings, "labeling.tasks")})
+            kills.append({"lag": worker.lag(settings), "input_lag": input_lag(settings),
+                          "tasks_sent": watermark(settings, "labeling.tasks")})
         lives.start()
         drained = worker.wait_drained(settings, lives.process, timeout=240)
         stop_s = lives.stop()
@@ -109,7 +113,7 @@ def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twic
         print(lives.tail(1500))
     counts = audit(settings, predictions, overrides)
     report({**counts, "kills": kills, "join_s": lives.joined, "drained": drained, "stop_s": stop_s})
-    assert all(k["input_lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
+    assert all(k["lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
     assert drained, "the backlog was not drained after the last restart"
     assert not broken(counts)
 
@@ -208,6 +212,15 @@ def test_clickhouse_failing_for_a_minute_pauses_the_worker_and_loses_nothing(kaf
         fault.unlink()
         outage_s = round(time.monotonic() - began, 1)
         drained = worker.wait_drained(settings, lives.process, timeout=180)
+        # told to stop while ClickHouse fails, it stops in time, and what it could not write is not lost
+        fault.touch()
+        with Producer(settings) as producer:
+            predictions += [predict(producer, i, ts) for i in range(len(predictions), len(predictions) + PER_PIECE)]
+        time.sleep(5)
+        stop_in_outage_s = lives.stop()
+        fault.unlink()
+        lives.start()
+        drained_after_restart = worker.wait_drained(settings, lives.process, timeout=120)
         stop_s = lives.stop()
     finally:
         fault.unlink(missing_ok=True)
@@ -215,13 +228,16 @@ def test_clickhouse_failing_for_a_minute_pauses_the_worker_and_loses_nothing(kaf
         print(lives.tail(1500))
     counts = audit(settings, predictions, overrides)
     report({**counts, "outage_s": outage_s, "input_lag_during_outage": lag, "survived": survived,
-            "members_at_end_of_outage": len(members), "drained": drained, "stop_s": stop_s})
+            "members_at_end_of_outage": len(members), "drained": drained, "stop_in_outage_s": stop_in_outage_s,
+            "drained_after_restart": drained_after_restart, "stop_s": stop_s})
     assert survived, "the worker died while ClickHouse failed"
     assert lag == [PER_PIECE * (k + 1) for k in range(PIECES)], (
         "while ClickHouse fails, consumption pauses: nothing is committed and the lag grows with the input")
     assert members, "the worker left its consumer group while ClickHouse failed"
     assert logged, "the worker's log does not say that ClickHouse fails"
     assert drained, "not drained after ClickHouse came back"
+    assert stop_in_outage_s <= 10, f"SIGTERM during the outage took {stop_in_outage_s} s"
+    assert drained_after_restart
     assert not broken(counts)
 
 
