@@ -511,3 +511,21 @@ async def follow_models():
             rt.scorer.use(load_version(record, rt.key))
         except (codec.DecodeError, SnapshotRejected) as exc:
             log.error("refused model version at offset %s: %s", message.offset(), exc)
+
+
+# --------------------------------------------------------------------------- the labeling service's audit log
+
+audit_topic = app.topic(settings.topic("audit"))
+ACCEPT[settings.topic("audit")] = ("AuditEvent",)
+
+
+@app.agent(audit_topic)
+async def audit(stream):
+    """Write the labeling service's audit events to ``audit_log``, each once, as they come."""
+    rt = runtime()
+    async for events in stream.take_events(100, within=0.5):
+        async def handle(name, record, message):
+            rt.sink.add("audit_log", record)
+
+        await each(events, handle)
+        await write_rows(rt)

@@ -29,16 +29,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumers.clickhouse_sink import ClickHouseSink
 from consumers.labeling.guard import HEADERS
 from consumers.labeling.ratelimit import Limits, RateLimiter
 from consumers.labeling.service import LabelingService
 from consumers.labeling.tokens import Tokens, entry
 from consumers.terminal import show
-from dashboards.migrate import migrate
-from feedbackloop import stack
+from feedbackloop import stack, worker
 from feedbackloop.clickhouse import connect
 from schemas import codec
 
@@ -510,16 +508,28 @@ def test_the_audit_log_says_who_did_what_from_where_and_lands_in_clickhouse(fres
     finally:
         svc.stop()
 
-    # what the worker's audit agent does with them: one row each, however often delivered
+    # the worker's audit agent writes them to ClickHouse: one row each, however often delivered
+    p = Producer(fresh.kafka_config())
+    for e in events:  # delivered a second time
+        p.produce(fresh.topic("audit"), codec.encode("AuditEvent", e))
+    assert p.flush(10) == 0
+    settings = fresh.replace(state_dir=str(tmp_path / "worker"), clickhouse_dsn=clickhouse_dsn)
+    process = worker.spawn(settings, tmp_path / "worker.log")
+    try:
+        audit_log = TopicPartition(fresh.topic("audit"), 0)
+        group = Consumer({**fresh.kafka_config(), "group.id": settings.app_id})
+        try:
+            wait_for(lambda: process.poll() is None and group.committed([audit_log], timeout=5)[0].offset
+                     == 2 * len(events), 120, "the worker to take the audit events")
+        finally:
+            group.close()
+    finally:
+        assert worker.stop(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     client = connect(clickhouse_dsn)
-    migrate(client)
-    sink = ClickHouseSink(client)
-    for e in events + events:
-        sink.add("audit_log", e)
-    sink.flush()
-    rows = client.query("SELECT action, annotator_id, client, task_id, detail FROM audit_log FINAL "
-                        "ORDER BY ts, action").result_rows
-    assert sorted(rows, key=str) == sorted([tuple(e) for e in expected], key=str)
+    for final in ("FINAL", ""):
+        rows = client.query(f"SELECT action, annotator_id, client, task_id, detail FROM audit_log {final} "
+                            "ORDER BY ts, event_id").result_rows
+        assert sorted(rows, key=str) == sorted([tuple(e) for e in expected], key=str), final
 
 
 # --------------------------------------------------------------------------- the terminal labeler
