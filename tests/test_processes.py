@@ -164,7 +164,7 @@ def test_children_of_a_killed_demo_stop_by_themselves(tmp_path, free_port):
 
 #: A worker whose event loop blocks for good, as a synchronous retry loop once did.
 BLOCKED_WORKER = """
-import os, sys, time
+import time
 from feedbackloop import worker
 from feedbackloop.settings import Settings
 from streams.app import app
