@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
 OURS = ("init", "worker", "labeling", "dashboard")
 #: Variables read by a service directly rather than through Settings.
-OTHER_VARIABLES = {"FEEDBACKLOOP_LABELING_TOKENS"}
+OTHER_VARIABLES = {"FEEDBACKLOOP_LABELING_TOKENS", "FEEDBACKLOOP_LABELING_ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS"}
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 #: Secrets the stack needs, with the values the tests give them.
 SIGNING, VERIFY = keys.generate()
 SECRETS = {"CLICKHOUSE_PASSWORD": "clickhouse-test-password", "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
            "FEEDBACKLOOP_MODEL_SIGNING_KEY": SIGNING, "FEEDBACKLOOP_MODEL_VERIFY_KEY": VERIFY,
-           "FEEDBACKLOOP_LABELING_TOKENS": "test-token-0123456789abcdef:ann:annotator"}
+           "FEEDBACKLOOP_LABELING_TOKENS": "test-token-0123456789abcdef0123456789abcdef:ann:annotator"}
 _SECRET_NAME = re.compile(r"PASSWORD|KEY|TOKEN|SECRET")
 
 
