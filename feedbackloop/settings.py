@@ -27,14 +27,15 @@ from typing import Mapping
 
 #: Topic name -> (partitions, extra topic config). Inputs scale out by partition;
 #: candidates and labels have one partition, so one worker owns the global budget
-#: and the learner.
+#: and the learner. Tasks and labels are kept for good: they are what was paid
+#: for, and a restarted worker rebuilds its state from them (streams.replay).
 TOPICS: dict[str, tuple[int, dict[str, str]]] = {
     "predictions": (4, {}),
     "overrides": (4, {}),
     "appeals": (4, {}),
     "labeling.candidates": (1, {}),
-    "labeling.tasks": (1, {}),
-    "labels": (1, {}),
+    "labeling.tasks": (1, {"retention.ms": "-1"}),
+    "labels": (1, {"retention.ms": "-1"}),
     "models": (1, {"cleanup.policy": "compact"}),
     "deadletter": (1, {}),
     "audit": (1, {}),  # the labeling service's audit log (AuditEvent), sunk into audit_log by the worker
