@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from feedbackloop import stack, worker
@@ -72,28 +72,25 @@ class WorkerLives:
         self.joined: list[float] = []
 
     def start(self, timeout: float = 150.0) -> subprocess.Popen:
-        """Spawn a new life and wait until it is a member of the group with partitions.
+        """Spawn a new life and wait until it consumes: its log says "Worker ready"
+        (Faust's recovery, once this process has its partitions).
 
-        Members left by a killed life do not count: the group must hold a member
-        it did not hold before this start.
+        The group alone cannot tell: after a kill it still lists the dead
+        member, and a static member rejoins under the same member id.
         """
-        before = set(group_members(self.settings))
         log = self.log_dir / f"worker-{len(self.logs) + 1}.log"
         self.logs.append(log)
         started = time.monotonic()
         self.process = worker.spawn(self.settings, log)
-        deadline = started + timeout
-        while True:
+        while b"Worker ready" not in log.read_bytes():
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with code {self.process.returncode} while joining:\n"
                                    + self.tail())
-            members = group_members(self.settings, stable=True)
-            if any(assigned for member, assigned in members.items() if member not in before):
-                self.joined.append(round(time.monotonic() - started, 1))
-                return self.process
-            if time.monotonic() > deadline:
+            if time.monotonic() - started > timeout:
                 raise RuntimeError(f"worker did not join its group within {timeout:.0f} s:\n" + self.tail())
-            time.sleep(0.5)
+            time.sleep(0.2)
+        self.joined.append(round(time.monotonic() - started, 1))
+        return self.process
 
     @property
     def alive(self) -> bool:
@@ -122,17 +119,13 @@ class WorkerLives:
                          for p in self.logs if p.exists())
 
 
-def group_members(settings: Settings, stable: bool = False) -> dict[str, int]:
-    """Member id -> partitions assigned, of the worker group ({} while it forms, or
-    unless it is stable if ``stable``)."""
+def group_members(settings: Settings) -> int:
+    """Members of the worker group (0 while it forms, or if the broker is away)."""
     admin = AdminClient(settings.kafka_config())
     try:
-        group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10)
-    except Exception:  # the group does not exist yet, or the broker is away
-        return {}
-    if stable and group.state != ConsumerGroupState.STABLE:
-        return {}
-    return {m.member_id: len(m.assignment.topic_partitions) for m in group.members}
+        return len(admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10).members)
+    except Exception:
+        return 0
 
 
 def input_lag(settings: Settings) -> int:
