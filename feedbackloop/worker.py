@@ -155,11 +155,18 @@ def run(settings: Settings, loglevel: str = "info", parent: int | None = None) -
     """Run the Faust worker in this process until it is stopped (SIGINT/SIGTERM,
     or the death of process ``parent``); see the module's description."""
     settings = settings.replace(worker_id=instance_id(settings))
-    os.environ.update(environment(settings))
     if parent is not None:
         stop_with_parent(parent)
-    from streams.app import app  # reads the settings from the environment
     from faust import Worker
+
+    from streams.app import create_app
+
+    app = create_app(settings)
+    if settings.dashboard_port:  # the embedded engine has one owner: serve the page from it
+        from feedbackloop import dashboard
+
+        page = dashboard.start(settings, settings.dashboard_host, settings.dashboard_port)
+        log.info("dashboard at %s", page.url)
 
     class GuardedWorker(Worker):
         def install_signal_handlers(self) -> None:

@@ -1,0 +1,279 @@
+"""The loop: the feedback loop's core state, and the one path every event takes through it.
+
+A :class:`Loop` owns the stages: the :class:`~streams.scorer.Scorer` (shadow
+model and signals), the :class:`~streams.router.Router` (policy and global
+budget), the :class:`~streams.trainer.Trainer` (label ⇄ task join, consensus,
+learner), the live :class:`~streams.lift.Lift`, the
+:class:`~streams.stopping.StoppingSignal` and drift detection. Its methods take
+decoded events and return :class:`Effects`: records to send and rows to write.
+It does no I/O. The Faust worker (:mod:`streams.app`) and the benchmark's bare
+loop (:mod:`feedbackloop.bench`) drive this same object, so they do the same
+work; every call from one stage into another happens here, in plain sight.
+
+>>> loop = Loop.build(budget_fraction=0.5, model_kind="linear", publish_every=1, min_control=1)
+>>> prediction = {"event_id": "e1", "item_id": "i1", "ts": 5, "model_name": "prod", "model_version": "3",
+...     "predicted_label": "a", "probabilities": {"a": 0.5, "b": 0.5}, "features": {"x": 1.0},
+...     "text": None, "context": {}}
+>>> scored = loop.score("Prediction", prediction, now_ms=6)
+>>> [table for table, _ in scored.rows], len(scored.candidates)
+(['predictions'], 1)
+>>> routed = loop.route(scored.candidates[0], now_ms=7)
+>>> [t["reasons"] for t in routed.tasks], [table for table, _ in routed.rows]
+([['uncertain']], ['routing_decisions', 'labeling_tasks'])
+>>> task = routed.tasks[0]
+>>> _ = loop.take("LabelingTask", task, now_ms=8)
+>>> learned = loop.take("Label", {"event_id": "l1", "task_id": task["task_id"], "item_id": "i1", "label": "a",
+...     "annotator_id": "ann", "ts": 8}, now_ms=9, offset=0)
+>>> [table for table, _ in learned.rows], loop.trainer.learner.label_offset
+(['labels', 'consensus_labels'], 0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
+from streams.consensus import Consensus, GoldChecks
+from streams.gold import GoldMixer
+from streams.learner import Learner, load_version
+from streams.lift import Lift
+from streams.policy import Policy
+from streams.router import Router
+from streams.scorer import Scorer
+from streams.stopping import StoppingSignal
+from streams.trainer import Trainer
+
+log = logging.getLogger("feedbackloop")
+
+#: Control items whose predictions successive model versions are compared on (the stop set).
+STOP_SET = 50
+
+
+@dataclass
+class Effects:
+    """What an event leads to: records to send (by topic) and ClickHouse rows to write.
+
+    An adapter sends the tasks and waits for their delivery before it writes
+    the rows that name them.
+    """
+
+    candidates: list[dict] = field(default_factory=list)
+    tasks: list[dict] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)
+    rows: list[tuple[str, dict]] = field(default_factory=list)
+
+    def extend(self, other: "Effects") -> "Effects":
+        for name in ("candidates", "tasks", "models", "rows"):
+            getattr(self, name).extend(getattr(other, name))
+        return self
+
+
+class Loop:
+    """The core objects of one worker, and the calls between them.
+
+    Parameters
+    ----------
+    scorer, router, trainer
+        The stages; see :meth:`build` for the usual way to make them.
+    gold
+        Mixes gold items (known answers) in after routed tasks, if given.
+    overlap
+        Labels each routed task asks for.
+    """
+
+    def __init__(self, scorer: Scorer, router: Router, trainer: Trainer, gold: GoldMixer | None = None,
+                 overlap: int = 1):
+        self.scorer = scorer
+        self.router = router
+        self.trainer = trainer
+        self.gold = gold
+        self.overlap = max(1, overlap)
+        self.lift = Lift()
+        self.stopping = StoppingSignal()
+        self.flagged: set[str] = set()
+        self.labels_changed = False
+
+    @classmethod
+    def build(cls, budget_fraction: float = 0.1, budget_per_hour: int = 0, budget_per_day: int = 0,
+              budget_per_week: int = 0, control_fraction: float = 0.1, min_control: int = 20, seed: int = 0,
+              model_name: str = "shadow", model_kind: str = "knn", publish_every: int = 25, overlap: int = 1,
+              max_annotators: int = 5, gold_items: dict | None = None, gold_rate: float = 0.0,
+              gold_threshold: float = 0.7) -> "Loop":
+        """A loop from plain options (named as the settings are; a cap of 0 is no cap)."""
+        budget = Budget(budget_fraction, budget_per_hour or None, budget_per_day or None, budget_per_week or None)
+        policy = Policy(budget, control_share=control_fraction, cold_start=min_control, seed=seed)
+        gold_items = gold_items or {}
+        trainer = Trainer(Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control),
+                          Consensus(overlap=overlap, max_annotators=max_annotators,
+                                    gold=GoldChecks(threshold=gold_threshold)),
+                          gold={item: g["label"] for item, g in gold_items.items()})
+        gold = GoldMixer(gold_items, gold_rate, seed=seed) if gold_items and gold_rate > 0 else None
+        return cls(Scorer(), Router(policy, seed=seed), trainer, gold=gold, overlap=overlap)
+
+    # -- scoring ------------------------------------------------------------------------
+    def score(self, name: str, record: dict, now_ms: int) -> Effects:
+        """Candidates for an input event (``Prediction``, ``PredictionBatch``,
+        ``Override`` or ``Appeal``), and the prediction rows."""
+        if name == "PredictionBatch":
+            candidates = [self.scorer.prediction(p, now_ms) for p in record["events"]]
+        elif name == "Prediction":
+            candidates = [self.scorer.prediction(record, now_ms)]
+        elif name == "Override":
+            candidates = [self.scorer.override(record, now_ms)]
+        else:
+            candidates = [self.scorer.appeal(record, now_ms)]
+        rows = [("predictions", {**c, "confidence": max(c["probabilities"].values()), "scored_at": c["scored_ts"]})
+                for c in candidates if c["kind"] == "prediction"]
+        return Effects(candidates=candidates, rows=rows)
+
+    # -- routing ------------------------------------------------------------------------
+    def route(self, candidate: dict, now_ms: int) -> Effects:
+        """The decision for one candidate; its task (and a gold task after it) if selected."""
+        decision, task = self.router.route(candidate, now_ms)
+        out = Effects()
+        if decision is not None:
+            out.rows.append(("routing_decisions", decision))
+        if task is None:
+            return out
+        task["overlap"] = self.overlap
+        out.tasks.append(task)
+        out.rows.append(("labeling_tasks", {**task, "created_at": task["created_ts"]}))
+        gold = self.gold.follow(task) if self.gold else None
+        if gold is not None:
+            out.tasks.append(gold)
+            out.rows.append(("labeling_tasks", {**gold, "created_at": gold["created_ts"], "kind": "gold",
+                                                "reasons": ["gold"]}))
+        return out
+
+    # -- learning -----------------------------------------------------------------------
+    def take(self, name: str, record: dict, now_ms: int, offset: int | None = None) -> Effects:
+        """A ``LabelingTask`` or a ``Label`` (at ``offset`` on the labels topic):
+        joined, settled, learned; rows, and tasks re-issued for adjudication.
+        Raises :class:`~streams.trainer.UnknownLabel` for a label outside its task's set."""
+        learner = self.trainer.learner
+        if name == "LabelingTask":
+            result = self.trainer.add_task(record)
+        else:
+            result = self.trainer.add_label(record)
+            if offset is not None:
+                learner.label_offset = max(learner.label_offset, offset)
+        out = Effects(tasks=list(result.tasks))
+        out.rows.extend(("labels", row) for row in result.labels)
+        out.rows.extend(("consensus_labels", row) for row in result.consensus)
+        out.rows.extend(("adjudications", row) for row in result.adjudications)
+        self.labels_changed = self.labels_changed or bool(result.labels)
+        for row in result.consensus:
+            out.rows.extend(self._measure(row, now_ms))
+        return out
+
+    def _measure(self, row: dict, now_ms: int) -> list[tuple[str, dict]]:
+        """A settled label: was the shadow model wrong on it? Feeds the live lift
+        of the policy over the control slice, and drift detection on the shadow
+        model's surprise (its error beyond what its confidence expected; every
+        label counts, see :mod:`streams.drift`)."""
+        task = self.trainer.task(row["task_id"])
+        predicted = row.get("shadow_prediction")
+        if task is None or predicted is None:
+            return []
+        self.lift.add(task["reasons"], task["selection_probability"], error=predicted != row["label"])
+        event = self.router.policy.observe_label(row["label"], predicted, ts=row["ts"],
+                                                 confidence=row.get("shadow_confidence"))
+        if event is None:
+            return []
+        log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
+                    event["error_before"], event["error_after"])
+        learner = self.trainer.learner
+        return [("drift_events", {"ts": now_ms, "model_name": learner.name, "version": learner.version,
+                                  "detector": "page_hinkley:shadow_surprise", "detail": json.dumps(event)})]
+
+    @property
+    def due(self) -> bool:
+        """True when the learner has a new version to publish."""
+        return self.trainer.learner.due
+
+    def publish(self, now_ms: int, key) -> Effects:
+        """A new signed model version (the scorer serves it from now on), its
+        lift over control and the stopping signal."""
+        record = self.trainer.learner.publish(now_ms, key)
+        self.scorer.use(load_version(record, key))
+        out = Effects(models=[record], rows=[("model_versions", record)])
+        out.rows.append(self._lift_row(record["version"], record["ts"]))
+        out.rows.extend(self._stopping_rows(record))
+        log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
+                 record["version"], record["labels_seen"], record["control_accuracy"])
+        return out
+
+    def resume(self, record: dict, key) -> None:
+        """Continue from a published version after a restart (learner and scorer)."""
+        self.trainer.learner.resume(record, key)
+        self.scorer.use(load_version(record, key))
+
+    def follow(self, record: dict, key) -> bool:
+        """Serve a version published elsewhere, if it is newer; raises
+        :class:`~streams.learner.SnapshotRejected` for one that does not verify."""
+        return self.scorer.use(load_version(record, key))
+
+    def _lift_row(self, version: int, ts: int) -> tuple[str, dict]:
+        e = self.lift.estimate()
+        accuracy = lambda rate: None if rate is None else 1.0 - rate  # noqa: E731
+        return ("policy_lift", {"ts": ts, "version": version, "policy_accuracy": accuracy(e["policy_error_rate"]),
+                                "control_accuracy": accuracy(e["control_error_rate"]), "lift": e["lift"],
+                                "ci_low": e["low"], "ci_high": e["high"], "n_policy": e["policy_labels"],
+                                "n_control": e["control_labels"]})
+
+    def _stopping_rows(self, record: dict) -> list[tuple[str, dict]]:
+        """Should labeling stop? Successive versions' agreement on a fixed stop set
+        (the first control items: a uniform sample whose labels are never learned)
+        and the control accuracy's plateau, see :mod:`streams.stopping`."""
+        learner = self.trainer.learner
+        stop_set = [x for x, _ in list(learner.control)[:STOP_SET]]
+        predictions = [learner.model.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []
+        row = self.stopping.update(record["version"], predictions, record["control_accuracy"], record["labels_seen"])
+        recommendation = "stop" if row["stop"] else "continue"
+        return [("stopping_signals", {"ts": record["ts"], "version": record["version"], "metric": metric,
+                                      "value": value, "recommendation": recommendation})
+                for metric, value in (("kappa_average", row["kappa_average"]),
+                                      ("control_accuracy_gain", row["accuracy_gain"]))]
+
+    # -- standing -----------------------------------------------------------------------
+    def standing(self, now_ms: int) -> Effects:
+        """Agreement and each annotator's standing (when labels came in since the
+        last call), and the budget against its caps (once the router has seen items)."""
+        out = Effects()
+        if self.labels_changed:
+            self.labels_changed = False
+            out.rows.extend(self._label_quality_rows(now_ms))
+        b = self.router.policy.budget
+        if b.total_seen:
+            out.rows.append(("budget_state", {
+                "ts": now_ms, "spent_hour": b.spent_in_hour(now_ms), "spent_day": b.spent_in_day(now_ms),
+                "spent_week": b.spent_in_week(now_ms), "cap_hour": b.caps[HOUR_MS], "cap_day": b.caps[DAY_MS],
+                "cap_week": b.caps[WEEK_MS], "target_fraction": b.fraction, "realised_fraction": b.realised}))
+        return out
+
+    def _label_quality_rows(self, now_ms: int) -> list[tuple[str, dict]]:
+        report = self.trainer.tracker.report()
+        rows = []
+        for metric in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha"):
+            rows.append(("annotator_agreement", {"window_start": now_ms, "window_seconds": 0, "annotator_a": "*",
+                                                 "annotator_b": "*", "metric": metric, "value": report[metric],
+                                                 "n": report["n_items_multi"]}))
+        for pair in report["cohen_kappa"]:
+            rows.append(("annotator_agreement", {"window_start": now_ms, "window_seconds": 0,
+                                                 "annotator_a": pair["a"], "annotator_b": pair["b"],
+                                                 "metric": "cohen_kappa", "value": pair["kappa"],
+                                                 "n": pair.get("n", 0)}))
+        checks = self.trainer.consensus.gold
+        flagged = set(checks.flagged())
+        for annotator, row in report["per_annotator"].items():
+            rows.append(("annotator_quality", {
+                **row, "ts": now_ms, "annotator_id": annotator, "labels": row["n_labels"],
+                "gold_checks": checks.checks.get(annotator, 0), "gold_accuracy": checks.accuracy(annotator),
+                "label_drift": row["drift"], "flagged": int(annotator in flagged)}))
+        for annotator in flagged - self.flagged:
+            log.warning("annotator %s flagged: gold accuracy %.0f%% on %d checks", annotator,
+                        100 * checks.accuracy(annotator), checks.checks[annotator])
+        self.flagged = flagged
+        return rows
