@@ -28,10 +28,8 @@ from feedbackloop import stack, worker
 from feedbackloop.clickhouse import connect
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.budget import Budget
-from streams.policy import Policy
-from streams.router import Router
-from streams.scorer import Scorer
+from streams.app import loop_options
+from streams.loop import Effects, Loop
 
 
 def _events(n: int, seed: int, ts: int | None = None):
@@ -66,14 +64,14 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def bare_loop(settings: Settings, n: int, run_dir: Path) -> dict:
-    """The same work as the worker, in a plain consume loop."""
+    """The same work as the worker, on the same :class:`~streams.loop.Loop`, in a plain consume loop."""
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-bare",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({**settings.kafka_config(), "linger.ms": 5})
     client = connect("chdb://" + str(run_dir / "bare-clickhouse"))
     migrate(client)
     sink = ClickHouseSink(client)
-    scorer, router = Scorer(), Router(Policy(Budget(settings.budget_fraction), seed=0))
+    loop = Loop.build(**loop_options(settings))
     consumer.subscribe([settings.topic("predictions")])
     tasks_topic, done, started = settings.topic("bench-bare-tasks"), 0, None
     try:
@@ -84,16 +82,16 @@ def bare_loop(settings: Settings, n: int, run_dir: Path) -> dict:
             started = started or time.perf_counter()
             now = int(time.time() * 1000)
             for message in messages:
-                _, record = codec.decode(message.value(), ("Prediction", "PredictionBatch"))
-                for event in record["events"]:
-                    c = scorer.prediction(event, now)
-                    sink.add("predictions", {**c, "confidence": max(c["probabilities"].values()),
-                                             "scored_at": now}, project=True)
-                    decision, task = router.route(c, now)
-                    sink.add("routing_decisions", decision)
-                    if task is not None:
-                        producer.produce(tasks_topic, codec.encode("LabelingTask", task, check=False))
-                    done += 1
+                name, record = codec.decode(message.value(), ("Prediction", "PredictionBatch"))
+                scored = loop.score(name, record, now)
+                effects = Effects(rows=scored.rows)
+                for c in scored.candidates:
+                    effects.extend(loop.route(c, now))
+                for task in effects.tasks:
+                    producer.produce(tasks_topic, codec.encode("LabelingTask", task, check=False))
+                for table, row in effects.rows:
+                    sink.add(table, row, project=True)
+                done += len(scored.candidates)
             producer.poll(0)
             sink.flush()
             producer.flush(30)
