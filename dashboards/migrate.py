@@ -141,7 +141,7 @@ def migrate(client, directory: Path | str = MIGRATIONS_DIR) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dashboards.migrate``: migrate the database of the current settings."""
-    from feedbackloop.clickhouse import connect_settings
+    from dashboards.connection import connect_settings
     from feedbackloop.settings import Settings
 
     client = connect_settings(Settings.from_env())

@@ -3,7 +3,7 @@
 Reads a CSV (with a header) or JSONL export, one label per row, with the
 columns ``item_id``, ``annotator_id`` and ``label``, and optionally ``ts``
 (epoch milliseconds or ISO 8601; naive times are UTC), ``duration_ms`` and a
-gold answer column (``gold``). Prints the metrics of :mod:`streams.agreement`
+gold answer column (``gold``). Prints the metrics of :mod:`streams.labels.agreement`
 and writes them as JSON with ``--out``. A malformed file is refused with a
 ``ValueError`` naming the file and line.
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from streams.agreement import Annotation, report
+from streams.labels.agreement import Annotation, report
 
 REQUIRED = ("item_id", "annotator_id", "label")
 

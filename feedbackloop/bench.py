@@ -22,10 +22,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from consumers.clickhouse_sink import ClickHouseSink
+from dashboards.sink import ClickHouseSink
 from dashboards.migrate import migrate
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.settings import Settings
 from schemas import codec
 from streams.app import loop_options

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dashboards import queries
 from dashboards.migrate import migrate
-from feedbackloop.clickhouse import _redact, connect_settings
+from dashboards.connection import _redact, connect_settings
 from feedbackloop.settings import Settings
 
 __all__ = ["PAGE_DIR", "Dashboard", "DashboardServer", "add_parser", "run", "serve", "start"]

@@ -32,9 +32,9 @@ from river import linear_model, multiclass, preprocessing
 from tqdm import tqdm
 
 from consumers.annotators import AnnotatorPool, SimulatedAnnotator
-from consumers.clickhouse_sink import optimize
+from dashboards.sink import optimize
 from feedbackloop import datasets, stack, worker
-from feedbackloop.clickhouse import connect_settings
+from dashboards.connection import connect_settings
 from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
 

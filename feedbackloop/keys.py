@@ -1,6 +1,6 @@
 """Model keys: who signs model versions, who checks them, and ``feedbackloop keygen``.
 
-Model versions are signed with Ed25519 (see :mod:`streams.snapshot`). A key is
+Model versions are signed with Ed25519 (see :mod:`streams.learning.snapshot`). A key is
 the base64 of its raw 32 bytes. Workers hold the private key
 (``FEEDBACKLOOP_MODEL_SIGNING_KEY``: any of them may own the learner); the
 labeling service holds only the public key (``FEEDBACKLOOP_MODEL_VERIFY_KEY``,

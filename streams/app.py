@@ -36,17 +36,17 @@ from pathlib import Path
 
 import faust
 
-from consumers.clickhouse_sink import ClickHouseSink
+from dashboards.sink import ClickHouseSink
 from dashboards.migrate import migrate
 from feedbackloop import keys
-from feedbackloop.clickhouse import connect_settings
+from dashboards.connection import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.gold import load_gold
-from streams.learner import SnapshotRejected
+from streams.labels.gold import load_gold
+from streams.learning.learner import SnapshotRejected
 from streams.loop import Effects, Loop
 from streams.replay import latest_version, rebuild_router, rebuild_trainer
-from streams.trainer import UnknownLabel
+from streams.labels.trainer import UnknownLabel
 
 log = logging.getLogger("feedbackloop")
 

@@ -1,10 +1,10 @@
 """The loop: the feedback loop's core state, and the one path every event takes through it.
 
-A :class:`Loop` owns the stages: the :class:`~streams.scorer.Scorer` (shadow
-model and signals), the :class:`~streams.router.Router` (policy and global
-budget), the :class:`~streams.trainer.Trainer` (label ⇄ task join, consensus,
-learner), the live :class:`~streams.lift.Lift`, the
-:class:`~streams.stopping.StoppingSignal` and drift detection. Its methods take
+A :class:`Loop` owns the stages: the :class:`~streams.selection.scorer.Scorer` (shadow
+model and signals), the :class:`~streams.selection.router.Router` (policy and global
+budget), the :class:`~streams.labels.trainer.Trainer` (label ⇄ task join, consensus,
+learner), the live :class:`~streams.evaluation.lift.Lift`, the
+:class:`~streams.evaluation.stopping.StoppingSignal` and drift detection. Its methods take
 decoded events and return :class:`Effects`: records to send and rows to write.
 It does no I/O. The Faust worker (:mod:`streams.app`) and the benchmark's bare
 loop (:mod:`feedbackloop.bench`) drive this same object, so they do the same
@@ -34,16 +34,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from streams.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
-from streams.consensus import Consensus, GoldChecks
-from streams.gold import GoldMixer
-from streams.learner import Learner, load_version
-from streams.lift import Lift
-from streams.policy import Policy
-from streams.router import Router
-from streams.scorer import Scorer
-from streams.stopping import StoppingSignal
-from streams.trainer import Trainer
+from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
+from streams.labels.consensus import Consensus, GoldChecks
+from streams.labels.gold import GoldMixer
+from streams.learning.learner import Learner, load_version
+from streams.evaluation.lift import Lift
+from streams.selection.policy import Policy
+from streams.selection.router import Router
+from streams.selection.scorer import Scorer
+from streams.evaluation.stopping import StoppingSignal
+from streams.labels.trainer import Trainer
 
 log = logging.getLogger("feedbackloop")
 
@@ -151,7 +151,7 @@ class Loop:
     def take(self, name: str, record: dict, now_ms: int, offset: int | None = None) -> Effects:
         """A ``LabelingTask`` or a ``Label`` (at ``offset`` on the labels topic):
         joined, settled, learned; rows, and tasks re-issued for adjudication.
-        Raises :class:`~streams.trainer.UnknownLabel` for a label outside its task's set."""
+        Raises :class:`~streams.labels.trainer.UnknownLabel` for a label outside its task's set."""
         learner = self.trainer.learner
         if name == "LabelingTask":
             result = self.trainer.add_task(record)
@@ -172,7 +172,7 @@ class Loop:
         """A settled label: was the shadow model wrong on it? Feeds the live lift
         of the policy over the control slice, and drift detection on the shadow
         model's surprise (its error beyond what its confidence expected; every
-        label counts, see :mod:`streams.drift`)."""
+        label counts, see :mod:`streams.selection.drift`)."""
         task = self.trainer.task(row["task_id"])
         predicted = row.get("shadow_prediction")
         if task is None or predicted is None:
@@ -212,7 +212,7 @@ class Loop:
 
     def follow(self, record: dict, key) -> bool:
         """Serve a version published elsewhere, if it is newer; raises
-        :class:`~streams.learner.SnapshotRejected` for one that does not verify."""
+        :class:`~streams.learning.learner.SnapshotRejected` for one that does not verify."""
         return self.scorer.use(load_version(record, key))
 
     def _lift_row(self, version: int, ts: int) -> tuple[str, dict]:
@@ -226,7 +226,7 @@ class Loop:
     def _stopping_rows(self, record: dict) -> list[tuple[str, dict]]:
         """Should labeling stop? Successive versions' agreement on a fixed stop set
         (the first control items: a uniform sample whose labels are never learned)
-        and the control accuracy's plateau, see :mod:`streams.stopping`."""
+        and the control accuracy's plateau, see :mod:`streams.evaluation.stopping`."""
         learner = self.trainer.learner
         stop_set = [x for x, _ in list(learner.control)[:STOP_SET]]
         predictions = [learner.model.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []

@@ -7,7 +7,7 @@ must come back from what Kafka keeps:
 * the **router** re-reads the tasks it sent (``labeling.tasks``, a look-back
   covering the longest cap window): the caps count them again, and a
   re-delivered candidate gets the decision its task recorded
-  (:meth:`streams.router.Router.restore`);
+  (:meth:`streams.selection.router.Router.restore`);
 * the **learner** resumes from the newest signed model version, which records
   the offset of the last label it reflects; the trainer re-reads the tasks (so
   a label for a task created before the restart still finds it) and the
@@ -114,7 +114,7 @@ def latest_version(settings, key) -> dict | None:
     """The newest version of ``settings.model_name`` on the ``models`` topic
     whose signature verifies with ``key``, if any; forged ones are logged as
     refused and skipped."""
-    from streams.snapshot import SnapshotRejected, verify
+    from streams.learning.snapshot import SnapshotRejected, verify
 
     low, high = watermarks(settings, "models")
     versions = [(offset, record) for offset, record in read(settings, "models", ("ModelVersion",), low, high)

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.settings import Settings
 from schemas import codec
 
@@ -260,9 +260,10 @@ def audit(settings: Settings, predictions, others=(), labels=(), poison=()) -> d
     final = {event: (selected, task) for event, selected, task in stored["decisions_final"]}
     ways = Counter(event for event, _ in {(e, s) for e, s, _ in stored["decisions"]})
     selected = {event: task for event, (chosen, task) in final.items() if chosen}
-    sent = [codec.decode(m.value(), ("LabelingTask",))[1] for m in read_topic(settings, "labeling.tasks")]
-    firsts = [t for t in sent if t.get("round", 0) == 0]  # later rounds re-issue a task for adjudication
-    on_topic = {t["task_id"]: t["event_id"] for t in firsts}
+    sent = [(codec.decode(m.value(), ("LabelingTask",))[1], m.value()) for m in read_topic(settings, "labeling.tasks")]
+    firsts = [(t, raw) for t, raw in sent if t.get("round", 0) == 0]  # later rounds re-issue a task to adjudicate
+    on_topic = {t["task_id"]: t["event_id"] for t, _ in firsts}
+    copies = len({(t["task_id"], raw) for t, raw in firsts})  # a task sent again as it was: a retried send
     dead = [codec.decode(m.value(), ("DeadLetter",))[1] for m in read_topic(settings, "deadletter")]
     learned = [event for event, _ in stored["labels"]]
     return {
@@ -288,7 +289,8 @@ def audit(settings: Settings, predictions, others=(), labels=(), poison=()) -> d
         "task_rows_missing": len(set(selected.values()) - set(stored["tasks_final"]) - {None}),
         "tasks_on_topic": len(firsts),
         "task_ids_on_topic": len(on_topic),
-        "tasks_on_topic_repeated": _repeats([t["task_id"] for t in firsts]),
+        "tasks_on_topic_repeated": _repeats([t["task_id"] for t, _ in firsts]),
+        "tasks_on_topic_resent_as_they_were": len(firsts) - copies,
         "tasks_on_topic_missing": len(set(selected.values()) - on_topic.keys() - {None}),
         "orphan_tasks": sum(selected.get(event) != task for task, event in on_topic.items()),
         # every label sent: learned once

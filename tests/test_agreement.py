@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # the project is not installed in the venv
     sys.path.insert(0, str(ROOT))
 
 from feedbackloop import agreement as cli  # noqa: E402
-from streams import agreement as ag  # noqa: E402
+from streams.labels import agreement as ag  # noqa: E402
 
 TOL = dict(rel=1e-12, abs=1e-12)
 MISSING = -1

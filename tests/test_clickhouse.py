@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from consumers.clickhouse_sink import (DATETIME64_MS, TABLE_KEYS, TABLES, ClickHouseSink, SinkError, counts, optimize,
+from dashboards.sink import (DATETIME64_MS, TABLE_KEYS, TABLES, ClickHouseSink, SinkError, counts, optimize,
                                       transient)
 from dashboards.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, migrate
-from feedbackloop import clickhouse
-from feedbackloop.clickhouse import connect, connect_settings
+from dashboards import connection as clickhouse
+from dashboards.connection import connect, connect_settings
 from feedbackloop.settings import Settings
 
 T0 = 1_700_000_000_000  # epoch millis

@@ -8,11 +8,11 @@ import pytest
 
 from consumers.annotators import AnnotatorPool, SimulatedAnnotator
 from feedbackloop.settings import Settings
-from streams.agreement import report
-from streams.consensus import Consensus, GoldChecks, weighted_vote
-from streams.gold import GoldMixer, load_gold
-from streams.learner import Learner
-from streams.trainer import Trainer, UnknownLabel
+from streams.labels.agreement import report
+from streams.labels.consensus import Consensus, GoldChecks, weighted_vote
+from streams.labels.gold import GoldMixer, load_gold
+from streams.learning.learner import Learner
+from streams.labels.trainer import Trainer, UnknownLabel
 
 
 def task(task_id="t1", item_id="i1", suggested="a", confidence=0.6, reasons=("uncertain",)):

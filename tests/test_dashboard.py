@@ -16,7 +16,7 @@ import pytest
 from dashboards import queries
 from dashboards.migrate import load_migrations, migrate
 from feedbackloop import dashboard
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.settings import Settings
 
 NOW = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=10)

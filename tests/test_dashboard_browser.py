@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from feedbackloop import dashboard, demo
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 
 pytestmark = pytest.mark.kafka
 

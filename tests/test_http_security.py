@@ -37,7 +37,7 @@ from consumers.labeling.service import LabelingService
 from consumers.labeling.tokens import Tokens, entry
 from consumers.terminal import show
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from schemas import codec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,12 +9,12 @@ import uuid
 import pytest
 from confluent_kafka import Producer as KafkaProducer
 
-from consumers.clickhouse_sink import optimize
+from dashboards.sink import optimize
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.producer import Producer
 from schemas import codec
-from streams.agreement import report
+from streams.labels.agreement import report
 from tests.test_loop import read_all
 
 pytestmark = pytest.mark.kafka

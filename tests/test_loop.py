@@ -20,9 +20,9 @@ import fastavro
 import pytest
 from confluent_kafka import Consumer, Producer as KafkaProducer
 
-from consumers.clickhouse_sink import optimize
+from dashboards.sink import optimize
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.producer import Producer
 from schemas import codec
 

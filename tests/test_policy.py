@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from streams.backlog import rescored
-from streams.budget import HOUR_MS, Budget, VariableThreshold
-from streams.drift import DriftMonitor
-from streams.lift import Lift
-from streams.policy import DEFAULT_MIX, Policy, normalize_mix
-from streams.stopping import StoppingSignal
+from streams.selection.backlog import rescored
+from streams.selection.budget import HOUR_MS, Budget, VariableThreshold
+from streams.selection.drift import DriftMonitor
+from streams.evaluation.lift import Lift
+from streams.selection.policy import DEFAULT_MIX, Policy, normalize_mix
+from streams.evaluation.stopping import StoppingSignal
 
 
 def stream(n, seed=0, dims=3):
@@ -130,8 +130,8 @@ def _labeled_stream(flip_at, seed, n=5000):
     """The policy and a kNN shadow model on Bananas, every label swapped from
     ``flip_at`` on; the drift events raised from the labels it bought."""
     from feedbackloop.datasets import load
-    from streams import signals
-    from streams.models import KNN
+    from streams.selection import signals
+    from streams.learning.models import KNN
 
     rows = load("bananas")
     random.Random(seed).shuffle(rows)

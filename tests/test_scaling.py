@@ -18,7 +18,7 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
 from feedbackloop import stack, worker
-from feedbackloop.clickhouse import connect
+from dashboards.connection import connect
 from feedbackloop.producer import Producer
 
 pytestmark = pytest.mark.kafka

@@ -36,7 +36,7 @@ from consumers.labeling.store import Store, event_id
 from consumers.labeling.tokens import Tokens
 from feedbackloop import keys, stack
 from schemas import codec
-from streams.learner import Learner
+from streams.learning.learner import Learner
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Each test annotator's token: a readable name, then 256 random bits.

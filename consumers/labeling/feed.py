@@ -11,7 +11,7 @@ no task, and a task read twice is stored once.
 A new version of the shadow model (``Settings.model_name``) on ``models``
 re-ranks the queue (see :mod:`consumers.labeling.rerank`). A version that
 is not signed by the learner's key, or whose snapshot names what a model may
-not (:mod:`streams.snapshot`), is logged as refused and never loaded; the
+not (:mod:`streams.learning.snapshot`), is logged as refused and never loaded; the
 newest version that passes is used, and without one the queue keeps its order. A message on
 ``labeling.tasks`` that is not a task goes to ``deadletter`` with the reason.
 The same thread sends again any label whose sending was cut short.
@@ -32,7 +32,7 @@ from consumers.labeling.store import Store
 from feedbackloop import keys
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.learner import SnapshotRejected, load_version
+from streams.learning.learner import SnapshotRejected, load_version
 
 log = logging.getLogger("feedbackloop.labeling")
 

@@ -1,13 +1,13 @@
 """Re-ranking the queue when a new shadow model version arrives.
 
 Each task chosen because the models were unsure, still waiting, is scored
-again with the new version by :func:`streams.backlog.rescored` (the rule the
+again with the new version by :func:`streams.selection.backlog.rescored` (the rule the
 core uses for any backlog): items the new model has become sure about sink;
 items it still doubts stay on top. Overrides, appeals, control and diverse
 tasks keep their priority, and so do tasks the model cannot score (no
 features, or a model that has seen no label).
 
->>> from streams.learner import ShadowModel
+>>> from streams.learning.learner import ShadowModel
 >>> class Sure:  # a stand-in for a River model: sure about x > 0
 ...     def predict_proba_one(self, x):
 ...         return {"a": 0.95, "b": 0.05} if x["x"] > 0 else {"a": 0.5, "b": 0.5}
@@ -21,8 +21,8 @@ features, or a model that has seen no label).
 
 from __future__ import annotations
 
-from streams.backlog import rescored
-from streams.learner import ShadowModel
+from streams.selection.backlog import rescored
+from streams.learning.learner import ShadowModel
 
 
 def priorities(tasks: list[tuple[str, dict]], model: ShadowModel) -> dict[str, float]:

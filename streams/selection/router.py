@@ -5,8 +5,8 @@ for an event is derived from the event id and the seed, so a re-delivered
 candidate gets the very same decision and the same task id; candidates it has
 already decided are skipped.
 
->>> from streams.budget import Budget
->>> from streams.policy import Policy
+>>> from streams.selection.budget import Budget
+>>> from streams.selection.policy import Policy
 >>> router = Router(Policy(Budget(fraction=0.5)), seed=0)
 >>> cand = {"event_id": "e1", "item_id": "i1", "ts": 1, "kind": "override", "model_name": "prod",
 ...     "model_version": "3", "predicted_label": "a", "probabilities": {"a": 0.9, "b": 0.1},
@@ -36,10 +36,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from streams.learner import featurize
-from streams.policy import Policy
+from streams.learning.learner import featurize
+from streams.selection.policy import Policy
 from streams.recent import Recent
-from streams.signals import top_label
+from streams.selection.signals import top_label
 
 _NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
 

@@ -196,7 +196,7 @@ class ClickHouseSink:
     Parameters
     ----------
     client
-        A clickhouse-connect client (see :func:`feedbackloop.clickhouse.connect`).
+        A clickhouse-connect client (see :func:`dashboards.connection.connect`).
     batch_size
         :meth:`due` is true once a table buffers this many rows.
     flush_interval

@@ -20,8 +20,8 @@ contests.
 from __future__ import annotations
 
 
-from streams import signals
-from streams.learner import ShadowModel, featurize
+from streams.selection import signals
+from streams.learning.learner import ShadowModel, featurize
 from streams.recent import Recent
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Sequence
 
-from streams.agreement import cohen_kappa
+from streams.labels.agreement import cohen_kappa
 
 
 class StoppingSignal:

@@ -3,14 +3,14 @@
 Tasks and labels arrive on two topics; a label whose task has not been seen
 yet waits (bounded) until it has. A label event seen before is ignored, so a
 label sent twice counts once; a new label from the same annotator for the same
-task is a correction. Each task's labels go to :class:`~streams.consensus.Consensus`;
+task is a correction. Each task's labels go to :class:`~streams.labels.consensus.Consensus`;
 when it settles, the learner learns the consensus label weighted by its
 confidence, and when it asks for more labels the trainer re-issues the task to
 further annotators (or a reviewer). Labels on gold items (known answers) are
 scored against the answer and never learned. Every label also feeds the
-:class:`~streams.agreement.AgreementTracker`.
+:class:`~streams.labels.agreement.AgreementTracker`.
 
->>> from streams.learner import Learner
+>>> from streams.learning.learner import Learner
 >>> trainer = Trainer(Learner("m", kind="linear", publish_every=1))
 >>> _ = trainer.add_task({"task_id": "t1", "item_id": "i1", "features": {"x": 1.0}, "text": None,
 ...                       "reasons": ["uncertain"], "label_set": ["a", "b"]})
@@ -39,11 +39,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streams.agreement import AgreementTracker
-from streams.consensus import Consensus
-from streams.learner import Learner, featurize
+from streams.labels.agreement import AgreementTracker
+from streams.labels.consensus import Consensus
+from streams.learning.learner import Learner, featurize
 from streams.recent import Recent
-from streams.signals import top_label
+from streams.selection.signals import top_label
 
 
 class UnknownLabel(ValueError):
@@ -66,7 +66,7 @@ class Result:
 
 
 class Trainer:
-    """Joins labels to tasks, settles consensus and teaches the :class:`~streams.learner.Learner`.
+    """Joins labels to tasks, settles consensus and teaches the :class:`~streams.learning.learner.Learner`.
 
     Parameters
     ----------

@@ -4,9 +4,9 @@ The budget is split into a *mix* of reasons, each a share of the labels
 (by default 55% uncertain, 25% diverse, 15% failures, 5% random control):
 
 * ``uncertain``: items the models are unsure of or disagree on (the ``uncertainty``
-  signal, see :func:`streams.signals.score`), raised for items predicted as
+  signal, see :func:`streams.selection.signals.score`), raised for items predicted as
   classes that are rare among the labels so far (``rare`` is added to the reasons).
-* ``diverse``: items far from everything chosen so far (:mod:`streams.diversity`).
+* ``diverse``: items far from everything chosen so far (:mod:`streams.selection.diversity`).
 * ``override`` / ``appeal`` (the ``failure`` share): a user said the production
   model was wrong. The strongest signal: routed whenever the failure share allows,
   to be verified by a labeler, not trusted blindly.
@@ -16,19 +16,19 @@ The budget is split into a *mix* of reasons, each a share of the labels
 The decision is made item by item on the stream, so every item has an exact
 selection probability ``p = c + (1 - c)(1 - (1 - p_u)(1 - p_d))``: ``c`` is the
 control rate and ``p_u``, ``p_d`` come from a randomised variable threshold per
-reason (:class:`~streams.budget.VariableThreshold`, after Žliobaitė et al. 2014).
+reason (:class:`~streams.selection.budget.VariableThreshold`, after Žliobaitė et al. 2014).
 A "batch" is then any stretch of the stream (a router micro-batch, an hour):
 its mix of reasons meets the shares in expectation. The thresholds target each
 reason's rate; when failures are too few to fill their share, the rest goes to
-uncertain and diverse in proportion; the :class:`~streams.budget.Budget` paces
+uncertain and diverse in proportion; the :class:`~streams.selection.budget.Budget` paces
 the total so the realised spend stays on the budget.
 
 Cold start: until the signals carry an uncertainty (no model yet), the
 uncertain share goes to diverse and random items. After a drift alarm
-(:mod:`streams.drift`, fed by :meth:`Policy.observe_label`) the control and
+(:mod:`streams.selection.drift`, fed by :meth:`Policy.observe_label`) the control and
 diverse shares are raised for a while.
 
->>> from streams.budget import Budget
+>>> from streams.selection.budget import Budget
 >>> policy = Policy(Budget(fraction=0.2), seed=1)
 >>> d = policy.decide("override", {"uncertainty": 0.1}, now_ms=0)
 >>> d.selected, d.reasons, d.probability
@@ -47,9 +47,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from streams.budget import Budget, VariableThreshold
-from streams.diversity import Novelty
-from streams.drift import DriftMonitor
+from streams.selection.budget import Budget, VariableThreshold
+from streams.selection.diversity import Novelty
+from streams.selection.drift import DriftMonitor
 
 ERROR_KINDS = ("override", "appeal")
 REASONS = ("uncertain", "diverse", "failure", "control")
@@ -99,7 +99,7 @@ class Policy:
     Parameters
     ----------
     budget
-        The :class:`~streams.budget.Budget` (target share, caps, pacing).
+        The :class:`~streams.selection.budget.Budget` (target share, caps, pacing).
     mix
         Share of the budget per reason, see :data:`DEFAULT_MIX`.
     control_share
@@ -117,8 +117,8 @@ class Policy:
         sampled five times faster (never above half the budget), so there is
         soon an unbiased test set.
     novelty, drift
-        The :class:`~streams.diversity.Novelty` and
-        :class:`~streams.drift.DriftMonitor` (fresh ones by default).
+        The :class:`~streams.selection.diversity.Novelty` and
+        :class:`~streams.selection.drift.DriftMonitor` (fresh ones by default).
     """
 
     version = "mix-2"
@@ -294,7 +294,7 @@ class Policy:
     def observe_label(self, label: str, predicted: str | None = None, ts: int = 0,
                       confidence: float | None = None) -> dict | None:
         """Take in one label (with what the shadow model predicted for the item
-        and how sure it was, see :mod:`streams.drift`); return a drift event if
+        and how sure it was, see :mod:`streams.selection.drift`); return a drift event if
         the model's surprise changed."""
         self.label_counts[label] += 1
         if predicted is None:

@@ -25,11 +25,11 @@ and unpickling runs code. So two locks, both checked by :func:`open_snapshot`:
 >>> open_snapshot(dict(record, version=2), key.public_key())
 Traceback (most recent call last):
 ...
-streams.snapshot.SnapshotRejected: model 'm' version 2: the signature does not verify with the model verify key
+streams.learning.snapshot.SnapshotRejected: model 'm' version 2: the signature does not verify with the model verify key
 >>> loads(b"\\x80\\x04\\x8c\\x02os\\x8c\\x06system\\x93.")
 Traceback (most recent call last):
 ...
-streams.snapshot.SnapshotRejected: the snapshot names os.system, which a model snapshot may not use
+streams.learning.snapshot.SnapshotRejected: the snapshot names os.system, which a model snapshot may not use
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from streams import signals
-from streams.learner import featurize
+from streams.selection import signals
+from streams.learning.learner import featurize
 
 
 def rescored(task: dict, predict_proba: Callable[[dict], dict[str, float]]) -> float | None:

@@ -6,7 +6,7 @@ slice, which are held out: they are the loop's unbiased test set, and every
 published version records its accuracy on them. :meth:`Learner.publish`
 returns a ``ModelVersion`` record signed with the learner's Ed25519 private
 key; :func:`load_version` checks the signature with the public key, then
-unpickles with a restricted unpickler (see :mod:`streams.snapshot`), and
+unpickles with a restricted unpickler (see :mod:`streams.learning.snapshot`), and
 refuses anything else with :class:`SnapshotRejected`.
 
 >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +27,7 @@ refuses anything else with :class:`SnapshotRejected`.
 >>> load_version(record, Ed25519PrivateKey.generate().public_key())
 Traceback (most recent call last):
 ...
-streams.snapshot.SnapshotRejected: model 'demo' version 1: the signature does not verify with the model verify key
+streams.learning.snapshot.SnapshotRejected: model 'demo' version 1: the signature does not verify with the model verify key
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 
 from river import linear_model, multiclass, neighbors, preprocessing, tree
 
-from streams import signals, snapshot
-from streams.snapshot import SnapshotRejected
+from streams.selection import signals
+from streams.learning import snapshot
+from streams.learning.snapshot import SnapshotRejected
 
 __all__ = ["Learner", "ShadowModel", "SnapshotRejected", "featurize", "load_version", "make_model"]
 

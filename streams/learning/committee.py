@@ -3,11 +3,11 @@
 Online bagging (Oza and Russell, "Online Bagging and Boosting", AISTATS 2001):
 each member learns each label ``k ~ Poisson(1)`` times, so the members differ
 the way bootstrap replicates do, one item at a time. Their disagreement on an
-item (:func:`streams.signals.vote_entropy`, :func:`streams.signals.consensus_kl`)
+item (:func:`streams.selection.signals.vote_entropy`, :func:`streams.selection.signals.consensus_kl`)
 is the committee signal of query by committee (Seung et al. 1992); the committee's
 prediction is the members' mean probability. It has the River classifier API.
 
->>> from streams.models import KNN
+>>> from streams.learning.models import KNN
 >>> committee = Committee(KNN(n_neighbors=1), size=3, seed=0)
 >>> for i in range(30):
 ...     committee.learn_one({"x": float(i)}, "low" if i < 15 else "high")
@@ -23,7 +23,7 @@ import copy
 import math
 import random
 
-from streams.signals import consensus, top_label
+from streams.selection.signals import consensus, top_label
 
 
 def _poisson1(rng: random.Random) -> int:

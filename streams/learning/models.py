@@ -1,6 +1,6 @@
 """Fast shadow models with the River classifier API, for replaying whole streams.
 
-:class:`KNN` is the ``knn`` model of :func:`streams.learner.make_model`
+:class:`KNN` is the ``knn`` model of :func:`streams.learning.learner.make_model`
 (standard scaling learned from the labels, then distance-weighted k nearest
 neighbours over the last ``window`` labels) with the distances computed by
 numpy: about twenty times faster per item, and it predicts a whole matrix at
@@ -167,7 +167,7 @@ class NB(naive_bayes.MultinomialNB):
 
 def make(kind: str = "knn"):
     """A fresh classifier: ``knn`` (fast, :class:`KNN`), ``river-knn``, ``linear``
-    and ``tree`` (:func:`streams.learner.make_model`), or ``nb`` (multinomial
+    and ``tree`` (:func:`streams.learning.learner.make_model`), or ``nb`` (multinomial
     naive Bayes, for text).
 
     >>> type(make("nb")).__name__
@@ -177,6 +177,6 @@ def make(kind: str = "knn"):
         return KNN()
     if kind == "nb":
         return NB()
-    from streams.learner import make_model
+    from streams.learning.learner import make_model
 
     return make_model("knn" if kind == "river-knn" else kind)
