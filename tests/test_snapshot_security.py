@@ -30,8 +30,8 @@ from consumers.labeling.store import Store
 from feedbackloop import keys, stack
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams import snapshot
-from streams.learner import Learner, SnapshotRejected, featurize, load_version
+from streams.learning import snapshot
+from streams.learning.learner import Learner, SnapshotRejected, featurize, load_version
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_DEFAULT_KEY = b"feedbackloop-dev-key"
@@ -141,7 +141,7 @@ def test_a_signed_snapshot_counts_only_for_its_own_model_and_version():
     ("river.linear_model", "_private", "may not use"),
     ("builtins", "getattr", "may not use"),
     ("posix", "system", "may not use"),
-    ("streams.learner", "Learner", "may not use"),
+    ("streams.learning.learner", "Learner", "may not use"),
     ("river.no_such_module", "Model", "does not exist"),
 ])
 def test_the_unpickler_allows_only_what_models_are_made_of(module, name, why):
