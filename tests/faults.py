@@ -26,13 +26,13 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from feedbackloop import stack, worker
 from dashboards.connection import connect
+from feedbackloop import stack, worker
 from feedbackloop.settings import Settings
 from schemas import codec
 
-__all__ = ["INPUTS", "WorkerLives", "audit", "bounce_broker", "committed", "group_members", "input_lag", "read_topic",
-           "scenario", "watermark"]
+__all__ = ["INPUTS", "WorkerLives", "audit", "bounce_broker", "committed", "group_members", "input_lag",
+           "read_topic", "scenario", "watermark"]
 
 #: The topics production writes.
 INPUTS = ("predictions", "overrides", "appeals")
@@ -260,7 +260,8 @@ def audit(settings: Settings, predictions, others=(), labels=(), poison=()) -> d
     final = {event: (selected, task) for event, selected, task in stored["decisions_final"]}
     ways = Counter(event for event, _ in {(e, s) for e, s, _ in stored["decisions"]})
     selected = {event: task for event, (chosen, task) in final.items() if chosen}
-    sent = [(codec.decode(m.value(), ("LabelingTask",))[1], m.value()) for m in read_topic(settings, "labeling.tasks")]
+    sent = [(codec.decode(m.value(), ("LabelingTask",))[1], m.value())
+            for m in read_topic(settings, "labeling.tasks")]
     firsts = [(t, raw) for t, raw in sent if t.get("round", 0) == 0]  # later rounds re-issue a task to adjudicate
     on_topic = {t["task_id"]: t["event_id"] for t, _ in firsts}
     copies = len({(t["task_id"], raw) for t, raw in firsts})  # a task sent again as it was: a retried send
