@@ -15,6 +15,7 @@ the production model and the shadow model pick different labels
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import sys
 import time
@@ -95,7 +96,8 @@ def ask(task: dict, read=input) -> str | None:
         print(f"choose 1-{len(labels)}, Enter, s or q")
 
 
-def main(settings: Settings, annotator: str | None = None, limit: int = 0) -> int:
+def label_tasks(settings: Settings, annotator: str | None = None, limit: int = 0) -> int:
+    """Label tasks as ``annotator`` (default: the user name) until ``q``, Ctrl-C or ``limit`` labels."""
     annotator = annotator or getpass.getuser()
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-terminal-labelers",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -125,3 +127,23 @@ def main(settings: Settings, annotator: str | None = None, limit: int = 0) -> in
     finally:
         consumer.close()
     return 0
+
+
+# -- feedbackloop label ------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``label`` command to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "label", help="label tasks in the terminal",
+        description="Pulls the next task from labeling.tasks, shows the item, the suggested label, the model's "
+                    "confidence and why it was chosen, and sends your label.")
+    p.add_argument("--annotator", default=None, help="your annotator id (default: your user name)")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many labels (0: no limit)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args, settings: Settings) -> int:
+    """``feedbackloop label``."""
+    return label_tasks(settings, annotator=args.annotator, limit=args.limit)

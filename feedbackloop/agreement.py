@@ -214,12 +214,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gold-column", metavar="NAME", default=None,
                    help="column holding gold answers (default: 'gold', when the export has it)")
     p.add_argument("--pairs", type=int, default=5, metavar="N", help="worst annotator pairs to show (default 5)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_settings=False)
     return p
 
 
-def run(args) -> int:
-    """Read ``args.file``, print the summary, write ``args.out`` if given."""
+def run(args, settings=None) -> int:
+    """``feedbackloop agreement``: read ``args.file``, print the summary, write ``args.out`` if given
+    (no settings needed: it reads a file)."""
     rows, gold = read_export(args.file, args.gold_column)
     rep = report(rows, gold=gold)
     print(summary(rep, pairs=args.pairs))

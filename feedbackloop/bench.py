@@ -9,10 +9,14 @@ Three measurements, in one run, on the same events and the same core objects:
   read back from ClickHouse;
 * **latency**: with the worker running, events are produced at a steady rate,
   and each task's ``created_ts - source_ts`` gives event-to-task latency.
+
+``feedbackloop bench`` (:func:`run`) calls :func:`measure` and prints its :func:`summary`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
 import random
 import statistics
@@ -161,8 +165,8 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, ru
     return {"rate": rate, "batch_size": batch_size, "ms": _percentiles(values)}
 
 
-def run(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str = "linear",
-        latency_rate: float = 1000.0, latency_seconds: float = 10.0) -> dict:
+def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str = "linear",
+            latency_rate: float = 1000.0, latency_seconds: float = 10.0) -> dict:
     """Run all three measurements on a fresh set of topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
@@ -200,3 +204,34 @@ def summary(result: dict) -> str:
         f"event-to-task    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms "
         f"({lat['n']} tasks at {result['latency']['rate']:.0f} events/s)",
     ])
+
+
+# -- feedbackloop bench ------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` command to an argparse ``subparsers``."""
+    b = subparsers.add_parser(
+        "bench", help="measure throughput and event-to-task latency on the local stack",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Measures, in one run on fresh topics, the bare loop and the Faust worker draining the "
+                    "same backlog, then event-to-task latency at a steady rate.")
+    b.add_argument("--events", type=int, default=100_000, help="predictions in the backlog both loops drain")
+    b.add_argument("--batch-size", type=int, default=500, help="predictions per Kafka message")
+    b.add_argument("--model", default="linear", choices=["knn", "linear", "tree"], help="shadow model kind")
+    b.add_argument("--rate", type=float, default=1000.0, help="events/s while latency is measured")
+    b.add_argument("--seconds", type=float, default=10.0, help="how long latency is measured")
+    b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    b.set_defaults(func=run)
+    return b
+
+
+def run(args, settings: Settings) -> int:
+    """``feedbackloop bench``: measure, print the summary, write the figures with ``--json``."""
+    result = measure(settings, events=args.events, batch_size=args.batch_size, model_kind=args.model,
+                     latency_rate=args.rate, latency_seconds=args.seconds)
+    print(summary(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+    return 0

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import mimetypes
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -159,7 +160,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8050) -> None
 
 def _options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--port", type=int, default=8050, help="port to listen on")
     parser.set_defaults(func=run)
     return parser
 
@@ -173,19 +174,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "ClickHouse (CLICKHOUSE_DSN) and refreshes them while the loop runs."))
 
 
-def run(args) -> int:
-    """``feedbackloop dashboard``."""
-    from feedbackloop.cli import _settings
-
-    serve(_settings(args), args.host, args.port)
+def run(args, settings: Settings) -> int:
+    """``feedbackloop dashboard``: serve the page until interrupted."""
+    serve(settings, args.host, args.port)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m feedbackloop.dashboard``: the same command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m feedbackloop.dashboard")
-    parser.add_argument("--state-dir", help="where the local stack keeps its data (default .feedbackloop)")
-    return run(_options(parser).parse_args(argv))
+    """``python -m feedbackloop.dashboard``: the same command on its own, with settings from the environment."""
+    parser = argparse.ArgumentParser(prog="python -m feedbackloop.dashboard",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--state-dir", help="where the local stack keeps its data (default: .feedbackloop)")
+    args = _options(parser).parse_args(argv)
+    env = dict(os.environ, **({"FEEDBACKLOOP_STATE_DIR": args.state_dir} if args.state_dir else {}))
+    return run(args, Settings.from_env(env))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ worker, the labeling service) is stopped in reverse order when it ends, also
 on Ctrl-C, SIGTERM or SIGHUP, all within :data:`STOP_SECONDS`. If the demo
 itself is killed (SIGKILL), its worker stops by itself and a watcher process
 stops the stack (:data:`ORPHAN_WATCH`).
+
+``feedbackloop demo`` (:func:`run`) calls :func:`play` and prints its :func:`summary`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import json
@@ -194,13 +197,13 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
     }
 
 
-def run(settings: Settings, dataset: str = "bananas", label_column: str | None = None, events: int = 5000,
-        rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
-        override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
-        annotator_errors: list[float] | None = None, gold_size: int = 50,
-        drift_at: int | None = None, keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
-        progress: bool = True) -> dict:
-    """Run the demo end to end and return its report.
+def play(settings: Settings, dataset: str = "bananas", label_column: str | None = None, events: int = 5000,
+         rate: float = 250.0, seed: int = 0, annotators: int = 3, annotator_error: float = 0.05,
+         override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
+         annotator_errors: list[float] | None = None, gold_size: int = 50, drift_at: int | None = None,
+         keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
+         progress: bool = True) -> dict:
+    """Play the demo end to end and return its report.
 
     Annotators get ``annotator_errors`` (default: ``annotator_error`` for all;
     with five or more, rising in steps and the last one careless at 40%). With
@@ -381,3 +384,62 @@ def summary(report: dict) -> str:
 def write_report(report: dict, path: str | None) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -- feedbackloop demo -------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``demo`` command to an argparse ``subparsers``."""
+    d = subparsers.add_parser(
+        "demo", help="the whole loop on a local stack, with a real dataset",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Brings up the local stack, starts a worker, replays a dataset as production traffic from "
+                    "a deliberately weak model, lets simulated annotators label the routed tasks, then prints "
+                    "what ClickHouse recorded.")
+    d.add_argument("--dataset", default="bananas",
+                   help="bananas, phishing, imagesegments, shuttle, or a CSV path (with --label-column)")
+    d.add_argument("--label-column", help="label column of a CSV dataset")
+    d.add_argument("--events", type=int, default=5000, help="predictions to replay")
+    d.add_argument("--rate", type=float, default=250.0, help="predictions per second")
+    d.add_argument("--budget", type=float, default=0.1, help="share of predictions to label")
+    d.add_argument("--publish-every", type=int, default=25, help="labels between model versions")
+    d.add_argument("--seed", type=int, default=0,
+                   help="fixes the replay order, the production model, the users and the annotators")
+    d.add_argument("--annotators", type=int, default=3, help="simulated annotators")
+    d.add_argument("--annotator-error", type=float, default=0.05,
+                   help="each annotator's error rate (with 5 or more: rising, the last one careless at 0.4)")
+    d.add_argument("--annotator-errors", metavar="E1,E2,...", help="error rate of each annotator, explicitly")
+    d.add_argument("--overlap", type=int, default=1,
+                   help="labels per task from different annotators (0: adaptive); disagreements are adjudicated")
+    d.add_argument("--gold-rate", type=float, default=0.0,
+                   help="share of tasks followed by a known-answer gold check")
+    d.add_argument("--control", type=float, default=0.2, help="share of the budget spent on the random control slice")
+    d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
+    d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
+    d.add_argument("--drift-at", type=int, metavar="N",
+                   help="inject a concept drift at event N: every true label moves to the next class; "
+                        "the summary shows the drift events the worker raised")
+    d.add_argument("--report", metavar="PATH", help="write the report as JSON")
+    d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
+    d.add_argument("--serve", action="store_true",
+                   help="afterwards, keep serving the labeling UI and the dashboard until Ctrl-C")
+    d.add_argument("--labeling-port", type=int, default=8000, help="port of the labeling UI with --serve")
+    d.add_argument("--dashboard-port", type=int, default=8050, help="port of the dashboard with --serve")
+    d.set_defaults(func=run)
+    return d
+
+
+def run(args, settings: Settings) -> int:
+    """``feedbackloop demo``: play the demo with the command line's choices, print and write the report."""
+    settings = settings.replace(budget_fraction=args.budget, publish_every=args.publish_every,
+                                control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate)
+    errors = [float(e) for e in args.annotator_errors.split(",")] if args.annotator_errors else None
+    report = play(settings, dataset=args.dataset, label_column=args.label_column, events=args.events,
+                  rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
+                  override_rate=args.override_rate, appeal_rate=args.appeal_rate, annotator_errors=errors,
+                  drift_at=args.drift_at, keep=args.keep, serve=args.serve, labeling_port=args.labeling_port,
+                  dashboard_port=args.dashboard_port)
+    print(summary(report))
+    write_report(report, args.report)
+    return 0

@@ -137,12 +137,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     f"them to a new file, mode 0600). Give workers both, the labeling service only "
                     f"{VERIFY}. The file works as FEEDBACKLOOP_CONFIG or as Compose's .env.")
     p.add_argument("--out", metavar="PATH", help="write the pair to this new file instead of printing it")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_settings=False)
     return p
 
 
-def run(args, out=sys.stdout) -> int:
-    """``feedbackloop keygen``."""
+def run(args, settings: Settings | None = None, out=sys.stdout) -> int:
+    """``feedbackloop keygen``: needs no settings (a broken key in them must not stop you making a new one)."""
     signing, verify = generate()
     if args.out:
         try:

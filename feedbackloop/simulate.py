@@ -523,12 +523,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--out", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the learning curves as PNG")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_settings=False)
     return p
 
 
-def run(args) -> int:
-    """Run the ``simulate`` subcommand."""
+def run(args, settings=None) -> int:
+    """``feedbackloop simulate`` (no settings needed: no Kafka, no ClickHouse)."""
     if not 0.0 < args.holdout < 1.0:
         raise ValueError("--holdout must be in (0, 1)")
     features = args.feature_columns.split(",") if args.feature_columns else None
@@ -548,6 +548,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m feedbackloop.simulate [options]``, the same as ``feedbackloop simulate``."""
     parser = argparse.ArgumentParser(prog="feedbackloop")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])

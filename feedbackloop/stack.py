@@ -17,6 +17,7 @@ Typical use::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import importlib.util
@@ -491,3 +492,62 @@ def stop(settings: Settings | None = None, purge: bool = False) -> None:
     """Stop the local stack of ``settings.state_dir``, if one runs; never touches other clusters."""
     settings = settings if settings is not None else Settings.from_env()
     local_stack(settings).down(purge=purge)
+
+
+#: What a command that needs Kafka says when there is none.
+NO_KAFKA = "no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first"
+
+
+def attach(settings: Settings, signing: bool = True) -> Settings | None:
+    """``settings`` ready to reach Kafka without starting anything: as they are
+    when ``kafka_bootstrap_servers`` is set, else pointed at the running local
+    stack with its state directory's model keys (the verify key alone with
+    ``signing=False``); None when no local stack runs (say :data:`NO_KAFKA`)."""
+    if settings.kafka_bootstrap_servers:
+        return settings
+    status = local_stack(settings).status()
+    if not status["running"]:
+        return None
+    return keys.local(settings.replace(kafka_bootstrap_servers=status["kafka"]), signing=signing)
+
+
+# -- feedbackloop stack ------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``stack`` command to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "stack", help="start, stop or inspect the local Kafka + ClickHouse",
+        description="A real Kafka 2.3 broker and ZooKeeper on 127.0.0.1 (no Docker needed), data under the "
+                    "state directory; ClickHouse is embedded (chdb://). With KAFKA_BOOTSTRAP_SERVERS set, "
+                    "that cluster is used and nothing starts.")
+    p.add_argument("action", choices=["up", "down", "status"],
+                   help="up: start (and create the topics); down: stop; status: say what runs where")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--purge", action="store_true", help="with down: delete the stack's data too")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args, settings: Settings) -> int:
+    """``feedbackloop stack up|down|status``: act, then print where Kafka and ClickHouse are."""
+    local = local_stack(settings)
+    if args.action == "up":
+        settings = start(settings)
+        status = local.status()
+        if settings.kafka_bootstrap_servers:
+            status["kafka"] = settings.kafka_bootstrap_servers
+    elif args.action == "down":
+        stop(settings, purge=args.purge)
+        status = local.status()
+    else:
+        status = local.status()
+        if settings.kafka_bootstrap_servers:
+            status.update(kafka=settings.kafka_bootstrap_servers, external=True)
+    status["clickhouse_dsn"] = settings.clickhouse_dsn
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        state = "running" if status.get("running") else "stopped"
+        print(f"kafka       {status['kafka']} ({state})\nclickhouse  {status['clickhouse_dsn']}")
+    return 0

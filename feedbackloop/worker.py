@@ -1,9 +1,9 @@
 """Running the stream worker: in this process, or as a child process, and watching its lag.
 
-``feedbackloop worker`` calls :func:`run`. The demo, the benchmark and the tests
-start workers as child processes with :func:`spawn`, configured only through
-the environment, exactly as in production, and wait for them with
-:func:`wait_drained`.
+``feedbackloop worker`` (:func:`run`) calls :func:`serve`. The demo, the
+benchmark and the tests start workers as child processes with :func:`spawn`,
+configured only through the environment, exactly as in production, and wait
+for them with :func:`wait_drained`.
 
 Stopping. SIGTERM or SIGINT starts Faust's graceful stop (the open batches
 made durable, offsets committed). A watchdog that needs no event loop backs it
@@ -22,6 +22,7 @@ session expires (Faust's ``broker_session_timeout``, 60 s).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import itertools
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from feedbackloop import keys, stack
 from feedbackloop.settings import Settings, env_name
 
 #: Topics the worker's consumer group reads.
@@ -151,7 +153,7 @@ def stop_with_parent(parent: int, interval: float = 0.5) -> threading.Thread:
     return thread
 
 
-def run(settings: Settings, loglevel: str = "info", parent: int | None = None) -> None:
+def serve(settings: Settings, loglevel: str = "info", parent: int | None = None) -> None:
     """Run the Faust worker in this process until it is stopped (SIGINT/SIGTERM,
     or the death of process ``parent``); see the module's description."""
     settings = settings.replace(worker_id=instance_id(settings))
@@ -255,3 +257,33 @@ def wait_drained(settings: Settings, process: subprocess.Popen | None = None, ti
             return True
         time.sleep(settle)
     return False
+
+
+# -- feedbackloop worker -----------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``worker`` command to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "worker", help="run the stream worker (scoring, routing, learning)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Runs the Faust app against the configured Kafka and ClickHouse until SIGINT/SIGTERM. "
+                    "Scale out by running more workers: input topics split by partition. Without "
+                    "KAFKA_BOOTSTRAP_SERVERS it joins the local stack (`feedbackloop stack up`).")
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
+                   help="how much the worker logs")
+    p.add_argument("--parent", type=int, metavar="PID",
+                   help="stop when process PID, which started this worker, ends (however it ends)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args, settings: Settings) -> int:
+    """``feedbackloop worker``: serve until stopped; 2 if there is no Kafka to join."""
+    attached = stack.attach(settings)
+    if attached is None:
+        print(stack.NO_KAFKA, file=sys.stderr)
+        return 2
+    keys.signing_key(attached)  # no key, no worker: the error says how to set one
+    serve(attached, loglevel=args.loglevel, parent=args.parent)
+    return 0

@@ -33,7 +33,7 @@ def after_demo(kafka, tmp_path_factory):
     try:
         settings = kafka.replace(state_dir=str(tmp_path_factory.mktemp("demo")), budget_fraction=0.2,
                                  control_fraction=0.2, publish_every=10, min_control=5)
-        report = demo.run(settings, events=1500, rate=1500, seed=3, progress=False)
+        report = demo.play(settings, events=1500, rate=1500, seed=3, progress=False)
     finally:
         os.chdir(here)
     server = dashboard.start(settings.replace(clickhouse_dsn=report["clickhouse_dsn"]), port=0)

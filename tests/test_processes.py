@@ -167,14 +167,22 @@ BLOCKED_WORKER = """
 import time
 from feedbackloop import worker
 from feedbackloop.settings import Settings
-from streams.app import app
+from streams import app
 
-@app.timer(0.2)
-async def block():
-    print("loop blocked", flush=True)
-    time.sleep(3600)
+create_app = app.create_app
 
-worker.run(Settings.from_env())
+def blocked_app(settings):
+    built = create_app(settings)
+
+    @built.timer(0.2)
+    async def block():
+        print("loop blocked", flush=True)
+        time.sleep(3600)
+
+    return built
+
+app.create_app = blocked_app  # worker.serve builds its app with this
+worker.serve(Settings.from_env())
 """
 
 

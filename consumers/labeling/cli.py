@@ -1,7 +1,7 @@
 """``feedbackloop serve-labeling``: the labeling service from the command line.
 
 Wire it into a parser with :func:`add_parser`; the parsed arguments run with
-:func:`run`. Imports stay light until the command runs.
+:func:`run` and the settings. Imports stay light until the command runs.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="feedbackloop")
@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 
+from feedbackloop.settings import Settings
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve-labeling`` command to an argparse ``subparsers``."""
@@ -29,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "annotator, reviewer, admin), FEEDBACKLOOP_LABELING_TOKENS_FILE (one entry a line, read again "
                     "when it changes: delete a line to revoke a token) and --mint; with none, an admin token "
                     "is minted. Each is printed as a link to open. A token needs 128 bits of entropy or more.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
     p.add_argument("--lease-seconds", type=float, default=600.0, help="how long a pulled task stays yours")
     p.add_argument("--guidelines", metavar="PATH",
@@ -45,28 +47,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
-    """Run ``serve-labeling`` with parsed ``args`` (``args.state_dir`` too, if the parser has it)."""
+def run(args, settings: Settings) -> int:
+    """Run ``serve-labeling`` with parsed ``args`` and ``settings``. The tokens and the
+    allowed host names come from the environment (``FEEDBACKLOOP_LABELING_*``), beside the settings."""
     from consumers.labeling.service import load_guidelines, serve
     from consumers.labeling.tokens import ROLES, Tokens
     from feedbackloop import keys, stack
-    from feedbackloop.settings import Settings
 
-    env = dict(os.environ)
-    if getattr(args, "state_dir", None):
-        env["FEEDBACKLOOP_STATE_DIR"] = args.state_dir
+    env = os.environ
     try:
         tokens = Tokens.from_env(env)
     except (OSError, ValueError) as exc:
         print(f"labeling tokens: {exc}", file=sys.stderr)
         return 2
-    settings = Settings.from_env(env)
-    if not settings.kafka_bootstrap_servers:
-        local = stack.local_stack(settings).status()
-        if not local["running"]:
-            print("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `feedbackloop stack up` first", file=sys.stderr)
-            return 2
-        settings = keys.local(settings.replace(kafka_bootstrap_servers=local["kafka"]), signing=False)
+    attached = stack.attach(settings, signing=False)
+    if attached is None:
+        print(stack.NO_KAFKA, file=sys.stderr)
+        return 2
+    settings = attached
     keys.verify_key(settings)  # no key, no service: the error says how to set one
     stack.ensure_topics(settings.kafka_config(), settings)
     minted = {}
@@ -82,11 +80,14 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m consumers.labeling.cli [options]``, the same as ``feedbackloop serve-labeling``."""
+    """``python -m consumers.labeling.cli [options]``, the same as ``feedbackloop serve-labeling``,
+    with settings from the environment."""
     parser = argparse.ArgumentParser(prog="python -m consumers.labeling.cli")
-    add_parser(parser.add_subparsers(dest="command", required=True)).add_argument("--state-dir")
+    add_parser(parser.add_subparsers(dest="command", required=True)).add_argument(
+        "--state-dir", help="where the local stack keeps its data (default: .feedbackloop)")
     args = parser.parse_args(["serve-labeling", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    env = dict(os.environ, **({"FEEDBACKLOOP_STATE_DIR": args.state_dir} if args.state_dir else {}))
+    return args.func(args, Settings.from_env(env))
 
 
 if __name__ == "__main__":
