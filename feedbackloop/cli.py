@@ -35,7 +35,7 @@ EPILOG = """\
 Every setting also comes from the environment (KAFKA_BOOTSTRAP_SERVERS,
 CLICKHOUSE_DSN, FEEDBACKLOOP_TOPIC_PREFIX, FEEDBACKLOOP_BUDGET_PER_HOUR, ...)
 or from a KEY=value file named by FEEDBACKLOOP_CONFIG (or --config); see the
-README. `feedbackloop COMMAND --help` describes each command.
+README.
 
 Start here:
   feedbackloop demo --events 5000 --report report.json   the whole loop, unattended
@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                         "(default: FEEDBACKLOOP_STATE_DIR, else .feedbackloop)")
     p.add_argument("--config", metavar="PATH",
                    help="a file of KEY=value settings, read after the environment (default: FEEDBACKLOOP_CONFIG)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do; `feedbackloop COMMAND --help` describes it")
     for command in COMMANDS:
         command.add_parser(sub)
     for command in sub.choices.values():

@@ -141,8 +141,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args, settings: Settings | None = None, out=sys.stdout) -> int:
+def run(args, settings: Settings | None = None, out=None) -> int:
     """``feedbackloop keygen``: needs no settings (a broken key in them must not stop you making a new one)."""
+    out = out or sys.stdout
     signing, verify = generate()
     if args.out:
         try:

@@ -472,7 +472,7 @@ def local_stack(settings: Settings) -> LocalStack:
     return LocalStack(settings.state_dir, settings.stack_kafka_port, settings.stack_zookeeper_port)
 
 
-def start(settings: Settings | None = None, timeout: float = 90) -> Settings:
+def start(settings: Settings, timeout: float = 90) -> Settings:
     """Make Kafka available and its topics exist; return settings pointing at it.
 
     If ``settings.kafka_bootstrap_servers`` is set (``KAFKA_BOOTSTRAP_SERVERS``),
@@ -480,7 +480,6 @@ def start(settings: Settings | None = None, timeout: float = 90) -> Settings:
     brought up. Settings without model keys get the state directory's key
     pair (:func:`feedbackloop.keys.local`), so local workers need no set-up.
     """
-    settings = settings if settings is not None else Settings.from_env()
     if not settings.kafka_bootstrap_servers:
         status = local_stack(settings).up(timeout=timeout)
         settings = settings.replace(kafka_bootstrap_servers=status["kafka"])
@@ -488,9 +487,8 @@ def start(settings: Settings | None = None, timeout: float = 90) -> Settings:
     return keys.local(settings)
 
 
-def stop(settings: Settings | None = None, purge: bool = False) -> None:
+def stop(settings: Settings, purge: bool = False) -> None:
     """Stop the local stack of ``settings.state_dir``, if one runs; never touches other clusters."""
-    settings = settings if settings is not None else Settings.from_env()
     local_stack(settings).down(purge=purge)
 
 
