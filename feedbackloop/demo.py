@@ -217,7 +217,7 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
     """
     started = time.monotonic()
     rng = random.Random(seed)
-    rows = datasets.load(dataset, label_column)
+    rows = datasets.load(dataset, label_column).rows
     rng.shuffle(rows)
     rows = (rows * (events // len(rows) + 1))[:events]
     classes = sorted({y for _, y in rows})

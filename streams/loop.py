@@ -34,6 +34,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from streams.events import Candidate, Task
 from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
@@ -59,8 +60,8 @@ class Effects:
     the rows that name them.
     """
 
-    candidates: list[dict] = field(default_factory=list)
-    tasks: list[dict] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)
     rows: list[tuple[str, dict]] = field(default_factory=list)
 
@@ -129,7 +130,7 @@ class Loop:
         return Effects(candidates=candidates, rows=rows)
 
     # -- routing ------------------------------------------------------------------------
-    def route(self, candidate: dict, now_ms: int) -> Effects:
+    def route(self, candidate: Candidate, now_ms: int) -> Effects:
         """The decision for one candidate; its task (and a gold task after it) if selected."""
         decision, task = self.router.route(candidate, now_ms)
         out = Effects()

@@ -10,7 +10,8 @@ from consumers.annotators import AnnotatorPool, SimulatedAnnotator
 from feedbackloop.settings import Settings
 from streams.labels.agreement import report
 from streams.labels.consensus import Consensus, GoldChecks, weighted_vote
-from streams.labels.gold import GoldMixer, load_gold
+from feedbackloop.datasets import load_gold
+from streams.labels.gold import GoldMixer
 from streams.learning.learner import Learner
 from streams.labels.trainer import Trainer, UnknownLabel
 

@@ -133,7 +133,7 @@ def _labeled_stream(flip_at, seed, n=5000):
     from streams.selection import signals
     from streams.learning.models import KNN
 
-    rows = load("bananas")
+    rows = load("bananas").rows
     random.Random(seed).shuffle(rows)
     policy, model, rng, seen = Policy(Budget(0.1), seed=seed), KNN(), random.Random(seed), set()
     events = []

@@ -31,7 +31,8 @@ from feedbackloop import keys, stack
 from feedbackloop.settings import Settings
 from schemas import codec
 from streams.learning import snapshot
-from streams.learning.learner import Learner, SnapshotRejected, featurize, load_version
+from streams.learning.features import featurize
+from streams.learning.learner import Learner, SnapshotRejected, load_version
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_DEFAULT_KEY = b"feedbackloop-dev-key"

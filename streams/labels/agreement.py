@@ -33,7 +33,7 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-HOUR_MS = 3_600_000
+from streams.selection.budget import HOUR_MS
 
 Label = Hashable
 Table = Mapping[Hashable, Mapping[Hashable, Label]]

@@ -1,7 +1,8 @@
 """Gold checks: known-answer items mixed into the labeling queue.
 
-A gold set is a JSONL file, one item a line: ``{"item_id", "label", "features",
-"text"}``. :class:`GoldMixer` follows a share ``rate`` of real tasks with a
+A gold set is a dict of items by item id, each ``{"item_id", "label",
+"features", "text"}`` (read from a file by :func:`feedbackloop.datasets.load_gold`;
+the core reads no file). :class:`GoldMixer` follows a share ``rate`` of real tasks with a
 gold task that looks like any other: it copies the real task's reasons,
 signals and shape, with the gold item's content and a suggested label drawn
 at random from the label set (so the suggestion gives nothing away). The
@@ -18,31 +19,12 @@ trainer knows the answers and scores each annotator on them.
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
-from pathlib import Path
+
+from streams import events
 
 _NAMESPACE = uuid.UUID("2b1f8f0e-8d3c-4a55-b7a1-0f6c5e3d9a10")
-
-
-def load_gold(path: str | Path | None) -> dict[str, dict]:
-    """The gold set by item id (empty without a path); clear errors name the line."""
-    if not path:
-        return {}
-    gold = {}
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                gold[str(item["item_id"])] = {"item_id": str(item["item_id"]), "label": str(item["label"]),
-                                              "features": {k: float(v) for k, v in (item.get("features") or {}).items()},
-                                              "text": item.get("text")}
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a gold item ({type(exc).__name__}: {exc})") from None
-    return gold
 
 
 class GoldMixer:
@@ -54,14 +36,15 @@ class GoldMixer:
         self.rng = random.Random(seed)
         self.sent = 0
 
-    def follow(self, task: dict) -> dict | None:
+    def follow(self, task: events.Task) -> events.Task | None:
         """A gold task to send after ``task``, or None."""
         if not self.items or self.rng.random() >= self.rate:
             return None
         item = self.items[self.rng.randrange(len(self.items))]
         labels = sorted(set(task.get("label_set") or []) | {item["label"]})
         self.sent += 1
-        return {**task, "task_id": str(uuid.uuid5(_NAMESPACE, f"{task['task_id']}:{self.sent}")),
-                "event_id": f"gold-{task['event_id']}", "item_id": item["item_id"], "features": item["features"],
-                "text": item["text"], "label_set": labels, "suggested_label": self.rng.choice(labels),
-                "predicted_label": None, "user_label": None, "note": None}
+        return events.replace_task(
+            task, task_id=str(uuid.uuid5(_NAMESPACE, f"{task['task_id']}:{self.sent}")),
+            event_id=f"gold-{task['event_id']}", item_id=item["item_id"], features=item["features"],
+            text=item["text"], label_set=labels, suggested_label=self.rng.choice(labels), predicted_label=None,
+            user_label=None, note=None)

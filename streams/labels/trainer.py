@@ -39,9 +39,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from streams import events
 from streams.labels.agreement import AgreementTracker
 from streams.labels.consensus import Consensus
-from streams.learning.learner import Learner, featurize
+from streams.learning.features import featurize
+from streams.learning.learner import Learner
 from streams.recent import Recent
 from streams.selection.signals import top_label
 
@@ -57,7 +59,7 @@ class Result:
     labels: list[dict] = field(default_factory=list)
     consensus: list[dict] = field(default_factory=list)
     adjudications: list[dict] = field(default_factory=list)
-    tasks: list[dict] = field(default_factory=list)
+    tasks: list[events.Task] = field(default_factory=list)
 
     def extend(self, other: "Result") -> "Result":
         for name in ("labels", "consensus", "adjudications", "tasks"):
@@ -88,7 +90,7 @@ class Trainer:
         self._waiting: Recent = Recent(memory)  # labels that came before their task
         self._labels_seen: Recent = Recent(memory)
 
-    def add_task(self, task: dict) -> Result:
+    def add_task(self, task: events.Task) -> Result:
         """Remember a task; settle labels that were waiting for it."""
         if task["task_id"] not in self._tasks:
             self._tasks[task["task_id"]] = {
@@ -101,19 +103,18 @@ class Trainer:
             result.extend(self._take(label))
         return result
 
-    def add_label(self, label: dict, learn: bool = True) -> Result:
+    def add_label(self, label: events.Label, learn: bool = True) -> Result:
         """Take one label; rows for ClickHouse and any task to re-issue. With
         ``learn=False`` (a replay of a label the model already reflects) the
         consensus settles but the learner is not taught."""
-        if label["event_id"] in self._labels_seen:
+        if not self._labels_seen.add(label["event_id"]):
             return Result()
-        self._labels_seen[label["event_id"]] = None
         if label["task_id"] not in self._tasks:
             self._waiting[label["task_id"]] = self._waiting.get(label["task_id"], []) + [label]
             return Result()
         return self._take(label, learn)
 
-    def _take(self, label: dict, learn: bool = True) -> Result:
+    def _take(self, label: events.Label, learn: bool = True) -> Result:
         entry = self._tasks[label["task_id"]]
         if entry["label_set"] and label["label"] not in entry["label_set"]:
             raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
@@ -130,8 +131,8 @@ class Trainer:
         outcome = self.consensus.add(label["task_id"], annotator, label["label"], label.get("tier") or "annotator")
         if outcome.action == "request":
             task = entry["task"]
-            result.tasks.append({**task, "overlap": 1, "exclude_annotators": outcome.exclude,
-                                 "tier": outcome.tier, "round": outcome.round})
+            result.tasks.append(events.replace_task(task, overlap=1, exclude_annotators=outcome.exclude,
+                                                    tier=outcome.tier, round=outcome.round))
             result.adjudications.append({
                 "task_id": task["task_id"], "item_id": item, "round": outcome.round, "tier": outcome.tier,
                 "reason": outcome.reason, "annotators": outcome.exclude, "ts": label["ts"]})
@@ -149,7 +150,7 @@ class Trainer:
                 "shadow_confidence": proba.get(row["shadow_prediction"])})
         return result
 
-    def task(self, task_id: str) -> dict | None:
+    def task(self, task_id: str) -> events.Task | None:
         """The task as it was routed, if it is still remembered."""
         entry = self._tasks.get(task_id)
         return entry["task"] if entry else None

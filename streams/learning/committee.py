@@ -23,7 +23,7 @@ import copy
 import math
 import random
 
-from streams.selection.signals import consensus, top_label
+from streams.selection.signals import mean_proba, top_label
 
 
 def _poisson1(rng: random.Random) -> int:
@@ -64,7 +64,7 @@ class Committee:
         return [member.predict_proba_one(x) for member in self.members]
 
     def predict_proba_one(self, x: dict) -> dict[str, float]:
-        return consensus(self.members_proba(x))
+        return mean_proba(self.members_proba(x))
 
     def predict_one(self, x: dict):
         return top_label(self.predict_proba_one(x))

@@ -32,46 +32,14 @@ streams.learning.snapshot.SnapshotRejected: model 'demo' version 1: the signatur
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from river import linear_model, multiclass, neighbors, preprocessing, tree
-
 from streams.selection import signals
-from streams.learning import snapshot
+from streams.learning import models, snapshot
 from streams.learning.snapshot import SnapshotRejected
 
-__all__ = ["Learner", "ShadowModel", "SnapshotRejected", "featurize", "load_version", "make_model"]
-
-_TOKEN = re.compile(r"\w+")
-
-
-def make_model(kind: str = "knn"):
-    """A fresh River classifier: ``knn`` (default; strong with few labels),
-    ``linear`` (fastest) or ``tree``."""
-    if kind == "knn":
-        return preprocessing.StandardScaler() | neighbors.KNNClassifier(n_neighbors=5)
-    if kind == "linear":
-        return preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
-    if kind == "tree":
-        return tree.HoeffdingAdaptiveTreeClassifier(grace_period=20, seed=0)
-    raise ValueError(f"unknown model kind {kind!r}: choose knn, linear or tree")
-
-
-def featurize(features: dict[str, float], text: str | None = None) -> dict[str, float]:
-    """Model input: the numeric features, plus word counts when there is text.
-
-    >>> featurize({"len": 2.0}, "Good good dog")
-    {'len': 2.0, 'w:good': 2.0, 'w:dog': 1.0}
-    """
-    if not text:
-        return features
-    x = dict(features)
-    for token in _TOKEN.findall(text.lower()):
-        key = "w:" + token
-        x[key] = x.get(key, 0.0) + 1.0
-    return x
+__all__ = ["Learner", "ShadowModel", "SnapshotRejected", "load_version"]
 
 
 @dataclass
@@ -109,7 +77,7 @@ class Learner:
     name
         Model name, the key of its versions on the ``models`` topic.
     kind
-        Model family, see :func:`make_model`.
+        Model family, see :func:`streams.learning.models.make`.
     publish_every
         A new version is due after this many new labels.
     control_window
@@ -125,7 +93,7 @@ class Learner:
         self.kind = kind
         self.publish_every = publish_every
         self.min_control = min_control
-        self.model = make_model(kind)
+        self.model = models.make(kind)
         self.classes: set[str] = set()
         self.version = 0
         self.labels_seen = 0

@@ -1,10 +1,13 @@
-"""Fast shadow models with the River classifier API, for replaying whole streams.
+"""The shadow model families, and :func:`make`, the one factory that builds them by kind.
 
-:class:`KNN` is the ``knn`` model of :func:`streams.learning.learner.make_model`
-(standard scaling learned from the labels, then distance-weighted k nearest
-neighbours over the last ``window`` labels) with the distances computed by
-numpy: about twenty times faster per item, and it predicts a whole matrix at
-once for evaluation. :func:`make` builds a model by kind for the simulator.
+The live learner publishes River models (their snapshots name River classes
+only, see :mod:`streams.learning.snapshot`): ``knn``, ``linear``, ``tree``.
+Replaying whole streams offline (the simulator) may use faster equivalents:
+:class:`KNN` is the ``knn`` model (standard scaling learned from the labels,
+then distance-weighted k nearest neighbours over the last ``window`` labels)
+with the distances computed by numpy, about twenty times faster per item, and
+it predicts a whole matrix at once for evaluation; :class:`NB` is naive Bayes
+for text.
 
 >>> knn = KNN(n_neighbors=3)
 >>> for i in range(20):
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from river import naive_bayes
+from river import linear_model, multiclass, naive_bayes, neighbors, preprocessing, tree
 
 
 class KNN:
@@ -165,18 +168,36 @@ class NB(naive_bayes.MultinomialNB):
         return {c: w / total for c, w in weights.items()}
 
 
-def make(kind: str = "knn"):
-    """A fresh classifier: ``knn`` (fast, :class:`KNN`), ``river-knn``, ``linear``
-    and ``tree`` (:func:`streams.learning.learner.make_model`), or ``nb`` (multinomial
-    naive Bayes, for text).
+#: Kinds the live learner publishes (River models), and those only an offline replay builds.
+LIVE_KINDS = ("knn", "linear", "tree")
+OFFLINE_KINDS = ("knn", "river-knn", "linear", "tree", "nb")
 
-    >>> type(make("nb")).__name__
-    'NB'
+
+def make(kind: str = "knn", offline: bool = False):
+    """A fresh classifier of ``kind``.
+
+    ``knn`` (default; strong with few labels), ``linear`` (fastest) and
+    ``tree`` are River models, as the learner publishes them. With ``offline``
+    (replaying a whole stream, never published) ``knn`` is :class:`KNN`, the
+    same model computed by numpy, ``river-knn`` is River's, and ``nb`` is
+    :class:`NB`, multinomial naive Bayes for text.
+
+    >>> type(make("knn")).__name__, type(make("knn", offline=True)).__name__, type(make("nb", offline=True)).__name__
+    ('Pipeline', 'KNN', 'NB')
+    >>> make("nb")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model kind 'nb': choose knn, linear or tree
     """
-    if kind == "knn":
+    kinds = OFFLINE_KINDS if offline else LIVE_KINDS
+    if kind not in kinds:
+        raise ValueError(f"unknown model kind {kind!r}: choose {', '.join(kinds[:-1])} or {kinds[-1]}")
+    if offline and kind == "knn":
         return KNN()
     if kind == "nb":
         return NB()
-    from streams.learning.learner import make_model
-
-    return make_model("knn" if kind == "river-knn" else kind)
+    if kind in ("knn", "river-knn"):
+        return preprocessing.StandardScaler() | neighbors.KNNClassifier(n_neighbors=5)
+    if kind == "linear":
+        return preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+    return tree.HoeffdingAdaptiveTreeClassifier(grace_period=20, seed=0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from streams.selection import signals
-from streams.learning.learner import featurize
+from streams.learning.features import featurize
 
 
 def rescored(task: dict, predict_proba: Callable[[dict], dict[str, float]]) -> float | None:

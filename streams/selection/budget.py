@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 
+#: The cap windows in milliseconds (the core's one definition of an hour, a day and a week).
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS

@@ -3,7 +3,7 @@
 Items are reduced to a compact *sketch*: numeric features standardised with
 running means and variances, one slot each (extra features are hashed into the
 slots), and words (features named ``w:...``, see
-:func:`streams.learning.learner.featurize`) hashed into their own slots and scaled to
+:func:`streams.learning.features.featurize`) hashed into their own slots and scaled to
 unit length, so text compares by cosine distance. The sketch is cheap enough
 to compute for every item of the stream.
 

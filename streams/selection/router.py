@@ -1,4 +1,4 @@
-"""Routing: apply the policy to each candidate and build the labeling task.
+"""Routing: apply the policy to each candidate; its decision, and the labeling task of a selected one.
 
 The :class:`Router` is the single owner of the global budget. Its random draw
 for an event is derived from the event id and the seed, so a re-delivered
@@ -36,7 +36,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from streams.learning.learner import featurize
+from streams import events
+from streams.events import Candidate, Decision, Task
+from streams.learning.features import featurize
 from streams.selection.policy import Policy
 from streams.recent import Recent
 from streams.selection.signals import top_label
@@ -85,52 +87,46 @@ class Router:
                 "decided_at": task["created_ts"]}
         self.policy.budget.recount(bought)
 
-    def _seen(self, event_id: str) -> bool:
-        if event_id in self._decided:
-            return True
-        self._decided[event_id] = None
-        return False
-
-    def route(self, c: dict, now_ms: int) -> tuple[dict | None, dict | None]:
+    def route(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
         """Return ``(decision_row, task)``; task is None when not selected,
         and both are None for a candidate already decided."""
-        if self._seen(c["event_id"]):
+        if not self._decided.add(c["event_id"]):
             return None, None
         sent = self._sent.pop(c["event_id"], None)
         if sent is not None:  # decided and sent before a restart: the same decision, no second task
-            return {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],
-                    "signals": c["signals"], "model_version": c["model_version"],
-                    "shadow_version": c["shadow_version"], **sent}, None
+            return events.decision(event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"],
+                                   signals=c["signals"], model_version=c["model_version"],
+                                   shadow_version=c["shadow_version"], **sent), None
         self.labels.update(c["probabilities"])
         for label in (c["user_label"], c["predicted_label"]):
             if label:
                 self.labels.add(label)
-        x = featurize(c["features"], c["text"]) if c["features"] or c["text"] else None
+        x = None
+        if c["features"] or c["text"]:  # the scorer's model input; computed again after the Kafka hop
+            x = c.get("x")
+            if x is None:
+                x = featurize(c["features"], c["text"])
         d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed),
                                x=x, label=c["shadow_label"] or c["predicted_label"])
         task_id = task_id_of(c["event_id"]) if d.selected else None
-        decision = {
-            "event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "kind": c["kind"],
-            "selected": int(d.selected), "reasons": d.reasons, "selection_probability": d.probability,
-            "priority": d.priority, "signals": c["signals"], "task_id": task_id,
-            "policy_version": self.policy.version, "model_version": c["model_version"],
-            "shadow_version": c["shadow_version"], "decided_at": now_ms,
-        }
+        decision = events.decision(
+            event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"], selected=int(d.selected),
+            reasons=d.reasons, selection_probability=d.probability, priority=d.priority, signals=c["signals"],
+            task_id=task_id, policy_version=self.policy.version, model_version=c["model_version"],
+            shadow_version=c["shadow_version"], decided_at=now_ms)
         if not d.selected:
             return decision, None
         suggested = c["user_label"] or c["shadow_label"] or c["predicted_label"]
         probabilities = c["probabilities"]
         if c["kind"] == "prediction" and c["shadow_label"] is None:
             suggested = top_label(probabilities) or suggested
-        task = {
-            "task_id": task_id, "event_id": c["event_id"], "item_id": c["item_id"], "created_ts": now_ms,
-            "source_ts": c["ts"], "kind": c["kind"], "reasons": d.reasons, "signals": c["signals"],
-            "selection_probability": d.probability, "priority": d.priority, "suggested_label": suggested,
-            "confidence": probabilities.get(suggested, 0.0) if suggested else 0.0,
-            "label_set": sorted(self.labels), "features": c["features"], "text": c["text"],
-            "predicted_label": c["predicted_label"], "user_label": c["user_label"], "note": c["note"],
-            "model_name": c["model_name"], "model_version": c["model_version"],
-            "shadow_version": c["shadow_version"], "policy_version": self.policy.version,
-            "context": c["context"],
-        }
+        task = events.task(
+            task_id=task_id, event_id=c["event_id"], item_id=c["item_id"], created_ts=now_ms, source_ts=c["ts"],
+            kind=c["kind"], reasons=d.reasons, signals=c["signals"], selection_probability=d.probability,
+            priority=d.priority, suggested_label=suggested,
+            confidence=probabilities.get(suggested, 0.0) if suggested else 0.0, label_set=sorted(self.labels),
+            features=c["features"], text=c["text"], predicted_label=c["predicted_label"],
+            user_label=c["user_label"], note=c["note"], model_name=c["model_name"],
+            model_version=c["model_version"], shadow_version=c["shadow_version"],
+            policy_version=self.policy.version, context=c["context"])
         return decision, task

@@ -1,4 +1,9 @@
-"""Scoring: turn input events into candidates carrying every signal.
+"""Scoring: turn input events into candidates carrying every signal, and the model input.
+
+Each :class:`~streams.events.Candidate` carries ``x``, the item's model input
+(:func:`~streams.learning.features.featurize`), computed here once: the router
+reads it from the candidate within a process (and computes it again only after
+the Kafka hop, where ``x`` does not travel).
 
 A :class:`Scorer` holds the newest shadow model version and a bounded memory
 of recent predictions by item, so an override or an appeal (which names only
@@ -19,9 +24,10 @@ contests.
 
 from __future__ import annotations
 
-
+from streams.events import Candidate, candidate
 from streams.selection import signals
-from streams.learning.learner import ShadowModel, featurize
+from streams.learning.features import featurize
+from streams.learning.learner import ShadowModel
 from streams.recent import Recent
 
 
@@ -39,38 +45,35 @@ class Scorer:
         self.model = model
         return True
 
-    def prediction(self, event: dict, now_ms: int) -> dict:
+    def prediction(self, event: dict, now_ms: int) -> Candidate:
         probabilities = event["probabilities"]
-        shadow = self.model.predict_proba(featurize(event["features"], event.get("text")))
+        x = featurize(event["features"], event.get("text"))
+        shadow = self.model.predict_proba(x)
         classes = set(probabilities) | set(self.model.classes)
-        candidate = {
-            "event_id": event["event_id"], "item_id": event["item_id"], "ts": event["ts"],
-            "kind": "prediction", "model_name": event["model_name"], "model_version": event["model_version"],
-            "predicted_label": event["predicted_label"], "probabilities": probabilities,
-            "features": event["features"], "text": event.get("text"), "context": event.get("context") or {},
-            "shadow_label": signals.top_label(shadow), "shadow_version": self.model.version,
-            "signals": signals.score(probabilities, shadow, len(classes)),
-            "user_label": None, "note": None, "scored_ts": now_ms,
-        }
-        self._recent[event["item_id"]] = candidate
-        return candidate
+        c = candidate(
+            event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind="prediction",
+            model_name=event["model_name"], model_version=event["model_version"],
+            predicted_label=event["predicted_label"], probabilities=probabilities, features=event["features"],
+            text=event.get("text"), context=event.get("context") or {}, shadow_label=signals.top_label(shadow),
+            shadow_version=self.model.version, signals=signals.score(probabilities, shadow, len(classes)),
+            user_label=None, note=None, scored_ts=now_ms, x=x)
+        self._recent[event["item_id"]] = c
+        return c
 
-    def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> dict:
+    def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> Candidate:
         seen = self._recent.get(event["item_id"], {})
-        candidate = {
-            "event_id": event["event_id"], "item_id": event["item_id"], "ts": event["ts"], "kind": kind,
-            "model_name": seen.get("model_name", ""), "model_version": seen.get("model_version", ""),
-            "predicted_label": event.get("predicted_label") or seen.get("predicted_label"),
-            "probabilities": seen.get("probabilities", {}), "features": seen.get("features", {}),
-            "text": seen.get("text"), "context": {**seen.get("context", {}), **(event.get("context") or {})},
-            "shadow_label": seen.get("shadow_label"), "shadow_version": self.model.version,
-            "signals": dict(seen.get("signals", {})), "user_label": user_label, "note": note, "scored_ts": now_ms,
-        }
-        candidate["signals"]["known_item"] = float(bool(seen))
-        return candidate
+        return candidate(
+            event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind=kind,
+            model_name=seen.get("model_name", ""), model_version=seen.get("model_version", ""),
+            predicted_label=event.get("predicted_label") or seen.get("predicted_label"),
+            probabilities=seen.get("probabilities", {}), features=seen.get("features", {}), text=seen.get("text"),
+            context={**seen.get("context", {}), **(event.get("context") or {})},
+            shadow_label=seen.get("shadow_label"), shadow_version=self.model.version,
+            signals={**seen.get("signals", {}), "known_item": float(bool(seen))}, user_label=user_label,
+            note=note, scored_ts=now_ms, x=seen.get("x"))
 
-    def override(self, event: dict, now_ms: int) -> dict:
+    def override(self, event: dict, now_ms: int) -> Candidate:
         return self._error("override", event, now_ms, event["override_label"], None)
 
-    def appeal(self, event: dict, now_ms: int) -> dict:
+    def appeal(self, event: dict, now_ms: int) -> Candidate:
         return self._error("appeal", event, now_ms, None, event.get("reason"))

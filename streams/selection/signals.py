@@ -4,7 +4,9 @@ Uncertainty sampling (Lewis and Gale, SIGIR 1994; the measures as surveyed by
 Settles, "Active Learning Literature Survey", 2009) and query by committee
 (Seung, Opper and Sompolinsky, COLT 1992): vote entropy (Dagan and Engelson,
 ICML 1995) and the mean Kullback-Leibler divergence of the members from their
-consensus (McCallum and Nigam, ICML 1998).
+mean probabilities, the committee's "consensus" in McCallum and Nigam (ICML
+1998); here :func:`mean_proba`, since a consensus *label* is what
+:mod:`streams.labels.consensus` settles from annotators.
 
 Every function takes class probabilities as a ``{label: probability}`` dict and
 returns a float in ``[0, 1]`` where higher means *more worth a label*, except
@@ -76,12 +78,16 @@ def vote_entropy(members: list[Proba], n_classes: int | None = None) -> float:
     n = sum(votes.values())
     if n == 0:
         return 0.0
-    k = min(n_classes or len(consensus(members)), len(members))
+    k = min(n_classes or len(mean_proba(members)), len(members))
     return entropy({c: v / n for c, v in votes.items()}, max(k, 2))
 
 
-def consensus(members: list[Proba]) -> dict[str, float]:
-    """The members' mean class probabilities."""
+def mean_proba(members: list[Proba]) -> dict[str, float]:
+    """The members' mean class probabilities (what a committee predicts).
+
+    >>> mean_proba([{"a": 1.0}, {"a": 0.5, "b": 0.5}])
+    {'a': 0.75, 'b': 0.25}
+    """
     out: dict[str, float] = {}
     for proba in members:
         for c, p in proba.items():
@@ -90,8 +96,8 @@ def consensus(members: list[Proba]) -> dict[str, float]:
 
 
 def consensus_kl(members: list[Proba], n_classes: int | None = None) -> float:
-    """Mean KL divergence of the members from their consensus, over ``log k``."""
-    mean = consensus(members)
+    """Mean KL divergence of the members from their mean probabilities, over ``log k``."""
+    mean = mean_proba(members)
     k = max(n_classes or len(mean), 2)
     kl = sum(p * math.log(p / mean[c]) for proba in members for c, p in proba.items() if p > 0.0)
     return min(1.0, kl / len(members) / math.log(k)) if members else 0.0
