@@ -1,6 +1,6 @@
 """The import rules the folder listing promises (README, "Architecture").
 
-* the core (``streams.selection``, ``streams.learning``, ``streams.labels``,
+* the core (``streams.selection``, ``streams.learning``, ``streams.labels``, ``streams.events``,
   ``streams.evaluation``, ``streams.loop``) and the wire format (``schemas``)
   import no Kafka, Faust, ClickHouse, HTTP, and not the settings;
 * no import cycle among the project's modules, and nothing imports the CLI;
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("streams", "schemas", "consumers", "dashboards", "feedbackloop")
 CORE = ("streams.selection", "streams.learning", "streams.labels", "streams.evaluation", "streams.loop",
-        "streams.recent", "schemas")
+        "streams.recent", "streams.events", "schemas")
 #: What the core and the wire format must never pull in (River, the core's model library,
 #: brings the standard library's ``socket`` and ``urllib`` for its datasets: not ours to forbid).
 IO = ("confluent_kafka", "faust", "aiokafka", "mode", "clickhouse_connect", "chdb", "fastapi", "starlette",
