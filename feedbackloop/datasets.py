@@ -131,9 +131,9 @@ def load_gold(path: str | Path | None) -> dict[str, dict]:
                 continue
             try:
                 item = json.loads(line)
+                features = {k: float(v) for k, v in (item.get("features") or {}).items()}
                 gold[str(item["item_id"])] = {"item_id": str(item["item_id"]), "label": str(item["label"]),
-                                              "features": {k: float(v) for k, v in (item.get("features") or {}).items()},
-                                              "text": item.get("text")}
+                                              "features": features, "text": item.get("text")}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path}:{line_no}: not a gold item ({type(exc).__name__}: {exc})") from None
     return gold

@@ -45,7 +45,8 @@ from schemas import codec
 from feedbackloop.datasets import load_gold
 from streams.learning.learner import SnapshotRejected
 from streams.loop import Effects, Loop
-from streams.replay import latest_version, rebuild_router, rebuild_trainer
+from streams.model_feed import latest_version
+from streams.replay import rebuild_router, rebuild_trainer
 from streams.labels.trainer import UnknownLabel
 
 log = logging.getLogger("feedbackloop")
@@ -62,13 +63,16 @@ def now_ms() -> int:
 
 
 def credentials(s: Settings):
-    """Faust's broker credentials for the settings' SASL/SSL configuration."""
-    context = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None)
-    if s.kafka_sasl_mechanism:
-        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
-                                     mechanism=s.kafka_sasl_mechanism,
-                                     ssl_context=context if "SSL" in s.kafka_security_protocol else None)
-    if s.kafka_security_protocol == "SSL":
+    """Faust's broker credentials, read from the librdkafka configuration every
+    other client uses (:meth:`~feedbackloop.settings.Settings.kafka_config`): one place."""
+    conf = s.kafka_config()
+    protocol = conf["security.protocol"]
+    context = ssl.create_default_context(cafile=conf.get("ssl.ca.location"))
+    if "sasl.mechanism" in conf:
+        return faust.SASLCredentials(username=conf["sasl.username"], password=conf["sasl.password"],
+                                     mechanism=conf["sasl.mechanism"],
+                                     ssl_context=context if "SSL" in protocol else None)
+    if protocol == "SSL":
         return faust.SSLCredentials(context)
     return None
 

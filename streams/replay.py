@@ -110,24 +110,6 @@ def read(settings, topic: str, accept: tuple[str, ...], start: int, end: int) ->
         consumer.close()
 
 
-def latest_version(settings, key) -> dict | None:
-    """The newest version of ``settings.model_name`` on the ``models`` topic
-    whose signature verifies with ``key``, if any; forged ones are logged as
-    refused and skipped."""
-    from streams.learning.snapshot import SnapshotRejected, verify
-
-    low, high = watermarks(settings, "models")
-    versions = [(offset, record) for offset, record in read(settings, "models", ("ModelVersion",), low, high)
-                if record["model_name"] == settings.model_name]
-    for offset, record in sorted(versions, key=lambda v: v[1]["version"], reverse=True):
-        try:
-            verify(record, key)
-            return record
-        except SnapshotRejected as exc:
-            log.error("refused model version at offset %s: %s", offset, exc)
-    return None
-
-
 def rebuild_router(router, settings, now_ms: int) -> int:
     """Give ``router`` the tasks it sent within :data:`LOOKBACK_MS`; the number read."""
     start = offset_at(settings, "labeling.tasks", now_ms - LOOKBACK_MS)

@@ -32,7 +32,7 @@ from consumers.labeling.store import Store
 from feedbackloop import keys
 from feedbackloop.settings import Settings
 from schemas import codec
-from streams.learning.learner import SnapshotRejected, load_version
+from streams import model_feed
 
 log = logging.getLogger("feedbackloop.labeling")
 
@@ -129,31 +129,19 @@ class Feed(Background):
         self._dead.poll(0)
 
     def _take_models(self, messages: list) -> None:
-        newer, offsets = [], {}
-        current = self.store.model_version()
-        for m in messages:
-            if m.error():
-                continue
-            offsets[(m.topic(), m.partition())] = m.offset()
-            try:
-                _, record = codec.decode(m.value(), ("ModelVersion",))
-            except codec.DecodeError as exc:
-                log.warning("ignored a message on %s: %s", self.models_topic, exc)
-                continue
-            if record["model_name"] == self.settings.model_name and record["version"] > current:
-                newer.append(record)
+        """Re-rank the queue by the newest verified version among ``messages``
+        newer than the one it is ranked by (:func:`streams.model_feed.newest`)."""
+        offsets = {(m.topic(), m.partition()): m.offset() for m in messages if not m.error()}
         if not offsets:
             return
-        for record in sorted(newer, key=lambda r: r["version"], reverse=True):
-            try:
-                model = load_version(record, self.key)
-            except SnapshotRejected as exc:
-                log.error("refused model version: %s", exc)
-                continue
-            started = time.monotonic()
-            new = rerank.priorities(self.store.rankable(), model)
-            self.store.rerank(new, model.version, offsets)
-            log.info("re-ranked %d task(s) by %s version %d in %.2f s", len(new), model.name, model.version,
-                     time.monotonic() - started)
+        found = model_feed.newest(model_feed.decoded(messages), self.settings.model_name, self.key,
+                                  above=self.store.model_version())
+        if found is None:
+            self.store.add_tasks([], offsets)
             return
-        self.store.add_tasks([], offsets)
+        _, model = found
+        started = time.monotonic()
+        new = rerank.priorities(self.store.rankable(), model)
+        self.store.rerank(new, model.version, offsets)
+        log.info("re-ranked %d task(s) by %s version %d in %.2f s", len(new), model.name, model.version,
+                 time.monotonic() - started)
