@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer
 from consumers.background import Background
 from feedbackloop.settings import Settings
 from schemas import codec
+from streams import events
 
 
 class SimulatedAnnotator:
@@ -47,9 +48,9 @@ class SimulatedAnnotator:
         if others and self.rng.random() < self.error_rate:
             answer = self.rng.choice(others)
         duration = int(self.rng.expovariate(1.0 / self.seconds_per_label) * 1000)
-        return {"event_id": str(uuid.uuid4()), "task_id": task["task_id"], "item_id": task["item_id"],
-                "label": answer, "annotator_id": self.annotator_id, "ts": now_ms,
-                "duration_ms": duration, "note": None, "tier": self.tier}
+        return events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
+                            label=answer, annotator_id=self.annotator_id, ts=now_ms, duration_ms=duration,
+                            note=None, tier=self.tier)
 
 
 class AnnotatorPool(Background):

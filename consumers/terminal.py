@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, Producer
 
 from feedbackloop.settings import Settings
 from schemas import codec
+from streams import events
 
 
 def explain(task: dict) -> str:
@@ -114,9 +115,9 @@ def label_tasks(settings: Settings, annotator: str | None = None, limit: int = 0
             started = time.monotonic()
             label = ask(task)
             if label is not None:
-                record = {"event_id": str(uuid.uuid4()), "task_id": task["task_id"], "item_id": task["item_id"],
-                          "label": label, "annotator_id": annotator, "ts": int(time.time() * 1000),
-                          "duration_ms": int((time.monotonic() - started) * 1000), "note": None}
+                record = events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
+                                      label=label, annotator_id=annotator, ts=int(time.time() * 1000),
+                                      duration_ms=int((time.monotonic() - started) * 1000), note=None)
                 producer.produce(settings.topic("labels"), codec.encode("Label", record), key=task["task_id"].encode())
                 producer.flush(10)
                 done += 1

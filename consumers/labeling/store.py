@@ -41,6 +41,8 @@ import time
 import uuid
 from pathlib import Path
 
+from streams import events
+
 #: Event ids of labels are uuid5(NAMESPACE, "task_id/annotator_id").
 NAMESPACE = uuid.UUID("b5c2d0f4-8e1a-4c7b-9f3e-2a6d1c8e7b40")
 
@@ -317,9 +319,9 @@ class Store:
                 raise TaskError(422, f"label {label!r} is not in the task's label set: "
                                      + ", ".join(map(repr, task["label_set"])))
             started = row["leased_ms"] if check_lease and row["leased_ms"] is not None else now_ms
-            record = {"event_id": eid, "task_id": task_id, "item_id": task["item_id"], "label": label,
-                      "annotator_id": annotator_id, "ts": now_ms, "duration_ms": max(0, now_ms - started),
-                      "note": note, "tier": task.get("tier") or "annotator"}
+            record = events.label(event_id=eid, task_id=task_id, item_id=task["item_id"], label=label,
+                                  annotator_id=annotator_id, ts=now_ms, duration_ms=max(0, now_ms - started),
+                                  note=note, tier=task.get("tier") or "annotator")
             db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts) VALUES (?, ?, ?, ?, ?)",
                        (eid, task_id, annotator_id, json.dumps(record), now_ms))
             given = self._given(db, task_id)
