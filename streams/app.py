@@ -43,9 +43,8 @@ from dashboards.connection import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
 from feedbackloop.datasets import load_gold
-from streams.learning.learner import SnapshotRejected
 from streams.loop import Effects, Loop
-from streams.model_feed import latest_version
+from streams import model_feed
 from streams.replay import rebuild_router, rebuild_trainer
 from streams.labels.trainer import UnknownLabel
 
@@ -138,7 +137,7 @@ class Runtime:
 
     def _open(self) -> ClickHouseSink:
         s = self.settings
-        last = latest_version(s, self.key)
+        last = model_feed.latest_version(s, self.key)
         if last is not None:
             self.loop.resume(last, self.key)
             log.info("resumed %s at version %s", last["model_name"], last["version"])
@@ -228,14 +227,10 @@ class Runtime:
             self.follower = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-models-{uuid.uuid4()}",
                                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
             self.follower.assign([TopicPartition(s.topic("models"), 0)])
-        for message in self.follower.consume(100, timeout=0):
-            if message.error():
-                continue
-            try:
-                _, record = codec.decode(message.value(), ("ModelVersion",))
-                self.loop.follow(record, self.key)
-            except (codec.DecodeError, SnapshotRejected) as exc:
-                log.error("refused model version at offset %s: %s", message.offset(), exc)
+        found = model_feed.newest(model_feed.decoded(self.follower.consume(100, timeout=0)),
+                                  self.settings.model_name, self.key, above=self.loop.scorer.model.version)
+        if found is not None:
+            self.loop.follow(found[1])
 
     # -- decoding, sending, writing ---------------------------------------------------------
     async def each(self, events, handle) -> None:

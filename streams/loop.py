@@ -38,7 +38,7 @@ from streams.events import Candidate, Task
 from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
-from streams.learning.learner import Learner, load_version
+from streams.learning.learner import Learner, ShadowModel, load_version
 from streams.evaluation.lift import Lift
 from streams.selection.policy import Policy
 from streams.selection.router import Router
@@ -211,10 +211,9 @@ class Loop:
         self.trainer.learner.resume(record, key)
         self.scorer.use(load_version(record, key))
 
-    def follow(self, record: dict, key) -> bool:
-        """Serve a version published elsewhere, if it is newer; raises
-        :class:`~streams.learning.learner.SnapshotRejected` for one that does not verify."""
-        return self.scorer.use(load_version(record, key))
+    def follow(self, model: ShadowModel) -> bool:
+        """Serve a version published elsewhere (verified, see :mod:`streams.model_feed`), if it is newer."""
+        return self.scorer.use(model)
 
     def _lift_row(self, version: int, ts: int) -> tuple[str, dict]:
         e = self.lift.estimate()
