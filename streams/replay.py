@@ -25,11 +25,12 @@ import time
 from typing import Iterator
 
 from schemas import codec
+from streams.selection.budget import DAY_MS, WEEK_MS
 
 log = logging.getLogger("feedbackloop")
 
 #: How far back the router looks for tasks it sent: the weekly cap's window, and a day more.
-LOOKBACK_MS = 8 * 24 * 3_600_000
+LOOKBACK_MS = WEEK_MS + DAY_MS
 
 
 def _consumer(settings):
