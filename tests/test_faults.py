@@ -10,6 +10,8 @@ selected event exactly one task, on the topic and in ClickHouse, and no task
 whose recorded decision is "not selected"; the hourly cap holds; every label
 sent is learned once; ``deadletter`` holds exactly the poison. Each test prints
 its counts as one JSON line, so CI logs show them.
+
+Run alone with ``.venv/bin/pytest -m faults -s`` (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
