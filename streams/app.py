@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from dashboards.sink import ClickHouseSink
 from dashboards.migrate import migrate
@@ -175,8 +176,8 @@ class Runtime:
             nonlocal seen
             seen += len(record["candidates"])
             for c in record["candidates"]:
-                if not self.sink.remembers("routing_decisions", c["event_id"]):  # else recorded before a restart
-                    done.extend(self.loop.route(c, now_ms()))
+                recorded = self.sink.remembers("routing_decisions", c["event_id"])  # before a restart
+                done.extend(self.loop.route(c, now_ms(), recorded=recorded))
 
         await self.each(events, handle)
         await self.deliver(done)  # the tasks are delivered before the decisions that name them are written
@@ -348,6 +349,13 @@ def wait_for_clickhouse(s: Settings):
             delay = min(15.0, delay * 2)
 
 
+class IdempotentProducer(aiokafka_driver.Producer):
+    """Faust's Kafka producer with idempotence on (Faust enables it only inside transactions)."""
+
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 def create_app(settings: Settings) -> faust.App:
     """The Faust app of one worker: its topics, and the agents over one loop."""
     datadir = Path(settings.state_dir).resolve() / "worker" / settings.app_id
@@ -368,6 +376,8 @@ def create_app(settings: Settings) -> faust.App:
         # static group membership (KIP-345): a restarted worker takes its partitions back at once
         consumer_group_instance_id=settings.worker_id or None,
     )
+    # an idempotent producer: a send retried across a broker bounce is written once
+    app.transport.Producer = IdempotentProducer
     topics = Topics(app, settings)
     rt = Runtime(settings, topics)
     app.runtime = rt

@@ -130,13 +130,24 @@ class Loop:
         return Effects(candidates=candidates, rows=rows)
 
     # -- routing ------------------------------------------------------------------------
-    def route(self, candidate: Candidate, now_ms: int) -> Effects:
-        """The decision for one candidate; its task (and a gold task after it) if selected."""
-        decision, task = self.router.route(candidate, now_ms)
+    def route(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
+        """The decision for one candidate; its task (and a gold task after it) if
+        selected. A candidate whose decision is ``recorded`` already (before a
+        restart) is not decided again."""
         out = Effects()
+        if recorded:
+            self.router.decided(candidate["event_id"])
+            sent = self.router.sent_before(candidate["event_id"])
+            if sent is not None:  # its row may not have been written with the decision's
+                out.rows.append(("labeling_tasks", {**sent, "created_at": sent["created_ts"]}))
+            return out
+        decision, task = self.router.route(candidate, now_ms)
         if decision is not None:
             out.rows.append(("routing_decisions", decision))
         if task is None:
+            sent = self.router.sent_before(candidate["event_id"])
+            if sent is not None:  # sent before a restart: its row again (the sink keeps one), not the message
+                out.rows.append(("labeling_tasks", {**sent, "created_at": sent["created_ts"]}))
             return out
         task["overlap"] = self.overlap
         out.tasks.append(task)

@@ -29,6 +29,8 @@ records, without a second task.
 >>> decision, task = again.route(cand, now_ms=9)
 >>> decision["selected"], decision["task_id"] == task_id_of("e1"), task
 (1, True, None)
+>>> again.sent_before("e1")["task_id"] == decision["task_id"], again.sent_before("e1")
+(True, None)
 """
 
 from __future__ import annotations
@@ -81,22 +83,31 @@ class Router:
                 continue
             bought.append(task["source_ts"])
             self.labels.update(task.get("label_set") or [])
-            self._sent[task["event_id"]] = {
-                "selected": 1, "reasons": list(task["reasons"]), "selection_probability": task["selection_probability"],
-                "priority": task["priority"], "task_id": task["task_id"], "policy_version": task["policy_version"],
-                "decided_at": task["created_ts"]}
+            self._sent[task["event_id"]] = {k: v for k, v in task.items() if k not in ("features", "text", "context")}
         self.policy.budget.recount(bought)
+
+    def decided(self, event_id: str) -> None:
+        """Remember ``event_id`` as decided (its decision was recorded elsewhere)."""
+        self._decided.add(event_id)
+
+    def sent_before(self, event_id: str) -> dict | None:
+        """The task sent for ``event_id`` before a restart (without the item's
+        features), once: its row may not have reached ClickHouse."""
+        return self._sent.pop(event_id, None)
 
     def route(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
         """Return ``(decision_row, task)``; task is None when not selected,
         and both are None for a candidate already decided."""
         if not self._decided.add(c["event_id"]):
             return None, None
-        sent = self._sent.pop(c["event_id"], None)
+        sent = self._sent.get(c["event_id"])
         if sent is not None:  # decided and sent before a restart: the same decision, no second task
             return events.decision(event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"],
                                    signals=c["signals"], model_version=c["model_version"],
-                                   shadow_version=c["shadow_version"], **sent), None
+                                   shadow_version=c["shadow_version"], selected=1, reasons=list(sent["reasons"]),
+                                   selection_probability=sent["selection_probability"], priority=sent["priority"],
+                                   task_id=sent["task_id"], policy_version=sent["policy_version"],
+                                   decided_at=sent["created_ts"]), None
         self.labels.update(c["probabilities"])
         for label in (c["user_label"], c["predicted_label"]):
             if label:
