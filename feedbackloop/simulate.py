@@ -19,6 +19,16 @@ baseline, once per seed over the whole stream, so the labels it needs are never
 cut short by a budget (see :func:`summarize`); ``default`` is the policy as it
 runs live.
 
+Annotators (:mod:`feedbackloop.annotators_sim`) are perfect by default: every
+bought label is the truth. With ``--annotator-error`` and ``--overlap`` a panel
+of simulated annotators labels each bought item, their labels are combined by
+the live :class:`~streams.labels.consensus.Consensus`, and the model learns the
+consensus label weighted by its confidence, as the live learner does. Every
+strategy, random included, meets the same annotators making the same mistakes
+on the same items. The budget counts labels: an item costs ``overlap`` labels
+or more. Each run records ``label_error_rate``, the share of learned labels that
+differ from the truth; the target stays the all-labels accuracy on true labels.
+
 >>> result = simulate(load("phishing"), budgets=[0.2], strategies=["default"], seeds=1, jobs=1, progress=False)
 >>> run = result["runs"][0]
 >>> sorted(run["strategies"]), abs(run["strategies"]["default"]["spend_ratio"] - 1) <= 0.05
@@ -40,7 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+from feedbackloop.annotators_sim import NOISES, Annotation, Panel
 from feedbackloop.datasets import RIVER_DATASETS, TEXT_DATASETS, Dataset, load
+from streams.labels.consensus import Consensus
 from streams.selection import signals
 from streams.selection.budget import Budget
 from streams.learning.committee import Committee
@@ -111,20 +123,46 @@ def _accuracy(model, test, cache: dict | None = None) -> float:
     return sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)
 
 
+def _learn(model, x, label, weight: float) -> None:
+    """Learn ``label`` with sample weight ``weight`` where the model takes one,
+    exactly as the live learner does (``streams.learning.learner.Learner._learn``)."""
+    if weight == 1.0:
+        model.learn_one(x, label)
+        return
+    try:
+        model.learn_one(x, label, w=weight)
+    except TypeError:  # a model that takes no sample weight
+        model.learn_one(x, label)
+
+
 def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str = "knn",
-           classes: int | None = None, grid: list[int] | None = None) -> dict:
+           classes: int | None = None, grid: list[int] | None = None, annotation: Annotation | None = None,
+           text: bool = False) -> dict:
     """Run one strategy over one stream; return its learning curve and spend
-    (measured at the label counts of ``grid``, :func:`checkpoints` by default)."""
+    (measured at the label counts of ``grid``, :func:`checkpoints` by default).
+
+    ``budget_labels`` counts labels: with ``annotation.overlap`` K, a bought
+    item costs K labels (more when the consensus asks for another). ``learned``
+    maps each bought item's stream position to the label the model learned;
+    ``wrong`` says, in the same order, whether that label was wrong.
+    """
     settings = dict(STRATEGIES[strategy])
     committee = settings.get("uncertainty") == "committee"
     model = _model(kind, committee, seed)
-    policy = Policy(Budget(fraction=min(1.0, budget_labels / len(stream))), seed=seed, **settings)
+    annotation = annotation or Annotation()
+    per_item = annotation.labels_per_item
+    panel = None if annotation.perfect else Panel(annotation, stream, seed, text)
+    consensus = Consensus(overlap=annotation.overlap)
+    policy = Policy(Budget(fraction=min(1.0, budget_labels / per_item / len(stream))), seed=seed, **settings)
     rng = random.Random(f"{seed}:{strategy}:draws")
     grid = grid or checkpoints(budget_labels)
-    curve, seen_classes, bought, events, cache = [], set(), 0, 0, {}
+    curve, seen_classes, spent, events, cache = [], set(), 0, 0, {}
+    learned: dict[int, str] = {}  # stream position -> label learned, in the order bought
+    items = 0
     stopping, stop_at = StoppingSignal(), None
     next_check = 0
-    blind = strategy == "random"  # uniform sampling needs no prediction
+    # uniform sampling needs no prediction (unless the adaptive consensus compares the first label with it)
+    blind = strategy == "random" and annotation.overlap != 0
     for t, (x, y) in enumerate(stream):
         s: dict[str, float] = {}
         predicted = confidence = None
@@ -135,26 +173,36 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
                 predicted = signals.top_label(proba)
                 confidence = proba[predicted]
                 s = signals.score(proba, None, classes, committee=members)
-        if bought >= budget_labels:
+        if spent + per_item > budget_labels:
             continue
         d = policy.decide("prediction", s, now_ms=t * 1000, draw=rng.random(), x=x, label=predicted)
         if not d.selected:
             continue
-        model.learn_one(x, y)
-        seen_classes.add(y)
-        bought += 1
-        events += policy.observe_label(y, predicted, ts=t * 1000, confidence=confidence) is not None
-        while next_check < len(grid) and grid[next_check] <= bought:
+        items += 1
+        if panel is None:  # perfect annotators: the truth, one label
+            label, weight, paid = y, 1.0, 1
+        else:
+            outcome, paid = panel.label(t, consensus, predicted, confidence, max_labels=budget_labels - spent)
+            label, weight = (outcome.label, outcome.confidence) if outcome else (None, 0.0)
+        spent += paid
+        if label is not None:
+            _learn(model, x, label, weight)
+            learned[t] = label
+            seen_classes.add(label)
+            events += policy.observe_label(label, predicted, ts=t * 1000, confidence=confidence) is not None
+        while next_check < len(grid) and grid[next_check] <= spent:
             predicted = _predictions(model, test, cache)
-            curve.append((bought, sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)))
+            curve.append((spent, sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)))
             # the stop set is the held-out items' features: no label of theirs is used
-            if stopping.update(next_check, predicted, labels=bought)["stop"] and stop_at is None:
-                stop_at = bought
+            if stopping.update(next_check, predicted, labels=spent)["stop"] and stop_at is None:
+                stop_at = spent
             next_check += 1
-    if not curve or curve[-1][0] != bought:
-        curve.append((bought, _accuracy(model, test, cache)))
-    return {"curve": curve, "labels_spent": bought, "seen": len(stream), "drift_events": events,
-            "stop_at": stop_at, "selected": dict(policy.selected)}
+    wrong = [label != stream[t][1] for t, label in learned.items()]
+    if not curve or curve[-1][0] != spent:
+        curve.append((spent, _accuracy(model, test, cache)))
+    return {"curve": curve, "labels_spent": spent, "seen": len(stream), "drift_events": events,
+            "stop_at": stop_at, "selected": dict(policy.selected), "items": items, "learned": learned,
+            "wrong": wrong, "label_error_rate": sum(wrong) / len(wrong) if wrong else None}
 
 
 def reference(stream, test, kind: str = "knn", seed: int = 0) -> float:
@@ -184,12 +232,14 @@ def _task(args):
     stream, test = split(dataset, holdout, seed)
     if kind_of == "reference":
         return args, reference(stream, test, extra["model"], seed)
+    annotators = {"annotation": extra["annotation"], "text": dataset.text}
     if kind_of == "random":  # random sampling of the whole stream: what random needs, whatever the budget
         sizes = [budget_labels(b, len(stream)) for b in extra["budgets"]] + [len(stream)]
         grid = sorted(set().union(*(checkpoints(n) for n in sizes)))
-        return args, replay(stream, test, "random", len(stream), seed, extra["model"], extra["classes"], grid)
+        return args, replay(stream, test, "random", len(stream), seed, extra["model"], extra["classes"], grid,
+                            **annotators)
     return args, replay(stream, test, extra["strategy"], budget_labels(extra["budget"], len(stream)), seed,
-                        extra["model"], extra["classes"])
+                        extra["model"], extra["classes"], **annotators)
 
 
 def first_reaching(curve, target: float) -> int | None:
@@ -210,12 +260,19 @@ def within(run: dict, labels: int) -> dict:
     curve = [(n, acc) for n, acc in run["curve"] if n <= labels]
     if not curve or curve[-1][0] < labels:
         curve.append((labels, float(np.interp(labels, *zip(*run["curve"])))))
-    return {**run, "curve": curve, "labels_spent": min(labels, run["labels_spent"])}
+    spent = min(labels, run["labels_spent"])
+    cut = {}
+    if run.get("items"):  # the items, and the labels learned, that the cut's labels bought
+        items = round(run["items"] * spent / run["labels_spent"])
+        wrong = run["wrong"][:round(len(run["wrong"]) * items / run["items"])]
+        cut = {"items": items, "label_error_rate": sum(wrong) / len(wrong) if wrong else None}
+    return {**run, "curve": curve, "labels_spent": spent, **cut}
 
 
 def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, float], results: dict,
-              random_runs: dict[int, dict]) -> dict:
-    """Per strategy: labels to target, final accuracy, spend and the mean curve.
+              random_runs: dict[int, dict], annotation: Annotation | None = None) -> dict:
+    """Per strategy: labels to target, final accuracy, spend (labels, and the
+    items they bought), the share of learned labels that were wrong, and the mean curve.
 
     ``random_runs`` are random sampling over the whole stream, per seed: the
     labels random *needs* are read there, with no budget to cut them short.
@@ -256,6 +313,8 @@ def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, fl
             "drift_events": statistics.fmean(per_seed[s]["drift_events"] for s in seeds),
             "stop_recommended_at": _mean_sd([per_seed[s]["stop_at"] for s in seeds])[0],
             "curve": curve, "per_seed": {"labels_to_target": reached, "final_accuracy": finals},
+            "items_bought": _mean_sd([per_seed[s].get("items") for s in seeds])[0],
+            "label_error_rate": _mean_sd([per_seed[s].get("label_error_rate") for s in seeds])[0],
         }
     random_need = out["random"]["labels_counted"]
     for r in out.values():
@@ -263,13 +322,15 @@ def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, fl
         r["ratio_to_random"] = r["labels_counted"] / random_need if random_need else None
     return {"dataset": dataset.name, "budget": budget, "budget_labels": labels, "stream": n_stream,
             "target": target, "all_labels_accuracy": statistics.fmean(refs.values()),
-            "seeds": len(seeds), "strategies": out}
+            "seeds": len(seeds), "strategies": out, "annotators": (annotation or Annotation()).as_dict()}
 
 
 def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies: list[str] | None = None,
              seeds: int = 10, target: float = 0.95, holdout: float = 0.2, model: str | None = None,
-             jobs: int | None = None, progress: bool = True) -> dict:
-    """Replay every (dataset, budget, strategy, seed); return the summaries."""
+             jobs: int | None = None, progress: bool = True, annotation: Annotation | None = None) -> dict:
+    """Replay every (dataset, budget, strategy, seed) with the annotators of
+    ``annotation`` (default: perfect); return the summaries."""
+    annotation = annotation or Annotation()
     datasets_ = dataset if isinstance(dataset, list) else [dataset]
     strategies = [s for s in dict.fromkeys(strategies or ["default"]) if s != "random"]
     for s in strategies:
@@ -281,11 +342,12 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
         classes = len({y for _, y in d.rows})
         for seed in range(seeds):
             tasks.append(("reference", d, holdout, seed, {"model": kind}))
-            tasks.append(("random", d, holdout, seed, {"model": kind, "budgets": budgets, "classes": classes}))
+            tasks.append(("random", d, holdout, seed, {"model": kind, "budgets": budgets, "classes": classes,
+                                                        "annotation": annotation}))
             for b in budgets:
                 for s in strategies:
-                    tasks.append(("replay", d, holdout, seed,
-                                  {"model": kind, "strategy": s, "budget": b, "classes": classes}))
+                    tasks.append(("replay", d, holdout, seed, {"model": kind, "strategy": s, "budget": b,
+                                                               "classes": classes, "annotation": annotation}))
     done: dict = {}
     bar = None
     if progress:
@@ -312,8 +374,8 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
         random_runs = {seed: done[(d.name, "random", seed, None, None)] for seed in range(seeds)}
         for b in budgets:
             results = {s: {seed: done[(d.name, "replay", seed, s, b)] for seed in range(seeds)} for s in strategies}
-            runs.append(summarize(d, b, target, refs, results, random_runs))
-    return {"target": target, "holdout": holdout, "seeds": seeds, "runs": runs}
+            runs.append(summarize(d, b, target, refs, results, random_runs, annotation))
+    return {"target": target, "holdout": holdout, "seeds": seeds, "runs": runs, "annotators": annotation.as_dict()}
 
 
 def _key(args):
@@ -345,7 +407,19 @@ def table(result: dict) -> str:
                 f"{_fmt(r['final_accuracy'], r['final_accuracy_sd'], '{:.3f}'):>16} {r['spend_ratio']:>6.0%}")
         lines.append(f"{'':<14} {'':>7} target {run['target']:.0%} of all-labels accuracy "
                      f"{run['all_labels_accuracy']:.3f}, {run['budget_labels']} labels of {run['stream']}")
+        lines.append(f"{'':<14} {'':>7} {_annotators(run)}")
     return "\n".join(lines)
+
+
+def _annotators(run: dict) -> str:
+    """How a run's labels were made, and what they cost and taught, per strategy."""
+    a = Annotation(tuple(run["annotators"]["annotator_error"]), run["annotators"]["overlap"],
+                   run["annotators"]["noise"])
+    if a.perfect:
+        return a.describe()
+    parts = [f"{name} {r['items_bought']:.0f} items, {r['label_error_rate']:.1%} wrong"
+             for name, r in run["strategies"].items() if r["label_error_rate"] is not None]
+    return f"{a.describe()}; labels learned: {'; '.join(parts)}"
 
 
 def markdown(result: dict, strategy: str = "default") -> str:
@@ -363,6 +437,9 @@ def markdown(result: dict, strategy: str = "default") -> str:
     lines.append("")
     lines.append("| budget | median ratio over datasets |\n|---|---|")
     lines += [f"| {b:.0%} | {statistics.median(v):.2f} |" for b, v in ratios.items()]
+    if result["runs"]:
+        lines += ["", f"Annotators: {_annotators(result['runs'][0]).split(';')[0]}; budget and labels to target "
+                      "count labels."]
     return "\n".join(lines)
 
 
@@ -389,6 +466,8 @@ def plot(result: dict, path: str) -> None:
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(runs):]:
         ax.set_visible(False)
+    if runs:
+        fig.suptitle(_annotators(runs[0]).split(";")[0], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -399,6 +478,10 @@ def plot(result: dict, path: str) -> None:
 
 def _budgets(text: str) -> list[float]:
     return [float(b) for b in text.split(",") if b.strip()]
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    return tuple(float(e) for e in text.split(",") if e.strip())
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -423,6 +506,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction kept out for evaluation")
     p.add_argument("--model", choices=["knn", "river-knn", "linear", "tree", "nb"],
                    help="shadow model (default: knn, or nb for text)")
+    p.add_argument("--annotator-error", type=_rates, default=(0.0,), metavar="E[,E2,...]",
+                   help="annotators' error rate: one for all, or one per annotator (0: every label is the truth)")
+    p.add_argument("--overlap", type=int, default=1,
+                   help="labels per bought item, from different annotators, combined by the live consensus "
+                        "(0: adaptive); the budget counts labels")
+    p.add_argument("--annotator-noise", choices=NOISES, default="uniform",
+                   help="uniform: wrong at the same rate everywhere; boundary: more often near the class "
+                        "boundary, the same mean rate")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: one per core)")
     p.add_argument("--out", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the learning curves as PNG")
@@ -435,10 +526,12 @@ def run(args, settings=None) -> int:
     if not 0.0 < args.holdout < 1.0:
         raise ValueError("--holdout must be in (0, 1)")
     features = args.feature_columns.split(",") if args.feature_columns else None
+    annotation = Annotation(args.annotator_error, args.overlap, args.annotator_noise)
     data = [load(name, args.label_column, args.text_column, features) for name in args.dataset]
     started = time.monotonic()
     result = simulate(data, args.budget, [s.strip() for s in args.strategies.split(",") if s.strip()],
-                      seeds=args.seeds, target=args.target, holdout=args.holdout, model=args.model, jobs=args.jobs)
+                      seeds=args.seeds, target=args.target, holdout=args.holdout, model=args.model, jobs=args.jobs,
+                      annotation=annotation)
     result["seconds"] = round(time.monotonic() - started, 1)
     print(table(result))
     print(f"{result['seconds']} s")
