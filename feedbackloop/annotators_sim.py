@@ -54,9 +54,6 @@ from streams.labels.consensus import Consensus, Outcome
 __all__ = ["NOISES", "Annotation", "Panel", "boundary_closeness"]
 
 NOISES = ("uniform", "boundary")
-#: Annotators in the panel when one error rate is given: as many as the
-#: consensus asks before it wants a reviewer, so adjudication is never short of one.
-PANEL_SIZE = Consensus().max_annotators
 
 
 @dataclass(frozen=True)
@@ -102,8 +99,11 @@ class Annotation:
 
     @property
     def rates(self) -> list[float]:
-        """Each annotator's error rate."""
-        return list(self.errors) if len(self.errors) > 1 else [self.errors[0]] * max(PANEL_SIZE, self.overlap)
+        """Each annotator's error rate. One rate given: as many annotators as the
+        live consensus asks before it wants a reviewer, so adjudication never runs short."""
+        if len(self.errors) > 1:
+            return list(self.errors)
+        return [self.errors[0]] * max(Consensus().max_annotators, self.overlap)
 
     @property
     def labels_per_item(self) -> int:

@@ -272,7 +272,9 @@ def within(run: dict, labels: int) -> dict:
 def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, float], results: dict,
               random_runs: dict[int, dict], annotation: Annotation | None = None) -> dict:
     """Per strategy: labels to target, final accuracy, spend (labels, and the
-    items they bought), the share of learned labels that were wrong, and the mean curve.
+    items they bought), the share of learned labels that were wrong, and the mean curve;
+    ``per_seed``, each seed's labels to target, final accuracy and ratio to random
+    (for the median and the worst case over seeds).
 
     ``random_runs`` are random sampling over the whole stream, per seed: the
     labels random *needs* are read there, with no budget to cut them short.
@@ -312,7 +314,9 @@ def summarize(dataset: Dataset, budget: float, target: float, refs: dict[int, fl
             "labels_spent": statistics.fmean(spent), "spend_ratio": None,
             "drift_events": statistics.fmean(per_seed[s]["drift_events"] for s in seeds),
             "stop_recommended_at": _mean_sd([per_seed[s]["stop_at"] for s in seeds])[0],
-            "curve": curve, "per_seed": {"labels_to_target": reached, "final_accuracy": finals},
+            "curve": curve, "per_seed": {"labels_to_target": reached, "final_accuracy": finals,
+                                         "ratio_to_random": [c / need[s] if need[s] else None
+                                                             for c, s in zip(counted, seeds)]},
             "items_bought": _mean_sd([per_seed[s].get("items") for s in seeds])[0],
             "label_error_rate": _mean_sd([per_seed[s].get("label_error_rate") for s in seeds])[0],
         }
@@ -407,19 +411,18 @@ def table(result: dict) -> str:
                 f"{_fmt(r['final_accuracy'], r['final_accuracy_sd'], '{:.3f}'):>16} {r['spend_ratio']:>6.0%}")
         lines.append(f"{'':<14} {'':>7} target {run['target']:.0%} of all-labels accuracy "
                      f"{run['all_labels_accuracy']:.3f}, {run['budget_labels']} labels of {run['stream']}")
-        lines.append(f"{'':<14} {'':>7} {_annotators(run)}")
+        annotation = _annotation(run)
+        learned = "" if annotation.perfect else "; labels learned: " + "; ".join(
+            f"{name} {r['items_bought']:.0f} items, {r['label_error_rate']:.1%} wrong"
+            for name, r in run["strategies"].items() if r["label_error_rate"] is not None)
+        lines.append(f"{'':<14} {'':>7} {annotation.describe()}{learned}")
     return "\n".join(lines)
 
 
-def _annotators(run: dict) -> str:
-    """How a run's labels were made, and what they cost and taught, per strategy."""
-    a = Annotation(tuple(run["annotators"]["annotator_error"]), run["annotators"]["overlap"],
-                   run["annotators"]["noise"])
-    if a.perfect:
-        return a.describe()
-    parts = [f"{name} {r['items_bought']:.0f} items, {r['label_error_rate']:.1%} wrong"
-             for name, r in run["strategies"].items() if r["label_error_rate"] is not None]
-    return f"{a.describe()}; labels learned: {'; '.join(parts)}"
+def _annotation(run: dict) -> Annotation:
+    """The annotators a run was measured with."""
+    a = run["annotators"]
+    return Annotation(tuple(a["annotator_error"]), a["overlap"], a["noise"])
 
 
 def markdown(result: dict, strategy: str = "default") -> str:
@@ -438,8 +441,7 @@ def markdown(result: dict, strategy: str = "default") -> str:
     lines.append("| budget | median ratio over datasets |\n|---|---|")
     lines += [f"| {b:.0%} | {statistics.median(v):.2f} |" for b, v in ratios.items()]
     if result["runs"]:
-        lines += ["", f"Annotators: {_annotators(result['runs'][0]).split(';')[0]}; budget and labels to target "
-                      "count labels."]
+        lines += ["", f"Annotators: {_annotation(result['runs'][0]).describe()}; budget and labels to target count labels."]
     return "\n".join(lines)
 
 
@@ -467,7 +469,7 @@ def plot(result: dict, path: str) -> None:
     for ax in list(axes.flat)[len(runs):]:
         ax.set_visible(False)
     if runs:
-        fig.suptitle(_annotators(runs[0]).split(";")[0], fontsize=9)
+        fig.suptitle(_annotation(runs[0]).describe(), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

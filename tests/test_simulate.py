@@ -6,6 +6,7 @@ import argparse
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -106,3 +107,138 @@ def test_random_need_is_read_past_the_budget_and_a_miss_claims_no_saving():
     assert s["random"]["curve"][-1][0] == 10 and s["random"]["final_accuracy"] == pytest.approx(0.6)
     assert s["fast"]["ratio_to_random"] == pytest.approx(5 / 30)
     assert s["missed"]["reached"] == 0 and s["missed"]["ratio_to_random"] == pytest.approx(1.0)
+
+
+# -- annotators who err --------------------------------------------------------
+
+from feedbackloop.annotators_sim import Annotation, Panel, boundary_closeness  # noqa: E402
+from streams.learning.learner import Learner  # noqa: E402
+from streams.learning.models import make  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bananas():
+    return simulate.split(simulate.load("bananas"), 0.2, seed=0)
+
+
+class Recorder:
+    """A model that remembers what it was taught (and predicts nothing)."""
+
+    def __init__(self):
+        self.taught = []
+
+    def learn_one(self, x, y, **kwargs):
+        self.taught.append((x, y, kwargs.get("w")))
+
+    def predict_proba_one(self, x):
+        return {}
+
+
+def test_perfect_annotators_teach_the_truth_one_label_an_item_as_before(bananas, monkeypatch):
+    stream, test = bananas
+    models = []
+    monkeypatch.setattr(simulate, "_model", lambda *a: models.append(Recorder()) or models[-1])
+    perfect = simulate.replay(stream, test[:50], "default", 200, seed=3)
+    explicit = simulate.replay(stream, test[:50], "default", 200, seed=3, annotation=Annotation((0.0,), 1))
+    assert perfect["curve"] == explicit["curve"] and perfect["learned"] == explicit["learned"]
+    truth = {id(x): y for x, y in stream}
+    # every bought item: its true label, learned once, with no sample weight (the old replay's learn_one(x, y))
+    assert models[0].taught and all(truth[id(x)] == y and w is None for x, y, w in models[0].taught)
+    assert perfect["items"] == perfect["labels_spent"] == len(models[0].taught) == 200
+    assert perfect["label_error_rate"] == 0.0
+
+
+def test_labels_learned_are_wrong_at_the_annotators_rate(bananas):
+    stream, test = bananas
+    r = simulate.replay(stream, test[:50], "random", 1500, seed=0, annotation=Annotation((0.1,), 1))
+    assert len(r["learned"]) == 1500 and abs(r["label_error_rate"] - 0.1) < 0.03  # 3 sd of a binomial
+
+
+def test_three_labels_an_item_and_their_consensus_err_less_and_cost_three_labels(bananas):
+    stream, test = bananas
+    r = simulate.replay(stream, test[:50], "random", 1500, seed=0, annotation=Annotation((0.1,), 3))
+    # a 2-of-3 majority errs at about 3 * 0.1^2 = 0.03 (binary: a 2-1 split settles at 0.8 confidence)
+    assert r["label_error_rate"] < 0.06
+    assert r["labels_spent"] <= 1500 and 3 * r["items"] <= r["labels_spent"] <= 3 * r["items"] + 2
+
+
+def test_the_model_learns_the_consensus_label_weighted_by_its_confidence(bananas, monkeypatch):
+    stream, test = bananas
+    models = []
+    monkeypatch.setattr(simulate, "_model", lambda *a: models.append(Recorder()) or models[-1])
+    simulate.replay(stream, test[:50], "random", 300, seed=0, annotation=Annotation((0.05,), 1))
+    assert {round(w, 3) for *_, w in models[0].taught} == {0.8}  # one vote of a newcomer, as live
+    simulate.replay(stream, test[:50], "random", 300, seed=0, annotation=Annotation((0.05,), 3))
+    assert {round(w, 3) for *_, w in models[1].taught} <= {0.8, 0.985}  # 2-1 or 3-0
+
+
+def test_weighting_is_the_live_learners(bananas):
+    stream, _ = bananas
+    live, offline = Learner("m", kind="linear"), make("linear", offline=True)
+    for i, (x, y) in enumerate(stream[:40]):
+        weight = 0.8 if i % 3 else 0.985
+        live.learn(x, y, weight=weight)
+        simulate._learn(offline, x, y, weight)
+    assert all(live.model.predict_proba_one(x) == offline.predict_proba_one(x) for x, _ in stream[40:60])
+    nb = make("nb", offline=True)  # takes no sample weight: learned unweighted
+    simulate._learn(nb, {"w:cash": 1.0}, "spam", 0.8)
+    assert nb.predict_one({"w:cash": 1.0}) == "spam"
+
+
+@pytest.mark.parametrize("overlap,errors", [(1, (0.05, 0.1, 0.3)), (3, (0.2, 0.3, 0.4))])
+def test_every_strategy_meets_the_same_mistakes_on_the_same_items(bananas, overlap, errors):
+    stream, test = bananas
+    annotation = Annotation(errors, overlap)
+    runs = {s: simulate.replay(stream, test[:50], s, 900, seed=1, annotation=annotation)
+            for s in ("default", "random", "uncertainty")}
+    truth = [y for _, y in stream]
+    for a in runs:
+        for b in runs:
+            both = runs[a]["learned"].keys() & runs[b]["learned"].keys()
+            assert all(runs[a]["learned"][t] == runs[b]["learned"][t] for t in both)
+    shared = runs["default"]["learned"].keys() & runs["random"]["learned"].keys()
+    assert any(runs["default"]["learned"][t] != truth[t] for t in shared)  # some shared item was a mistake
+    # an answer depends on the seed, the annotator and the item only, not on what was asked before
+    one, two = Panel(annotation, stream, seed=1), Panel(annotation, stream, seed=1)
+    asked = [(a, t) for t in range(200) for a in range(3)]
+    assert [one.answer(a, t) for a, t in asked] == [two.answer(a, t) for a, t in reversed(asked)][::-1]
+    assert [one.answer(a, t) for a, t in asked] != [Panel(annotation, stream, seed=2).answer(a, t) for a, t in asked]
+
+
+def test_boundary_noise_keeps_the_mean_rate_and_errs_near_the_boundary(bananas):
+    stream, _ = bananas
+    panel = Panel(Annotation((0.1,), 1, "boundary"), stream, seed=0)
+    h, _ = boundary_closeness(stream)
+    rates = panel.rates[0]
+    assert rates.mean() == pytest.approx(0.1, abs=1e-3) and rates.max() <= 0.5
+    wrong = np.array([panel.answer(0, t) != y for t, (_, y) in enumerate(stream)])
+    assert abs(wrong.mean() - 0.1) < 0.03
+    near, far = h >= 0.4, h <= 0.2
+    assert near.sum() > 100 and far.sum() > 100
+    assert wrong[near].mean() > 2 * wrong[far].mean()
+    uniform = Panel(Annotation((0.1,), 1), stream, seed=0)
+    assert np.allclose(uniform.rates[0], 0.1)
+
+
+def test_cli_records_the_annotators_and_counts_labels_not_items(files, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "r.json"
+    args = parser.parse_args(["simulate", str(files["csv"]), "--label-column", "label", "--budget", "0.2",
+                              "--seeds", "2", "--jobs", "1", "--annotator-error", "0.05,0.05,0.4",
+                              "--overlap", "3", "--annotator-noise", "boundary", "--out", str(out)])
+    assert simulate.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "3 annotators at error 0.05, 0.05, 0.4 (boundary noise), 3 labels per bought item" in printed
+    result = json.loads(out.read_text())
+    assert result["annotators"] == {"annotator_error": [0.05, 0.05, 0.4], "overlap": 3, "noise": "boundary",
+                                    "annotators": 3, "labels_per_item": 3, "budget_unit": "labels"}
+    for r in result["strategies"].values():
+        assert r["labels_spent"] <= result["budget_labels"] and r["items_bought"] <= r["labels_spent"] / 3 + 1
+        assert 0.0 <= r["label_error_rate"] < 0.4
+    assert "Annotators: 3 annotators at error 0.05, 0.05, 0.4" in simulate.markdown(
+        {"runs": [result]})
+    with pytest.raises(ValueError, match="needs at least 3 annotators"):
+        Annotation((0.1, 0.1), overlap=3)
+    with pytest.raises(ValueError, match="error rates must be in"):
+        Annotation((1.2,))
