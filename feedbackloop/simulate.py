@@ -441,7 +441,8 @@ def markdown(result: dict, strategy: str = "default") -> str:
     lines.append("| budget | median ratio over datasets |\n|---|---|")
     lines += [f"| {b:.0%} | {statistics.median(v):.2f} |" for b, v in ratios.items()]
     if result["runs"]:
-        lines += ["", f"Annotators: {_annotation(result['runs'][0]).describe()}; budget and labels to target count labels."]
+        lines += ["", f"Annotators: {_annotation(result['runs'][0]).describe()}; "
+                      "budget and labels to target count labels."]
     return "\n".join(lines)
 
 
