@@ -1,0 +1,194 @@
+"""Savings: how many labels the policy saved against random sampling, measured on the live stream.
+
+The random control slice is a uniform sample of the stream. :func:`half` splits
+it in two by a hash of the item id. Labels of the first half (``"train"``)
+teach a *counterfactual* learner, of the live learner's kind: what random
+sampling would have taught. The second half (``"eval"``) is held out from both
+models and is the common test set. The live learner still holds out every
+control label, so what it learns does not change.
+
+Both models are snapshotted along the way (at 5, 10, 15, ... labels, then
+about every 20% more), and each snapshot predicts every evaluation item once,
+also the items that arrive after it: two learning curves measured on the very
+same items. :meth:`Savings.estimate` compares them at the *target*, the highest
+accuracy both curves reached: the labels the policy needed to first reach it,
+the labels random sampling needed (``random_labels_needed``), and their
+``ratio`` (below 1: the policy saved labels). When the policy went further
+than random sampling has been seen to go, the target is random's best and the
+estimate says so (``target_accuracy`` below ``policy_accuracy``). The 95%
+interval is a percentile bootstrap over the evaluation items. With fewer than
+``min_eval`` evaluation labels, or a curve still empty, the figures are
+``None``: nothing is made up.
+
+>>> class Threshold:  # a toy model: learns the smallest x labelled "b"
+...     def __init__(self):
+...         self.cut = None
+...     def learn_one(self, x, y, w=1.0):
+...         if y == "b" and (self.cut is None or x["x"] < self.cut):
+...             self.cut = x["x"]
+...     def predict_one(self, x):
+...         return "b" if self.cut is not None and x["x"] >= self.cut else "a"
+...     def predict_proba_one(self, x):
+...         return {self.predict_one(x): 1.0}
+>>> s = Savings(make=lambda kind: Threshold(), min_eval=10, first_point=2)
+>>> items = [f"item-{i}" for i in range(400)]
+>>> for i, item in enumerate(items[:200]):  # random labels: x uniform in [0, 1), "b" from 0.5
+...     x = (i * 37 % 200) / 200
+...     _ = s.add_control(item, {"x": x}, "b" if x >= 0.5 else "a")
+>>> policy = Threshold()
+>>> for n, x in enumerate([0.9, 0.7, 0.6, 0.55, 0.52, 0.5], 1):  # the policy buys labels near the boundary
+...     policy.learn_one({"x": x}, "b")
+...     s.policy_learned(policy, n)
+>>> e = s.estimate()
+>>> e["n_eval"] >= 10, e["policy_labels"] < e["random_labels_needed"], e["ratio"] < 1
+(True, True, True)
+>>> Savings(make=lambda kind: Threshold()).estimate()["ratio"] is None  # no data: no number
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.learning import models
+from streams.learning.learner import Learner
+
+__all__ = ["Savings", "half"]
+
+
+def half(item_id: str) -> str:
+    """``"train"`` or ``"eval"``: the half of the control slice an item belongs to, fixed by its id.
+
+    >>> half("item-1"), half("item-3"), half("item-1")
+    ('eval', 'train', 'eval')
+    """
+    return "train" if hashlib.blake2b(item_id.encode(), digest_size=1).digest()[0] % 2 == 0 else "eval"
+
+
+@dataclass
+class _Point:
+    """One snapshot on a learning curve: labels learned, the model then, and its hit on each evaluation item."""
+
+    labels: int
+    model: object
+    hits: deque = field(default_factory=deque)
+
+
+class Savings:
+    """Two learning curves on the control slice's evaluation half, and the labels saved between them.
+
+    Parameters
+    ----------
+    kind
+        Model family of the counterfactual, the live learner's (see :func:`streams.learning.models.make`).
+    min_eval
+        Evaluation labels needed before any figure is given.
+    eval_window
+        How many of the most recent evaluation labels are kept.
+    first_point, growth
+        Curve snapshots at ``first_point``, ``2 * first_point``, ... labels, then every ``growth`` times more.
+    bootstrap, seed
+        Resamples of the evaluation items for the interval, and their seed.
+    make
+        The model factory (tests pass a toy model).
+    """
+
+    def __init__(self, kind: str = "knn", min_eval: int = 20, eval_window: int = 500, first_point: int = 5,
+                 growth: float = 1.2, bootstrap: int = 400, seed: int = 0, make=models.make):
+        self.counterfactual = Learner("counterfactual", kind=kind, publish_every=1 << 30, control_window=1)
+        self.counterfactual.model = make(kind)
+        self.min_eval = min_eval
+        self.first_point = first_point
+        self.growth = growth
+        self.bootstrap = bootstrap
+        self.seed = seed
+        self.evaluation: deque[tuple[dict, str]] = deque(maxlen=eval_window)
+        self.policy: list[_Point] = []
+        self.random: list[_Point] = []
+        self.policy_labels = 0
+
+    # -- feeding ------------------------------------------------------------------------
+    def add_control(self, item_id: str, x: dict, label: str, weight: float = 1.0) -> str:
+        """A settled label of the control slice: taught to the counterfactual, or kept for evaluation.
+        Returns the half it went to."""
+        if half(item_id) == "train":
+            self.counterfactual.learn(x, label, weight=weight)
+            self._snapshot(self.random, self.counterfactual.model, self.counterfactual.labels_seen)
+            return "train"
+        if len(self.evaluation) == self.evaluation.maxlen:
+            for point in self.policy + self.random:
+                if point.hits:
+                    point.hits.popleft()
+        self.evaluation.append((x, label))
+        for point in self.policy + self.random:
+            point.hits.append(point.model.predict_one(x) == label)
+        return "eval"
+
+    def policy_learned(self, model, labels: int | None = None) -> None:
+        """The live learner learned one more policy label (``labels`` in all, if known); ``model`` is its model."""
+        self.policy_labels = self.policy_labels + 1 if labels is None else labels
+        self._snapshot(self.policy, model, self.policy_labels)
+
+    def _due(self, curve: list[_Point], labels: int) -> bool:
+        last = curve[-1].labels if curve else 0
+        return labels >= max(self.first_point, last + self.first_point, math.ceil(last * self.growth))
+
+    def _snapshot(self, curve: list[_Point], model, labels: int, force: bool = False) -> None:
+        if labels <= 0 or (curve and curve[-1].labels == labels) or not (force or self._due(curve, labels)):
+            return
+        model = copy.deepcopy(model)
+        curve.append(_Point(labels, model, deque(model.predict_one(x) == y for x, y in self.evaluation)))
+
+    # -- estimating ---------------------------------------------------------------------
+    def estimate(self, policy_model=None, z: float = 0.95) -> dict:
+        """The savings now (``policy_model``: the live model, snapshotted first if it learned since the last
+        point). Keys: ``policy_labels`` and ``random_labels_needed`` (labels each curve needed to first reach
+        ``target_accuracy``), ``ratio`` of the two and its interval ``ci_low``-``ci_high`` (level ``z``),
+        ``policy_labels_seen``/``policy_accuracy`` and ``random_labels_seen``/``random_accuracy`` (the
+        newest point of each curve), ``n_eval``."""
+        if policy_model is not None:
+            self._snapshot(self.policy, policy_model, self.policy_labels, force=True)
+        self._snapshot(self.random, self.counterfactual.model, self.counterfactual.labels_seen, force=True)
+        n = len(self.evaluation)
+        out = dict.fromkeys(("policy_labels", "random_labels_needed", "target_accuracy", "policy_accuracy",
+                             "random_accuracy", "ratio", "ci_low", "ci_high"))
+        out.update(policy_labels_seen=self.policy_labels, random_labels_seen=self.counterfactual.labels_seen,
+                   n_eval=n)
+        if n < self.min_eval or not self.policy or not self.random:
+            return out
+        hits_p = np.array([list(p.hits) for p in self.policy], dtype=float)
+        hits_r = np.array([list(p.hits) for p in self.random], dtype=float)
+        labels_p = np.array([p.labels for p in self.policy])
+        labels_r = np.array([p.labels for p in self.random])
+        acc_p, acc_r = hits_p.mean(axis=1), hits_r.mean(axis=1)
+        needed_p, needed_r, target = _labels_to_target(acc_p[:, None], acc_r[:, None], labels_p, labels_r)
+        out.update(policy_labels=int(needed_p[0]), random_labels_needed=int(needed_r[0]),
+                   target_accuracy=float(target[0]), policy_accuracy=float(acc_p[-1]),
+                   random_accuracy=float(acc_r[-1]), ratio=float(needed_p[0] / needed_r[0]))
+        idx = np.random.default_rng(self.seed).integers(0, n, size=(self.bootstrap, n))
+        boot_p, boot_r = hits_p[:, idx].mean(axis=2), hits_r[:, idx].mean(axis=2)
+        bp, br, _ = _labels_to_target(boot_p, boot_r, labels_p, labels_r)
+        low, high = np.quantile(bp / br, [(1 - z) / 2, (1 + z) / 2])
+        out.update(ci_low=float(low), ci_high=float(high))
+        return out
+
+
+def _labels_to_target(acc_p: np.ndarray, acc_r: np.ndarray, labels_p: np.ndarray, labels_r: np.ndarray):
+    """Per column (one sample of the evaluation items): the target, the highest accuracy both curves
+    reached, and the labels at which each curve first reached it.
+
+    >>> p, r, t = _labels_to_target(np.array([[0.6], [0.9]]), np.array([[0.5], [0.7], [0.8]]),
+    ...                             np.array([10, 20]), np.array([10, 20, 40]))
+    >>> int(p[0]), int(r[0]), float(t[0])
+    (20, 40, 0.8)
+    """
+    target = np.minimum(acc_p.max(axis=0), acc_r.max(axis=0))
+    first_p = np.argmax(acc_p >= target - 1e-12, axis=0)
+    first_r = np.argmax(acc_r >= target - 1e-12, axis=0)
+    return labels_p[first_p], labels_r[first_r], target
