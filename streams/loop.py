@@ -40,6 +40,8 @@ from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
 from streams.learning.learner import Learner, ShadowModel, load_version
 from streams.evaluation.lift import Lift
+from streams.evaluation.savings import Savings
+from streams.learning.features import featurize
 from streams.selection.policy import Policy
 from streams.selection.router import Router
 from streams.selection.scorer import Scorer
@@ -92,26 +94,50 @@ class Loop:
         self.gold = gold
         self.overlap = max(1, overlap)
         self.lift = Lift()
+        self.savings = Savings(kind=trainer.learner.kind)
         self.stopping = StoppingSignal()
         self.flagged: set[str] = set()
         self.labels_changed = False
 
     @classmethod
     def build(cls, budget_fraction: float = 0.1, budget_per_hour: int = 0, budget_per_day: int = 0,
-              budget_per_week: int = 0, control_fraction: float = 0.1, min_control: int = 20, seed: int = 0,
+              budget_per_week: int = 0, control_fraction: float | None = 0.1, min_control: int = 20, seed: int = 0,
               model_name: str = "shadow", model_kind: str = "knn", publish_every: int = 25, overlap: int = 1,
               max_annotators: int = 5, gold_items: dict | None = None, gold_rate: float = 0.0,
-              gold_threshold: float = 0.7) -> "Loop":
-        """A loop from plain options (named as the settings are; a cap of 0 is no cap)."""
+              gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
+              n_classes: int | None = None, label_set=None, policy_options: dict | None = None) -> "Loop":
+        """A loop from plain options (named as the settings are; a cap of 0 is no cap).
+
+        An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
+        learns control labels too (``hold_out_control=False``: it has a test
+        set of its own), scores with the learner's live model in the production
+        model's place (``live_scoring``, over ``n_classes`` classes; it never
+        publishes), names every class up front (``label_set``), and passes its
+        strategy (``mix``, ``uncertainty``, ...) as ``policy_options``;
+        ``control_fraction=None`` keeps the mix's own control share.
+
+        >>> replay = Loop.build(model_kind="nb", hold_out_control=False, live_scoring=True, label_set=["a", "b"],
+        ...                     control_fraction=None, policy_options={"mix": {"control": 1.0}})
+        >>> replay.scorer.model.model is replay.trainer.learner.model, replay.router.policy.mix["control"]
+        (True, 1.0)
+        """
         budget = Budget(budget_fraction, budget_per_hour or None, budget_per_day or None, budget_per_week or None)
-        policy = Policy(budget, control_share=control_fraction, cold_start=min_control, seed=seed)
+        policy = Policy(budget, control_share=control_fraction, cold_start=min_control, seed=seed,
+                        **(policy_options or {}))
         gold_items = gold_items or {}
-        trainer = Trainer(Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control),
-                          Consensus(overlap=overlap, max_annotators=max_annotators,
-                                    gold=GoldChecks(threshold=gold_threshold)),
+        learner = Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control,
+                          model=model, hold_out_control=hold_out_control)
+        trainer = Trainer(learner, Consensus(overlap=overlap, max_annotators=max_annotators,
+                                             gold=GoldChecks(threshold=gold_threshold)),
                           gold={item: g["label"] for item, g in gold_items.items()})
         gold = GoldMixer(gold_items, gold_rate, seed=seed) if gold_items and gold_rate > 0 else None
-        return cls(Scorer(), Router(policy, seed=seed), trainer, gold=gold, overlap=overlap)
+        scorer = Scorer(n_classes=n_classes)
+        if live_scoring:  # a view on the learner's model and classes: it scores what was just learned
+            scorer = Scorer(ShadowModel(model_name, 0, learner.model, learner.classes), live=True,
+                            n_classes=n_classes)
+        router = Router(policy, seed=seed)
+        router.labels.update(label_set or ())
+        return cls(scorer, router, trainer, gold=gold, overlap=overlap)
 
     # -- scoring ------------------------------------------------------------------------
     def score(self, name: str, record: dict, now_ms: int) -> Effects:
@@ -125,7 +151,8 @@ class Loop:
             candidates = [self.scorer.override(record, now_ms)]
         else:
             candidates = [self.scorer.appeal(record, now_ms)]
-        rows = [("predictions", {**c, "confidence": max(c["probabilities"].values()), "scored_at": c["scored_ts"]})
+        rows = [("predictions", {**c, "confidence": max(c["probabilities"].values(), default=0.0),
+                                 "scored_at": c["scored_ts"]})
                 for c in candidates if c["kind"] == "prediction"]
         return Effects(candidates=candidates, rows=rows)
 
@@ -178,7 +205,23 @@ class Loop:
         self.labels_changed = self.labels_changed or bool(result.labels)
         for row in result.consensus:
             out.rows.extend(self._measure(row, now_ms))
+            self._save(row)
         return out
+
+    def _save(self, row: dict) -> None:
+        """A label the learner just learned or held out, on the savings' learning curves: a control label
+        teaches the counterfactual or joins the evaluation half, see :mod:`streams.evaluation.savings`.
+        The policy's label count is the learner's minus the control labels (after a restart it also
+        counts the control labels before it: the estimate errs against the policy, never for it)."""
+        task = self.trainer.task(row["task_id"])
+        if task is None:
+            return
+        learner = self.trainer.learner
+        if "control" in task["reasons"]:
+            self.savings.add_control(row["item_id"], featurize(task["features"], task.get("text")), row["label"],
+                                     weight=row.get("confidence") or 1.0)
+        else:
+            self.savings.policy_learned(learner.model, learner.labels_seen - self.savings.control_seen)
 
     def _measure(self, row: dict, now_ms: int) -> list[tuple[str, dict]]:
         """A settled label: was the shadow model wrong on it? Feeds the live lift
@@ -207,12 +250,13 @@ class Loop:
 
     def publish(self, now_ms: int, key) -> Effects:
         """A new signed model version (the scorer serves it from now on), its
-        lift over control and the stopping signal."""
+        lift over control, the labels it saved against random sampling and the stopping signal."""
         record = self.trainer.learner.publish(now_ms, key)
         self.scorer.use(load_version(record, key))
         out = Effects(models=[record], rows=[("model_versions", record)])
         out.rows.append(self._lift_row(record["version"], record["ts"]))
         out.rows.extend(self._stopping_rows(record))
+        out.rows.append(self._savings_row(record["version"], record["ts"]))
         log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
                  record["version"], record["labels_seen"], record["control_accuracy"])
         return out
@@ -233,6 +277,10 @@ class Loop:
                                 "control_accuracy": accuracy(e["control_error_rate"]), "lift": e["lift"],
                                 "ci_low": e["low"], "ci_high": e["high"], "n_policy": e["policy_labels"],
                                 "n_control": e["control_labels"]})
+
+    def _savings_row(self, version: int, ts: int) -> tuple[str, dict]:
+        e = self.savings.estimate(self.trainer.learner.model)
+        return ("label_savings", {"ts": ts, "version": version, **e})
 
     def _stopping_rows(self, record: dict) -> list[tuple[str, dict]]:
         """Should labeling stop? Successive versions' agreement on a fixed stop set

@@ -112,11 +112,13 @@ class Savings:
         self.policy: list[_Point] = []
         self.random: list[_Point] = []
         self.policy_labels = 0
+        self.control_seen = 0
 
     # -- feeding ------------------------------------------------------------------------
     def add_control(self, item_id: str, x: dict, label: str, weight: float = 1.0) -> str:
         """A settled label of the control slice: taught to the counterfactual, or kept for evaluation.
         Returns the half it went to."""
+        self.control_seen += 1
         if half(item_id) == "train":
             self.counterfactual.learn(x, label, weight=weight)
             self._snapshot(self.random, self.counterfactual.model, self.counterfactual.labels_seen)
