@@ -30,6 +30,7 @@ work; every call from one stage into another happens here, in plain sight.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class Loop:
         self.gold = gold
         self.overlap = max(1, overlap)
         self.lift = Lift()
-        self.savings = Savings(kind=trainer.learner.kind)
+        self.savings = Savings(copy.deepcopy(trainer.learner.model), kind=trainer.learner.kind)
         self.stopping = StoppingSignal()
         self.flagged: set[str] = set()
         self.labels_changed = False

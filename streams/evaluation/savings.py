@@ -30,7 +30,7 @@ interval is a percentile bootstrap over the evaluation items. With fewer than
 ...         return "b" if self.cut is not None and x["x"] >= self.cut else "a"
 ...     def predict_proba_one(self, x):
 ...         return {self.predict_one(x): 1.0}
->>> s = Savings(make=lambda kind: Threshold(), min_eval=10, first_point=2)
+>>> s = Savings(Threshold(), min_eval=10, first_point=2)
 >>> items = [f"item-{i}" for i in range(400)]
 >>> for i, item in enumerate(items[:200]):  # random labels: x uniform in [0, 1), "b" from 0.5
 ...     x = (i * 37 % 200) / 200
@@ -42,7 +42,7 @@ interval is a percentile bootstrap over the evaluation items. With fewer than
 >>> e = s.estimate()
 >>> e["n_eval"] >= 10, e["policy_labels"] < e["random_labels_needed"], e["ratio"] < 1
 (True, True, True)
->>> Savings(make=lambda kind: Threshold()).estimate()["ratio"] is None  # no data: no number
+>>> Savings(Threshold()).estimate()["ratio"] is None  # no data: no number
 True
 """
 
@@ -85,8 +85,9 @@ class Savings:
 
     Parameters
     ----------
-    kind
-        Model family of the counterfactual, the live learner's (see :func:`streams.learning.models.make`).
+    model, kind
+        The counterfactual, untrained: a copy of the live learner's fresh model, or else one of ``kind``
+        (see :func:`streams.learning.models.make`).
     min_eval
         Evaluation labels needed before any figure is given.
     eval_window
@@ -95,14 +96,14 @@ class Savings:
         Curve snapshots at ``first_point``, ``2 * first_point``, ... labels, then every ``growth`` times more.
     bootstrap, seed
         Resamples of the evaluation items for the interval, and their seed.
-    make
-        The model factory (tests pass a toy model).
     """
 
-    def __init__(self, kind: str = "knn", min_eval: int = 20, eval_window: int = 500, first_point: int = 5,
-                 growth: float = 1.2, bootstrap: int = 400, seed: int = 0, make=models.make):
-        self.counterfactual = Learner("counterfactual", kind=kind, publish_every=1 << 30, control_window=1)
-        self.counterfactual.model = make(kind)
+    def __init__(self, model=None, kind: str = "knn", min_eval: int = 20, eval_window: int = 500,
+                 first_point: int = 5, growth: float = 1.2, bootstrap: int = 400, seed: int = 0):
+        # the learner's learning code (sample weights) around the given model; "linear" only builds a placeholder
+        self.counterfactual = Learner("counterfactual", kind="linear", publish_every=1 << 30, control_window=1)
+        self.counterfactual.model = models.make(kind) if model is None else model
+        self.counterfactual.kind = kind
         self.min_eval = min_eval
         self.first_point = first_point
         self.growth = growth
