@@ -66,6 +66,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "budget_state": ("ts",),
     "agent_stats": ("worker", "agent", "ts"),
     "audit_log": ("event_id",),
+    "label_savings": ("version", "ts"),
 }
 TABLES = tuple(TABLE_KEYS)
 
