@@ -105,6 +105,9 @@ def one_row_per_table(i: int = 0) -> dict[str, dict]:
         "audit_log": {"event_id": f"a-{i}", "ts": T0 + i, "action": "label", "annotator_id": "ann-1",
                       "role": "annotator", "client": "10.0.0.7", "task_id": f"t-{i}", "detail": "ham",
                       "service": "labeling-1:42"},
+        "label_savings": {"ts": T0 + i, "version": 3, "policy_labels": 40, "random_labels_needed": 80,
+                          "target_accuracy": 0.8, "ratio": 0.5, "ci_low": 0.3, "ci_high": 0.9, "policy_labels_seen": 90,
+                          "policy_accuracy": 0.85, "random_labels_seen": 85, "random_accuracy": 0.8, "n_eval": 40},
     }
 
 

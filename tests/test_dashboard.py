@@ -78,6 +78,11 @@ def seed(client) -> None:
     insert(client, "policy_lift", [
         {"ts": at(m, 40), "version": m + 1, "policy_accuracy": 0.7 + m / 100, "control_accuracy": 0.65,
          "lift": 0.05 + m / 100, "ci_low": 0.01, "ci_high": 0.1, "n_policy": 40, "n_control": 10} for m in range(3)])
+    insert(client, "label_savings", [
+        {"ts": at(m, 45), "version": m + 1, "policy_labels": 20 * (m + 1), "random_labels_needed": 30 * (m + 1),
+         "target_accuracy": 0.7, "ratio": 2 / 3, "ci_low": 0.4, "ci_high": 1.1, "policy_labels_seen": 40 * (m + 1),
+         "policy_accuracy": 0.75, "random_labels_seen": 30 * (m + 1), "random_accuracy": 0.7, "n_eval": 30}
+        for m in range(3)])
     insert(client, "stopping_signals", [
         {"ts": at(0), "version": 1, "metric": "control_accuracy_slope", "value": 0.02, "recommendation": "continue"},
         {"ts": at(2), "version": 3, "metric": "control_accuracy_slope", "value": 0.001, "recommendation": "stop"}])
