@@ -1,0 +1,148 @@
+"""Savings against random sampling: the estimator on synthetic curves, and the loop's label_savings rows."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dashboards.migrate import MIGRATIONS_DIR
+from streams.evaluation.savings import Savings, half
+from streams.loop import Loop
+
+
+class Threshold:
+    """A one-feature model: "b" from the smallest x labelled "b" on (a learner whose accuracy grows
+    as its labels come nearer the boundary at 0.5)."""
+
+    def __init__(self):
+        self.cut = None
+
+    def learn_one(self, x, y, w=1.0):
+        if y == "b" and (self.cut is None or x["x"] < self.cut):
+            self.cut = x["x"]
+
+    def predict_one(self, x):
+        return "b" if self.cut is not None and x["x"] >= self.cut else "a"
+
+    def predict_proba_one(self, x):
+        return {self.predict_one(x): 1.0}
+
+
+def truth(x: float) -> str:
+    return "b" if x >= 0.5 else "a"
+
+
+def control_slice(savings: Savings, n: int, seed: int = 0) -> list[float]:
+    """``n`` uniformly random labelled items into the control slice; returns the first half's xs in order."""
+    rng = random.Random(seed)
+    taught = []
+    for i in range(n):
+        x = rng.random()
+        if savings.add_control(f"item-{i}", {"x": x}, truth(x)) == "train":
+            taught.append(x)
+    return taught
+
+
+def test_the_halves_split_the_control_slice_evenly_and_for_good():
+    halves = [half(f"item-{i}") for i in range(2000)]
+    assert 900 < halves.count("train") < 1100
+    assert halves == [half(f"item-{i}") for i in range(2000)]
+
+
+def test_a_policy_that_learns_faster_saves_labels():
+    savings = Savings(Threshold())
+    control_slice(savings, 400)
+    policy = Threshold()
+    for n, x in enumerate([0.95, 0.8, 0.7, 0.6, 0.56, 0.53, 0.51, 0.505, 0.5], 1):  # near the boundary
+        policy.learn_one({"x": x}, truth(x))
+        savings.policy_learned(policy, n)
+    e = savings.estimate(policy)
+    assert e["n_eval"] >= 150 and e["policy_labels_seen"] == 9
+    assert e["ratio"] < 1 and e["ratio"] == e["policy_labels"] / e["random_labels_needed"]
+    assert e["ci_low"] <= e["ratio"] <= e["ci_high"] < 1
+    assert e["target_accuracy"] <= e["policy_accuracy"]
+
+
+def test_a_policy_that_learns_like_random_sampling_saves_nothing():
+    savings = Savings(Threshold())
+    taught = control_slice(savings, 400)
+    policy = Threshold()
+    for n, x in enumerate(taught, 1):  # the very labels the counterfactual learned, in the same order
+        policy.learn_one({"x": x}, truth(x))
+        savings.policy_learned(policy, n)
+    e = savings.estimate(policy)
+    assert e["ratio"] == pytest.approx(1.0)
+    assert e["ci_low"] == pytest.approx(1.0) and e["ci_high"] == pytest.approx(1.0)
+    assert e["policy_accuracy"] == e["random_accuracy"]
+
+
+def test_a_policy_slower_than_random_sampling_shows_a_ratio_above_one():
+    savings = Savings(Threshold())
+    control_slice(savings, 400)
+    policy = Threshold()
+    for n in range(1, 151):  # labels far from the boundary, creeping nearer slowly
+        x = 0.9 - 0.002 * n
+        policy.learn_one({"x": x}, truth(x))
+        savings.policy_learned(policy, n)
+    e = savings.estimate(policy)
+    assert e["ratio"] > 1 and e["ci_high"] >= e["ratio"]
+
+
+def test_without_enough_data_there_is_no_number():
+    savings = Savings(Threshold())
+    e = savings.estimate(Threshold())
+    assert e["ratio"] is None and e["random_labels_needed"] is None and e["n_eval"] == 0
+    control_slice(savings, 20)  # about ten evaluation labels: fewer than min_eval
+    policy = Threshold()
+    policy.learn_one({"x": 0.5}, "b")
+    savings.policy_learned(policy, 1)
+    e = savings.estimate(policy)
+    assert 0 < e["n_eval"] < savings.min_eval
+    assert {k: e[k] for k in ("ratio", "ci_low", "ci_high", "policy_labels", "random_labels_needed")} \
+        == dict.fromkeys(("ratio", "ci_low", "ci_high", "policy_labels", "random_labels_needed"))
+    only_policy = Savings(Threshold(), min_eval=1)  # evaluation labels, but random sampling has taught nothing
+    only_policy.add_control("item-1", {"x": 0.7}, "b")
+    assert half("item-1") == "eval" and only_policy.estimate(policy)["ratio"] is None
+
+
+def columns(table: str) -> set[str]:
+    text = (MIGRATIONS_DIR / "0013_label_savings.sql").read_text()
+    body = text.split(f"CREATE TABLE IF NOT EXISTS {table}", 1)[1].split("ENGINE", 1)[0]
+    return set(re.findall(r"^\s+(\w+)\s+\S", body, re.M))
+
+
+def test_the_loop_writes_one_label_savings_row_per_published_version():
+    loop = Loop.build(budget_fraction=0.5, control_fraction=0.5, min_control=10, publish_every=20,
+                      model_kind="linear", seed=1)
+    key = Ed25519PrivateKey.generate()
+    rng = random.Random(0)
+    rows, control_labels, now = [], 0, 1_000
+    for i in range(600):
+        now += 10
+        x = rng.random()
+        prediction = {"event_id": f"e{i}", "item_id": f"i{i}", "ts": now, "model_name": "prod", "model_version": "1",
+                      "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4}, "features": {"x": x},
+                      "text": None, "context": {}}
+        for candidate in loop.score("Prediction", prediction, now_ms=now).candidates:
+            for task in loop.route(candidate, now_ms=now).tasks:
+                loop.take("LabelingTask", task, now_ms=now)
+                loop.take("Label", {"event_id": f"l{i}", "task_id": task["task_id"], "item_id": task["item_id"],
+                                    "label": truth(x), "annotator_id": "ann", "ts": now}, now_ms=now)
+                control_labels += "control" in task["reasons"]
+        if loop.due:
+            rows.extend(loop.publish(now, key).rows)
+    versions = [r for t, r in rows if t == "model_versions"]
+    savings = [r for t, r in rows if t == "label_savings"]
+    assert len(versions) >= 3 and [r["version"] for r in savings] == [r["version"] for r in versions]
+    assert all(set(r) == columns("label_savings") - {"inserted_at"} for r in savings)
+    assert len(loop.trainer.learner.control) == control_labels  # the live learner still holds them all out
+    last = savings[-1]
+    assert loop.savings.control_seen == control_labels
+    assert len(loop.savings.evaluation) + loop.savings.counterfactual.labels_seen == control_labels
+    assert last["n_eval"] + last["random_labels_seen"] <= control_labels
+    assert loop.savings.policy_labels == loop.trainer.learner.labels_seen - control_labels
+    assert last["ratio"] is not None and last["ci_low"] <= last["ratio"] <= last["ci_high"]
+    assert last["ratio"] == pytest.approx(last["policy_labels"] / last["random_labels_needed"])
