@@ -121,6 +121,45 @@ def _probabilities(model, x, classes) -> dict[str, float]:
     return {c: v / total for c, v in p.items()} if total > 0 else {c: 1.0 / len(classes) for c in classes}
 
 
+#: The report's ``savings``: the newest ``label_savings`` row (see :mod:`streams.evaluation.savings`).
+SAVINGS = ("version", "policy_labels", "random_labels_needed", "ratio", "ci_low", "ci_high", "target_accuracy",
+           "policy_labels_seen", "policy_accuracy", "random_labels_seen", "random_accuracy", "n_eval")
+
+
+def savings_line(savings: dict | None) -> str:
+    """The summary's savings line: the labels the policy needed against random sampling, in words,
+    and plainly when it did no better or the data cannot say yet.
+
+    >>> row = {"policy_labels": 60, "random_labels_needed": 120, "ratio": 0.5, "ci_low": 0.3, "ci_high": 0.9,
+    ...        "target_accuracy": 0.84, "policy_accuracy": 0.9, "random_labels_seen": 130, "n_eval": 60}
+    >>> line = savings_line(row)
+    >>> line[:40]
+    'savings              0.50   (95% CI 0.30'
+    >>> "with 60 labels, random sampling needed 120" in line, "did not beat random sampling" in line
+    (True, False)
+    >>> worse = savings_line({**row, "ratio": 1.5, "policy_labels": 180, "ci_low": 0.9, "ci_high": 2.0})
+    >>> worse.endswith("the policy did not beat random sampling on this run)")
+    True
+    >>> print(savings_line({"ratio": None, "n_eval": 12}))
+    savings               n/a   (not enough data yet: 12 evaluation labels, and both learning curves are needed)
+    """
+    if not savings or savings.get("ratio") is None:
+        n = savings.get("n_eval", 0) if savings else 0
+        return (f"savings           {'n/a':>7}   (not enough data yet: {n} evaluation labels, "
+                "and both learning curves are needed)")
+    s = savings
+    words = (f"the policy reached {s['target_accuracy']:.1%} with {s['policy_labels']} labels, "
+             f"random sampling needed {s['random_labels_needed']}")
+    if s["policy_accuracy"] is not None and s["target_accuracy"] < s["policy_accuracy"]:
+        words += (f"; random sampling never reached the policy's {s['policy_accuracy']:.1%} "
+                  f"with its {s['random_labels_seen']} labels")
+    if s["ratio"] >= 1:
+        words += "; the policy did not beat random sampling on this run"
+    elif s["ci_high"] is not None and s["ci_high"] >= 1:
+        words += "; the interval includes 1: not shown to beat random sampling yet"
+    return f"savings           {s['ratio']:>7.2f}   (95% CI {s['ci_low']:.2f}-{s['ci_high']:.2f}: {words})"
+
+
 def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_dir: Path | None = None) -> dict:
     """The demo's summary, as ClickHouse holds it. With ``run_dir``, the labels
     are also exported there as ``labels.csv`` (for ``feedbackloop agreement``)."""
@@ -140,6 +179,9 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
                         "control_accuracy FROM policy_lift ORDER BY version DESC, ts DESC LIMIT 1").result_rows
     lift = dict(zip(("version", "lift", "ci_low", "ci_high", "n_policy", "n_control", "policy_accuracy",
                      "control_accuracy"), lift[0])) if lift else None
+    savings = client.query(f"SELECT {', '.join(SAVINGS)} FROM label_savings "
+                           "ORDER BY version DESC, ts DESC LIMIT 1").result_rows
+    savings = dict(zip(SAVINGS, savings[0])) if savings else None
     drift = [{"ts": str(ts), "version": v, "detail": json.loads(d)} for ts, v, d in client.query(
         "SELECT ts, version, detail FROM drift_events ORDER BY ts").result_rows]
     agreement = {metric: value for metric, value in client.query(
@@ -176,6 +218,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "dead_letters": scalar("SELECT count() FROM dead_letters"),
         "model_versions": len(versions),
         "lift": lift,
+        "savings": savings,
         "drift_events": drift,
         "stopping": stopping,
         "consensus_labels": scalar("SELECT uniqExact(task_id) FROM consensus_labels"),
@@ -359,6 +402,7 @@ def summary(report: dict) -> str:
         f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
         f"production model  {fmt(report['production_accuracy']):>7}",
         f"dead letters      {report['dead_letters']:>7}",
+        savings_line(report.get("savings")),
         *([f"lift over control {report['lift']['lift']:>7.2f}   (95% CI {report['lift']['ci_low']:.2f}-"
            f"{report['lift']['ci_high']:.2f}: policy labels correct the model that many times as often)"]
           if report["lift"] and report["lift"]["lift"] is not None else []),
