@@ -146,3 +146,15 @@ def test_the_loop_writes_one_label_savings_row_per_published_version():
     assert loop.savings.policy_labels == loop.trainer.learner.labels_seen - control_labels
     assert last["ratio"] is not None and last["ci_low"] <= last["ratio"] <= last["ci_high"]
     assert last["ratio"] == pytest.approx(last["policy_labels"] / last["random_labels_needed"])
+
+
+def test_the_curves_stay_short_however_many_labels_and_estimates():
+    savings = Savings(Threshold())
+    control_slice(savings, 100)
+    policy = Threshold()
+    for n in range(1, 20_001):
+        savings.policy_learned(policy, n)
+        if n % 25 == 0:
+            savings.estimate(policy)
+    assert len(savings.policy) < 50 and sum(not p.scheduled for p in savings.policy) <= 1
+    assert savings.policy[-1].labels == 20_000

@@ -78,6 +78,7 @@ class _Point:
     labels: int
     model: object
     hits: deque = field(default_factory=deque)
+    scheduled: bool = True  # False: taken for an estimate off the schedule, replaced by the next such point
 
 
 class Savings:
@@ -139,14 +140,21 @@ class Savings:
         self._snapshot(self.policy, model, self.policy_labels)
 
     def _due(self, curve: list[_Point], labels: int) -> bool:
-        last = curve[-1].labels if curve else 0
+        last = next((p.labels for p in reversed(curve) if p.scheduled), 0)
         return labels >= max(self.first_point, last + self.first_point, math.ceil(last * self.growth))
 
     def _snapshot(self, curve: list[_Point], model, labels: int, force: bool = False) -> None:
-        if labels <= 0 or (curve and curve[-1].labels == labels) or not (force or self._due(curve, labels)):
+        """A point on the curve when the schedule says so (a few dozen even after a million labels), or
+        ``force``: then it stands in for the newest state until the next point, so curves stay short."""
+        if labels <= 0 or (curve and curve[-1].labels == labels):
             return
+        scheduled = self._due(curve, labels)
+        if not (scheduled or force):
+            return
+        if curve and not curve[-1].scheduled:
+            curve.pop()
         model = copy.deepcopy(model)
-        curve.append(_Point(labels, model, deque(model.predict_one(x) == y for x, y in self.evaluation)))
+        curve.append(_Point(labels, model, deque(model.predict_one(x) == y for x, y in self.evaluation), scheduled))
 
     # -- estimating ---------------------------------------------------------------------
     def estimate(self, policy_model=None, z: float = 0.95) -> dict:
