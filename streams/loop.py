@@ -214,10 +214,12 @@ class Loop:
         teaches the counterfactual or joins the evaluation half, see :mod:`streams.evaluation.savings`.
         The policy's label count is the learner's minus the control labels (after a restart it also
         counts the control labels before it: the estimate errs against the policy, never for it)."""
-        task = self.trainer.task(row["task_id"])
-        if task is None:
+        if self.savings is None:  # a replay that learns its control labels: no counterfactual to compare with
             return
         learner = self.trainer.learner
+        task = self.trainer.task(row["task_id"])
+        if task is None or not getattr(learner, "hold_out_control", True):  # a replay that learns control labels
+            return
         if "control" in task["reasons"]:
             self.savings.add_control(row["item_id"], featurize(task["features"], task.get("text")), row["label"],
                                      weight=row.get("confidence") or 1.0)
