@@ -2,12 +2,13 @@
 
 An :class:`Annotation` says how labels are made: each annotator's error rate,
 how many labels a bought item gets (``overlap``) and where the errors fall
-(``noise``). A :class:`Panel` plays it on one stream: for a bought item it asks
-annotators in an order fixed for that item until the live
-:class:`~streams.labels.consensus.Consensus` settles, exactly as the live
-trainer re-issues a task while annotators disagree. An item the consensus
-cannot settle (no annotator left to ask, or no budget left) teaches nothing,
-and its labels are still paid.
+(``noise``). A :class:`Panel` plays it on one stream: for a bought item it gives
+the answers of annotators in an order fixed for that item; the replay
+(:mod:`feedbackloop.simulate`) hands them to the loop one at a time, as labels,
+until the live :class:`~streams.labels.consensus.Consensus` settles, exactly as
+the live trainer re-issues a task while annotators disagree. An item the
+consensus cannot settle (no annotator left to ask, or no budget left) teaches
+nothing, and its labels are still paid.
 
 Every draw is fixed by the seed, the annotator and the item (its position in
 the stream), never by what was asked before: two strategies replaying the same
@@ -29,27 +30,26 @@ Noise:
   model fitted on the stream's labels would place every item on its own side,
   since it has seen the item's label; the neighbour distance does not.)
 
->>> from streams.labels.consensus import Consensus
 >>> stream = [({"x": float(i)}, "a" if i < 50 else "b") for i in range(100)]
 >>> panel = Panel(Annotation(errors=(0.2,), overlap=2), stream, seed=0)
 >>> panel.order(2), [panel.answer(j, 2) for j in panel.order(2)]
 ([2, 1, 4, 0, 3], ['b', 'a', 'a', 'a', 'b'])
+>>> list(panel.answers(2))[:3]
+[('annotator-2', 'b'), ('annotator-1', 'a'), ('annotator-4', 'a')]
 
-The first two disagree, so the consensus asks a third, who settles it:
-
->>> outcome, paid = panel.label(2, Consensus(overlap=2))
->>> outcome.label, round(outcome.confidence, 3), paid
-('a', 0.8, 3)
+With an overlap of 2 the first two disagree, and the live consensus asks the
+third, who settles it.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from streams.labels.consensus import Consensus, Outcome
+from streams.labels.consensus import Consensus
 
 __all__ = ["NOISES", "Annotation", "Panel", "boundary_closeness"]
 
@@ -244,24 +244,7 @@ class Panel:
         random.Random(f"{self.seed}:order:{item}").shuffle(order)
         return order
 
-    def label(self, item: int, consensus: Consensus, suggested: str | None = None, confidence: float | None = None,
-              max_labels: int | None = None) -> tuple[Outcome | None, int]:
-        """Ask annotators for ``item`` until ``consensus`` settles; return its
-        outcome (None if it did not settle) and the labels paid.
-
-        ``suggested`` and ``confidence`` are the shadow model's prediction, which
-        the adaptive consensus (``overlap=0``) compares the first label with;
-        at most ``max_labels`` labels are bought.
-        """
-        task = str(item)
-        consensus.open({"task_id": task, "item_id": task, "suggested_label": suggested,
-                        "confidence": confidence or 0.0, "label_set": self.classes})
-        paid = 0
+    def answers(self, item: int) -> Iterator[tuple[str, str]]:
+        """``(annotator id, answer)`` for ``item``, in the order it is given to annotators."""
         for annotator in self.order(item):
-            if max_labels is not None and paid >= max_labels:
-                break
-            outcome = consensus.add(task, f"annotator-{annotator}", self.answer(annotator, item))
-            paid += 1
-            if outcome.action == "done":
-                return outcome, paid
-        return None, paid
+            yield f"annotator-{annotator}", self.answer(annotator, item)

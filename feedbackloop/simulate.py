@@ -1,12 +1,17 @@
-"""``feedbackloop simulate``: replay a labeled dataset through the selection policy.
+"""``feedbackloop simulate``: replay a labeled dataset through the live loop.
 
-The very core objects of the live loop (signals, budget, policy) run on a
-labeled dataset, with no Kafka, so a team can tune the policy on its own history
-before turning it on. The protocol, the same for every strategy:
+The worker's own :class:`~streams.loop.Loop` (scorer, router with its policy
+and budget, trainer with its consensus and learner) runs on a labeled dataset,
+with no Kafka, so a team can tune the policy on its own history before turning
+it on: what the simulator says is what the worker does. The protocol, the same
+for every strategy:
 
 * a share of the data (``--holdout``) is kept out for evaluation; the rest is
   the stream, replayed once in an order fixed by the seed (the same order for
   every strategy of a seed, so strategies are compared on the same stream);
+* each item is a prediction event whose random draw is fixed by its position
+  and the seed, as the router fixes it by the event id (the same draws for
+  every strategy of a seed);
 * the shadow model predicts each item before any label is revealed; the
   strategy decides from those signals; only bought labels are learned;
 * held-out accuracy is measured along the way, at fixed label counts;
@@ -52,13 +57,12 @@ import numpy as np
 
 from feedbackloop.annotators_sim import NOISES, Annotation, Panel
 from feedbackloop.datasets import RIVER_DATASETS, TEXT_DATASETS, Dataset, load
-from streams.labels.consensus import Consensus
-from streams.selection import signals
-from streams.selection.budget import Budget
+from streams.events import label as label_event
+from streams.evaluation.stopping import StoppingSignal
 from streams.learning.committee import Committee
 from streams.learning.models import KNN, make
-from streams.selection.policy import Policy
-from streams.evaluation.stopping import StoppingSignal
+from streams.loop import Loop
+from streams.selection import signals
 
 STRATEGIES = {
     "default": {},
@@ -123,73 +127,60 @@ def _accuracy(model, test, cache: dict | None = None) -> float:
     return sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)
 
 
-def _learn(model, x, label, weight: float) -> None:
-    """Learn ``label`` with sample weight ``weight`` where the model takes one,
-    exactly as the live learner does (``streams.learning.learner.Learner._learn``)."""
-    if weight == 1.0:
-        model.learn_one(x, label)
-        return
-    try:
-        model.learn_one(x, label, w=weight)
-    except TypeError:  # a model that takes no sample weight
-        model.learn_one(x, label)
-
-
 def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str = "knn",
            classes: int | None = None, grid: list[int] | None = None, annotation: Annotation | None = None,
            text: bool = False) -> dict:
-    """Run one strategy over one stream; return its learning curve and spend
-    (measured at the label counts of ``grid``, :func:`checkpoints` by default).
+    """Run one strategy over one stream through the live :class:`~streams.loop.Loop`;
+    return its learning curve and spend (measured at the label counts of
+    ``grid``, :func:`checkpoints` by default).
+
+    Item ``t`` of the stream is the prediction event ``t`` (its draw is fixed
+    by that id and the seed, the same for every strategy); the loop scores it
+    with its learner's live model, routes it, and a bought item's labels go
+    back to it as labels of the routed task, so the live consensus settles
+    them and the live learner learns them (control labels included: the
+    replay has its own test set).
 
     ``budget_labels`` counts labels: with ``annotation.overlap`` K, a bought
     item costs K labels (more when the consensus asks for another). ``learned``
     maps each bought item's stream position to the label the model learned;
     ``wrong`` says, in the same order, whether that label was wrong.
     """
-    settings = dict(STRATEGIES[strategy])
-    committee = settings.get("uncertainty") == "committee"
-    model = _model(kind, committee, seed)
+    options = dict(STRATEGIES[strategy])
+    committee = options.get("uncertainty") == "committee"
     annotation = annotation or Annotation()
     per_item = annotation.labels_per_item
     panel = None if annotation.perfect else Panel(annotation, stream, seed, text)
-    consensus = Consensus(overlap=annotation.overlap)
-    policy = Policy(Budget(fraction=min(1.0, budget_labels / per_item / len(stream))), seed=seed, **settings)
-    rng = random.Random(f"{seed}:{strategy}:draws")
+    # uniform sampling needs no prediction (unless the adaptive consensus compares the first label with it)
+    blind = strategy == "random" and annotation.overlap != 0
+    loop = Loop.build(budget_fraction=min(1.0, budget_labels / per_item / len(stream)), control_fraction=None,
+                      seed=seed, overlap=annotation.overlap, model=_model(kind, committee, seed),
+                      hold_out_control=False, live_scoring=not blind, prequential=not blind, n_classes=classes,
+                      label_set=sorted({y for _, y in stream}), policy_options=options)
+    model = loop.trainer.learner.model
     grid = grid or checkpoints(budget_labels)
-    curve, seen_classes, spent, events, cache = [], set(), 0, 0, {}
+    curve, spent, events, cache = [], 0, 0, {}
     learned: dict[int, str] = {}  # stream position -> label learned, in the order bought
     items = 0
     stopping, stop_at = StoppingSignal(), None
     next_check = 0
-    # uniform sampling needs no prediction (unless the adaptive consensus compares the first label with it)
-    blind = strategy == "random" and annotation.overlap != 0
     for t, (x, y) in enumerate(stream):
-        s: dict[str, float] = {}
-        predicted = confidence = None
-        if len(seen_classes) >= 2 and not blind:
-            members = model.members_proba(x) if committee else None
-            proba = signals.mean_proba(members) if committee else model.predict_proba_one(x)
-            if proba:
-                predicted = signals.top_label(proba)
-                confidence = proba[predicted]
-                s = signals.score(proba, None, classes, committee=members)
         if spent + per_item > budget_labels:
-            continue
-        d = policy.decide("prediction", s, now_ms=t * 1000, draw=rng.random(), x=x, label=predicted)
-        if not d.selected:
+            break
+        now = t * 1000
+        event = {"event_id": str(t), "item_id": str(t), "ts": now, "model_name": "", "model_version": "",
+                 "predicted_label": None, "probabilities": {}, "features": x, "text": None, "context": {}}
+        routed = loop.route(loop.score("Prediction", event, now).candidates[0], now)
+        if not routed.tasks:
             continue
         items += 1
-        if panel is None:  # perfect annotators: the truth, one label
-            label, weight, paid = y, 1.0, 1
-        else:
-            outcome, paid = panel.label(t, consensus, predicted, confidence, max_labels=budget_labels - spent)
-            label, weight = (outcome.label, outcome.confidence) if outcome else (None, 0.0)
+        answers = [("annotator", y)] if panel is None else panel.answers(t)
+        settled, paid, drift = _annotate(loop, routed.tasks[0], answers, perfect=panel is None,
+                                         max_labels=budget_labels - spent, now=now)
         spent += paid
-        if label is not None:
-            _learn(model, x, label, weight)
-            learned[t] = label
-            seen_classes.add(label)
-            events += policy.observe_label(label, predicted, ts=t * 1000, confidence=confidence) is not None
+        events += drift
+        if settled is not None:
+            learned[t] = settled["label"]
         while next_check < len(grid) and grid[next_check] <= spent:
             predicted = _predictions(model, test, cache)
             curve.append((spent, sum(p == y for p, (_, y) in zip(predicted, test)) / len(test)))
@@ -201,8 +192,30 @@ def replay(stream, test, strategy: str, budget_labels: int, seed: int, kind: str
     if not curve or curve[-1][0] != spent:
         curve.append((spent, _accuracy(model, test, cache)))
     return {"curve": curve, "labels_spent": spent, "seen": len(stream), "drift_events": events,
-            "stop_at": stop_at, "selected": dict(policy.selected), "items": items, "learned": learned,
+            "stop_at": stop_at, "selected": dict(loop.router.policy.selected), "items": items, "learned": learned,
             "wrong": wrong, "label_error_rate": sum(wrong) / len(wrong) if wrong else None}
+
+
+def _annotate(loop: Loop, task, answers, perfect: bool, max_labels: int, now: int):
+    """Give a routed task to the loop, then its annotators' ``answers`` one label
+    at a time until the live consensus settles (at most ``max_labels``); return
+    the consensus row (None if it did not settle), the labels paid and the
+    drift events. A perfect annotator's label is the truth, final as a
+    reviewer's: learned once, unweighted."""
+    loop.take("LabelingTask", task, now)
+    paid = drift = 0
+    for annotator, answer in answers:
+        if paid >= max_labels:
+            break
+        out = loop.take("Label", label_event(event_id=f"{task['event_id']}:{annotator}", task_id=task["task_id"],
+                                             item_id=task["item_id"], label=answer, annotator_id=annotator, ts=now,
+                                             tier="reviewer" if perfect else "annotator"), now)
+        paid += 1
+        drift += sum(table == "drift_events" for table, _ in out.rows)
+        settled = [row for table, row in out.rows if table == "consensus_labels"]
+        if settled:
+            return settled[0], paid, drift
+    return None, paid, drift
 
 
 def reference(stream, test, kind: str = "knn", seed: int = 0) -> float:
@@ -492,9 +505,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "simulate", help="replay a labeled dataset through the selection policy, offline",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Runs the live loop's signals, budget and policy on a labeled dataset with no Kafka, and "
-                    "reports how many labels each strategy needs to reach a target accuracy, against random "
-                    "sampling.")
+        description="Runs the live loop (scoring, policy and budget, consensus, learner) on a labeled dataset "
+                    "with no Kafka, and reports how many labels each strategy needs to reach a target accuracy, "
+                    "against random sampling.")
     p.add_argument("dataset", nargs="+",
                    help=f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))}, or a CSV/JSONL/Parquet path")
     p.add_argument("--label-column", help="label column of a file dataset")

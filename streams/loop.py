@@ -106,19 +106,22 @@ class Loop:
               model_name: str = "shadow", model_kind: str = "knn", publish_every: int = 25, overlap: int = 1,
               max_annotators: int = 5, gold_items: dict | None = None, gold_rate: float = 0.0,
               gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
-              n_classes: int | None = None, label_set=None, policy_options: dict | None = None) -> "Loop":
+              prequential: bool = True, n_classes: int | None = None, label_set=None,
+              policy_options: dict | None = None) -> "Loop":
         """A loop from plain options (named as the settings are; a cap of 0 is no cap).
 
         An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
         learns control labels too (``hold_out_control=False``: it has a test
         set of its own), scores with the learner's live model in the production
         model's place (``live_scoring``, over ``n_classes`` classes; it never
-        publishes), names every class up front (``label_set``), and passes its
+        publishes; without it, and with ``prequential=False``, it predicts
+        nothing at all), names every class up front (``label_set``), and passes its
         strategy (``mix``, ``uncertainty``, ...) as ``policy_options``;
         ``control_fraction=None`` keeps the mix's own control share.
 
-        >>> replay = Loop.build(model_kind="nb", hold_out_control=False, live_scoring=True, label_set=["a", "b"],
-        ...                     control_fraction=None, policy_options={"mix": {"control": 1.0}})
+        >>> from streams.learning.models import make
+        >>> replay = Loop.build(model=make("nb", offline=True), hold_out_control=False, live_scoring=True,
+        ...                     label_set=["a", "b"], control_fraction=None, policy_options={"mix": {"control": 1.0}})
         >>> replay.scorer.model.model is replay.trainer.learner.model, replay.router.policy.mix["control"]
         (True, 1.0)
         """
@@ -127,7 +130,7 @@ class Loop:
                         **(policy_options or {}))
         gold_items = gold_items or {}
         learner = Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control,
-                          model=model, hold_out_control=hold_out_control)
+                          model=model, hold_out_control=hold_out_control, prequential=prequential)
         trainer = Trainer(learner, Consensus(overlap=overlap, max_annotators=max_annotators,
                                              gold=GoldChecks(threshold=gold_threshold)),
                           gold={item: g["label"] for item, g in gold_items.items()})

@@ -81,8 +81,17 @@ def test_cli_writes_table_json_and_plot(files, tmp_path, capsys):
     assert set(result["strategies"]) == {"default", "uncertainty", "random"}
     for r in result["strategies"].values():
         assert {"labels_to_target", "final_accuracy", "labels_spent", "curve"} <= set(r)
-        assert abs(r["labels_spent"] / result["budget_labels"] - 1) <= 0.05
+        assert r["labels_spent"] <= result["budget_labels"]
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_strategy_spends_its_budget_on_a_real_stream():
+    # moved from the CLI test above: on its 480-row file a 48-label budget is spent within 5% on a
+    # two-seed mean only by the luck of the draws (the policy paces; one run in seven misses by more)
+    result = simulate.simulate(simulate.load("phishing"), [0.1], ["default", "uncertainty"], seeds=2, jobs=1,
+                               progress=False)["runs"][0]
+    for r in result["strategies"].values():
+        assert abs(r["labels_spent"] / result["budget_labels"] - 1) <= 0.05
 
 
 def test_budget_as_a_number_of_labels_and_unknown_strategy():
@@ -174,15 +183,17 @@ def test_the_model_learns_the_consensus_label_weighted_by_its_confidence(bananas
 
 def test_weighting_is_the_live_learners(bananas):
     stream, _ = bananas
-    live, offline = Learner("m", kind="linear"), make("linear", offline=True)
+    # the replay's learner is the loop's: built as the simulator builds it, it learns as the live one does
+    live = Learner("m", kind="linear")
+    offline = simulate.Loop.build(model=make("linear", offline=True), hold_out_control=False).trainer.learner
     for i, (x, y) in enumerate(stream[:40]):
         weight = 0.8 if i % 3 else 0.985
         live.learn(x, y, weight=weight)
-        simulate._learn(offline, x, y, weight)
-    assert all(live.model.predict_proba_one(x) == offline.predict_proba_one(x) for x, _ in stream[40:60])
-    nb = make("nb", offline=True)  # takes no sample weight: learned unweighted
-    simulate._learn(nb, {"w:cash": 1.0}, "spam", 0.8)
-    assert nb.predict_one({"w:cash": 1.0}) == "spam"
+        offline.learn(x, y, weight=weight)
+    assert all(live.model.predict_proba_one(x) == offline.model.predict_proba_one(x) for x, _ in stream[40:60])
+    nb = Learner("m", model=make("nb", offline=True), hold_out_control=False)  # takes no sample weight: unweighted
+    nb.learn({"w:cash": 1.0}, "spam", weight=0.8)
+    assert nb.model.predict_one({"w:cash": 1.0}) == "spam"
 
 
 @pytest.mark.parametrize("overlap,errors", [(1, (0.05, 0.1, 0.3)), (3, (0.2, 0.3, 0.4))])
@@ -242,3 +253,23 @@ def test_cli_records_the_annotators_and_counts_labels_not_items(files, tmp_path,
         Annotation((0.1, 0.1), overlap=3)
     with pytest.raises(ValueError, match="error rates must be in"):
         Annotation((1.2,))
+
+
+def test_the_replay_drives_the_live_loop(bananas, monkeypatch):
+    stream, test = bananas
+    built = []
+    build = simulate.Loop.build
+    monkeypatch.setattr(simulate.Loop, "build", classmethod(lambda cls, **kw: built.append(build(**kw)) or built[-1]))
+    r = simulate.replay(stream, test[:50], "default", 200, seed=0, classes=2)
+    (loop,) = built
+    learner = loop.trainer.learner
+    # the loop's router decided, its learner learned every bought label (control ones too), nothing published
+    assert r["selected"] == dict(loop.router.policy.selected) and sum(r["selected"].values()) == r["items"] == 200
+    assert learner.labels_seen == 200 and not learner.control and learner.version == 0
+    # the scorer scores the learner's live model in the production model's place, as the old replay did
+    x = stream[-1][0]
+    c = loop.score("Prediction", {"event_id": "x", "item_id": "x", "ts": 0, "model_name": "", "model_version": "",
+                                  "predicted_label": None, "probabilities": {}, "features": x, "text": None,
+                                  "context": {}}, now_ms=0).candidates[0]
+    proba = learner.model.predict_proba_one(x)
+    assert c["probabilities"] == proba and c["signals"] == simulate.signals.score(proba, None, 2)

@@ -85,15 +85,34 @@ class Learner:
     min_control
         The first version waits for this many control labels, so its
         accuracy is measured on more than a handful of items.
+    model
+        The model to learn, instead of a fresh one of ``kind`` (an offline
+        replay gives its own, see :mod:`feedbackloop.simulate`).
+    hold_out_control
+        Hold control labels out (the live loop's test set). An offline replay,
+        which has a held-out test set of its own, learns them like any other.
+    prequential
+        Predict each label before learning it (what drift detection and the
+        lift compare with the label). An offline replay of uniform sampling,
+        which never predicts, turns it off.
+
+    >>> replay = Learner("m", model=models.make("knn", offline=True), hold_out_control=False)
+    >>> _ = replay.learn({"x": 1.0}, "a", control=True)
+    >>> sorted(replay.classes), len(replay.control), replay.model.n_seen
+    (['a'], 0, 1)
+    >>> replay.learn({"x": 2.0}, "b"), Learner("m", model=replay.model, prequential=False).learn({"x": 2.0}, "b")
+    ({'a': 1.0}, {})
     """
 
     def __init__(self, name: str, kind: str = "knn", publish_every: int = 25, control_window: int = 1000,
-                 min_control: int = 20):
+                 min_control: int = 20, model=None, hold_out_control: bool = True, prequential: bool = True):
         self.name = name
         self.kind = kind
         self.publish_every = publish_every
         self.min_control = min_control
-        self.model = models.make(kind)
+        self.hold_out_control = hold_out_control
+        self.prequential = prequential
+        self.model = models.make(kind) if model is None else model
         self.classes: set[str] = set()
         self.version = 0
         self.labels_seen = 0
@@ -104,16 +123,17 @@ class Learner:
         self._since_publish = 0
 
     def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
-        """Predict ``x``, then learn it (or hold it out if ``control``); return
-        the class probabilities predicted (``{}`` before the first label)."""
-        proba = self.model.predict_proba_one(x) if self.classes else {}
+        """Predict ``x``, then learn it (or hold it out if ``control`` and
+        ``hold_out_control``); return the class probabilities predicted (``{}``
+        before the first label)."""
+        proba = self.model.predict_proba_one(x) if self.classes and self.prequential else {}
         predicted = signals.top_label(proba)
         if predicted is not None:
             self.prequential_total += 1
             self.prequential_hits += predicted == label
         self.labels_seen += 1
         self._since_publish += 1
-        if control:
+        if control and self.hold_out_control:
             self.control.append((x, label))
         else:
             self.classes.add(label)

@@ -20,6 +20,21 @@ contests.
 ...     "override_label": "b", "user_id": "u", "context": {}}, now_ms=10)
 >>> o["kind"], o["user_label"], o["predicted_label"], o["features"]
 ('override', 'b', 'a', {'x': 1.0})
+
+An offline replay has no production model: with ``live=True`` the scorer's
+model is the learner's own (a view that learns as it learns), scored in the
+production model's place, with its committee's disagreement when it has
+members, over ``n_classes`` classes; the event's probabilities are not read.
+
+>>> from streams.learning.models import make
+>>> model = make("knn", offline=True)
+>>> for v, y in [(0.0, "a"), (1.0, "b")]:
+...     model.learn_one({"x": v}, y)
+>>> replay = Scorer(ShadowModel("shadow", 0, model, ["a", "b"]), live=True, n_classes=3)
+>>> c = replay.prediction({"event_id": "e3", "item_id": "i3", "ts": 1, "model_name": "", "model_version": "",
+...     "predicted_label": None, "probabilities": {}, "features": {"x": 0.1}, "text": None, "context": {}}, now_ms=1)
+>>> c["predicted_label"], c["shadow_label"], c["signals"] == signals.score(c["probabilities"], None, 3)
+('a', None, True)
 """
 
 from __future__ import annotations
@@ -34,8 +49,11 @@ from streams.recent import Recent
 class Scorer:
     """Scores predictions, overrides and appeals against the current shadow model."""
 
-    def __init__(self, model: ShadowModel | None = None, memory: int = 100_000):
+    def __init__(self, model: ShadowModel | None = None, memory: int = 100_000, live: bool = False,
+                 n_classes: int | None = None):
         self.model = model or ShadowModel("shadow", 0)
+        self.live = live
+        self.n_classes = n_classes
         self._recent: Recent = Recent(memory)
 
     def use(self, model: ShadowModel) -> bool:
@@ -46,19 +64,34 @@ class Scorer:
         return True
 
     def prediction(self, event: dict, now_ms: int) -> Candidate:
-        probabilities = event["probabilities"]
         x = featurize(event["features"], event.get("text"))
-        shadow = self.model.predict_proba(x)
-        classes = set(probabilities) | set(self.model.classes)
+        if self.live:
+            probabilities, scored = self._live(x)
+            predicted, shadow = signals.top_label(probabilities), {}
+        else:
+            probabilities, predicted = event["probabilities"], event["predicted_label"]
+            shadow = self.model.predict_proba(x)
+            classes = set(probabilities) | set(self.model.classes)
+            scored = signals.score(probabilities, shadow, self.n_classes or len(classes))
         c = candidate(
             event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind="prediction",
             model_name=event["model_name"], model_version=event["model_version"],
-            predicted_label=event["predicted_label"], probabilities=probabilities, features=event["features"],
+            predicted_label=predicted, probabilities=probabilities, features=event["features"],
             text=event.get("text"), context=event.get("context") or {}, shadow_label=signals.top_label(shadow),
-            shadow_version=self.model.version, signals=signals.score(probabilities, shadow, len(classes)),
-            user_label=None, note=None, scored_ts=now_ms, x=x)
+            shadow_version=self.model.version, signals=scored, user_label=None, note=None, scored_ts=now_ms, x=x)
         self._recent[event["item_id"]] = c
         return c
+
+    def _live(self, x: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """The live model's probabilities for ``x`` and their signals (none before it knows two classes)."""
+        model = self.model.model
+        if model is None or len(self.model.classes) < 2:
+            return {}, {}
+        members = model.members_proba(x) if hasattr(model, "members_proba") else None
+        proba = signals.mean_proba(members) if members else model.predict_proba_one(x)
+        if not proba:
+            return {}, {}
+        return proba, signals.score(proba, None, self.n_classes, committee=members)
 
     def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> Candidate:
         seen = self._recent.get(event["item_id"], {})
