@@ -185,11 +185,14 @@ def spawn(settings: Settings, log_path: Path) -> subprocess.Popen:
     this process ends; its instance id is its own (:func:`instance_id`) unless
     ``settings.worker_id`` is set."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         # a session of its own: a terminal's Ctrl-C reaches the parent, which stops its children in order
-        return subprocess.Popen([sys.executable, "-m", "feedbackloop", "worker", "--parent", str(os.getpid())],
-                                env=environment(settings), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-m", "feedbackloop", "worker", "--parent", str(os.getpid())],
+                                   env=environment(settings), stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path, process.log_start = log_path, start  # for wait_ready
+    return process
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
@@ -206,7 +209,9 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 def wait_ready(settings: Settings, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    """Wait until the worker group is stable with partitions assigned."""
+    """Wait until the worker group is stable with partitions assigned and, for a
+    worker started by :func:`spawn`, until that process says it is ready (a
+    restarted static member takes over an assignment the group already shows)."""
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
@@ -217,12 +222,23 @@ def wait_ready(settings: Settings, process: subprocess.Popen | None = None, time
             raise RuntimeError(f"worker exited with code {process.returncode}")
         try:
             group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=5)
-            if group.state == ConsumerGroupState.STABLE and any(m.assignment.topic_partitions for m in group.members):
+            if group.state == ConsumerGroupState.STABLE and any(m.assignment.topic_partitions for m in group.members) \
+                    and _says_ready(process):
                 return
         except Exception:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"worker not ready after {timeout:.0f} s")
+
+
+def _says_ready(process: subprocess.Popen | None) -> bool:
+    """True unless ``process`` was spawned with a log that does not yet say "Worker ready"."""
+    log_path = getattr(process, "log_path", None)
+    if log_path is None:
+        return True
+    with open(log_path, "rb") as log:
+        log.seek(process.log_start)
+        return b"Worker ready" in log.read()
 
 
 def lag(settings: Settings, group: str | None = None, topics=CONSUMED) -> int:

@@ -8,11 +8,13 @@
   model versions are published on ``models`` and picked up by every scorer.
 * ``audit``: the labeling service's audit events, into ``audit_log``.
 
-Each agent makes its batch durable before the batch is acknowledged: the
-messages it sent are delivered and its ClickHouse rows written (off the event
-loop, :meth:`Runtime.write_rows`), so a committed offset never runs ahead of
-what it stands for. While ClickHouse is down the agents wait there,
-consumption pauses and the worker keeps its group membership. The router and
+A router's tasks are delivered before the decisions naming them are buffered;
+rows go to ClickHouse in blocks (off the event loop, :meth:`Runtime.write_rows`)
+and every buffered row is written before offsets are committed
+(:class:`DurableConsumer`), so a committed offset never runs ahead of what it
+stands for. While ClickHouse is down the writes wait with backoff, the agents
+and the commits with them: consumption pauses and the worker keeps its group
+membership. The router and
 the learner rebuild their state from the topics after a restart
 (:mod:`streams.replay`). Input that cannot be processed, and rows ClickHouse
 refuses, go to ``deadletter`` with the reason; the stream goes on.
@@ -163,7 +165,7 @@ class Runtime:
             for value in await self.encode_candidates(out[part], sources[part]):
                 await self.topics.candidates.send(value=value)
         self.agent_stats("score", len(out), started)
-        await self.write_rows()
+        await self.write_due()
 
     async def route(self, events) -> None:
         if not self.router_ready:
@@ -182,7 +184,7 @@ class Runtime:
         await self.each(events, handle)
         await self.deliver(done)  # the tasks are delivered before the decisions that name them are written
         self.agent_stats("route", seen, started)
-        await self.write_rows()
+        await self.write_due()
 
     async def learn(self, events) -> None:
         if not self.trainer_ready:
@@ -205,19 +207,19 @@ class Runtime:
                 except Exception:  # a version that cannot be published must not stop the learner
                     log.exception("publishing version %s failed", self.loop.trainer.learner.version)
         await self.deliver(done)
-        await self.write_rows()
+        await self.write_due()
 
     async def audit(self, events) -> None:
         async def handle(name, record, message):
             self.sink.add("audit_log", record)
 
         await self.each(events, handle)
-        await self.write_rows()
+        await self.write_due()
 
     async def standing(self) -> None:
         if self.sink is not None:
             self.add_rows(self.loop.standing(now_ms()).rows)
-            await self.write_rows()
+            await self.write_due()
 
     def follow_models(self) -> None:
         """Serve model versions published by the learner of another worker."""
@@ -302,6 +304,14 @@ class Runtime:
         log.warning("dead letter: a %s row ClickHouse refused: %s", table, error)
         await self.topics.deadletter.send(key=key, value=codec.encode("DeadLetter", record, check=False))
 
+    async def write_due(self) -> None:
+        """Write the buffered rows if a block is full or old enough (:meth:`write_rows`
+        waits there while ClickHouse is down, so consumption pauses); every row is
+        written anyway before the offsets it stands for are committed
+        (:class:`DurableConsumer`)."""
+        if self.sink.due():
+            await self.write_rows()
+
     async def write_rows(self) -> None:
         """Make the buffered rows durable, on the writer thread, never on the event loop.
 
@@ -349,6 +359,18 @@ def wait_for_clickhouse(s: Settings):
             delay = min(15.0, delay * 2)
 
 
+class DurableConsumer(aiokafka_driver.Consumer):
+    """Faust's Kafka consumer, writing every buffered ClickHouse row before it
+    commits offsets: a committed offset never runs ahead of the rows it stands
+    for, and rows go to ClickHouse in blocks, not one insert per batch."""
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        runtime = getattr(self.app, "runtime", None)
+        if runtime is not None and runtime.sink is not None:
+            await runtime.write_rows()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
+
 class IdempotentProducer(aiokafka_driver.Producer):
     """Faust's Kafka producer with idempotence on (Faust enables it only inside transactions)."""
 
@@ -378,6 +400,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     # an idempotent producer: a send retried across a broker bounce is written once
     app.transport.Producer = IdempotentProducer
+    app.transport.Consumer = DurableConsumer
     topics = Topics(app, settings)
     rt = Runtime(settings, topics)
     app.runtime = rt
