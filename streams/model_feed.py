@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 from schemas import codec
 from streams.learning.learner import ShadowModel, load_version
 from streams.learning.snapshot import SnapshotRejected
-from streams.replay import read, watermarks
+from streams.replay import Reader
 
 log = logging.getLogger("feedbackloop")
 
@@ -70,6 +70,7 @@ def decoded(messages) -> Iterator[tuple[int, dict]]:
 def latest_version(settings, key) -> dict | None:
     """The newest version of ``settings.model_name`` on the ``models`` topic
     that verifies with ``key``, read once from the start; None if there is none."""
-    low, high = watermarks(settings, "models")
-    found = newest(read(settings, "models", ("ModelVersion",), low, high), settings.model_name, key)
+    with Reader(settings) as reader:
+        low, high = reader.watermarks("models")
+        found = newest(reader.read("models", ("ModelVersion",), low, high), settings.model_name, key)
     return None if found is None else found[0]

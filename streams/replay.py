@@ -33,70 +33,63 @@ log = logging.getLogger("feedbackloop")
 LOOKBACK_MS = WEEK_MS + DAY_MS
 
 
-def _consumer(settings):
-    from confluent_kafka import Consumer
+class Reader:
+    """Reads partition 0 of the loop's topics back, with one consumer.
 
-    return Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-replay",
-                     "enable.auto.commit": False, "enable.partition.eof": False})
+    The consumer carries the worker group's id only to read its committed
+    offsets: it is assigned partitions, never subscribes (so it never joins the
+    group) and never commits. Use it as a context manager.
+    """
 
+    def __init__(self, settings):
+        from confluent_kafka import Consumer
 
-def watermarks(settings, topic: str) -> tuple[int, int]:
-    """The low and high offsets of ``topic``'s partition 0."""
-    from confluent_kafka import TopicPartition
+        self.settings = settings
+        self.consumer = Consumer({**settings.kafka_config(), "group.id": settings.app_id,
+                                  "enable.auto.commit": False, "enable.partition.eof": False})
 
-    consumer = _consumer(settings)
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(settings.topic(topic), 0), timeout=30)
-    finally:
-        consumer.close()
+    def __enter__(self) -> "Reader":
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.consumer.close()
 
-def committed(settings, topic: str) -> int | None:
-    """The worker group's committed offset on ``topic``'s partition 0 (None: nothing committed)."""
-    from confluent_kafka import Consumer, TopicPartition
+    def _partition(self, topic: str, offset: int = -1001):
+        from confluent_kafka import TopicPartition
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": settings.app_id, "enable.auto.commit": False})
-    try:
-        [tp] = consumer.committed([TopicPartition(settings.topic(topic), 0)], timeout=30)
+        return TopicPartition(self.settings.topic(topic), 0, offset)
+
+    def watermarks(self, topic: str) -> tuple[int, int]:
+        """The low and high offsets of ``topic``."""
+        return self.consumer.get_watermark_offsets(self._partition(topic), timeout=30)
+
+    def committed(self, topic: str) -> int | None:
+        """The worker group's committed offset on ``topic`` (None: nothing committed)."""
+        [tp] = self.consumer.committed([self._partition(topic)], timeout=30)
         return tp.offset if tp.offset >= 0 else None
-    finally:
-        consumer.close()
 
+    def offset_at(self, topic: str, ts_ms: int) -> int:
+        """The first offset of ``topic`` written at or after ``ts_ms``."""
+        [tp] = self.consumer.offsets_for_times([self._partition(topic, ts_ms)], timeout=30)
+        return tp.offset if tp.offset >= 0 else self.watermarks(topic)[1]
 
-def offset_at(settings, topic: str, ts_ms: int) -> int:
-    """The first offset of ``topic``'s partition 0 written at or after ``ts_ms``."""
-    from confluent_kafka import TopicPartition
-
-    consumer = _consumer(settings)
-    try:
-        [tp] = consumer.offsets_for_times([TopicPartition(settings.topic(topic), 0, ts_ms)], timeout=30)
-        if tp.offset >= 0:
-            return tp.offset
-        return consumer.get_watermark_offsets(TopicPartition(settings.topic(topic), 0), timeout=30)[1]
-    finally:
-        consumer.close()
-
-
-def read(settings, topic: str, accept: tuple[str, ...], start: int, end: int) -> Iterator[tuple[int, dict]]:
-    """``(offset, record)`` for each decodable message of ``topic``'s partition 0
-    in ``[start, end)``; what does not decode was dead-lettered when it came in."""
-    from confluent_kafka import TopicPartition
-
-    if end <= start:
-        return
-    consumer = _consumer(settings)
-    try:
-        consumer.assign([TopicPartition(settings.topic(topic), 0, start)])
+    def read(self, topic: str, accept: tuple[str, ...], start: int, end: int) -> Iterator[tuple[int, dict]]:
+        """``(offset, record)`` for each decodable message of ``topic`` in
+        ``[start, end)``; what does not decode was dead-lettered when it came in."""
+        if end <= start:
+            return
+        name = self.settings.topic(topic)
+        self.consumer.assign([self._partition(topic, start)])
         following, idle = start, time.monotonic()
         while following < end:
-            messages = consumer.consume(500, timeout=1.0)
+            messages = self.consumer.consume(500, timeout=1.0)
             if not messages:
                 if time.monotonic() - idle > 60:
                     raise TimeoutError(f"reading {topic} back stalled at offset {following} of {end}")
                 continue
             idle = time.monotonic()
             for message in messages:
-                if message.error():
+                if message.error() or message.topic() != name:
                     continue
                 offset = message.offset()
                 if offset >= end:
@@ -107,15 +100,14 @@ def read(settings, topic: str, accept: tuple[str, ...], start: int, end: int) ->
                 except codec.DecodeError:
                     continue
                 yield offset, record
-    finally:
-        consumer.close()
 
 
 def rebuild_router(router, settings, now_ms: int) -> int:
     """Give ``router`` the tasks it sent within :data:`LOOKBACK_MS`; the number read."""
-    start = offset_at(settings, "labeling.tasks", now_ms - LOOKBACK_MS)
-    _, end = watermarks(settings, "labeling.tasks")
-    tasks = [task for _, task in read(settings, "labeling.tasks", ("LabelingTask",), start, end)]
+    with Reader(settings) as reader:
+        start = reader.offset_at("labeling.tasks", now_ms - LOOKBACK_MS)
+        _, end = reader.watermarks("labeling.tasks")
+        tasks = [task for _, task in reader.read("labeling.tasks", ("LabelingTask",), start, end)]
     router.restore(tasks)
     log.info("router rebuilt from %d tasks sent before the restart", len(tasks))
     return len(tasks)
@@ -128,20 +120,22 @@ def rebuild_trainer(trainer, settings, memory: int = 200_000) -> int:
     being learned; later ones, up to where the worker group committed, are
     learned again (their rows were written before the restart). Returns the
     offset on ``labels`` from which the stream's own labels count."""
-    low, high = watermarks(settings, "labeling.tasks")
-    for _, task in read(settings, "labeling.tasks", ("LabelingTask",), max(low, high - memory), high):
-        trainer.add_task(task)
     reflected = trainer.learner.label_offset
-    low, high = watermarks(settings, "labels")
-    end = max(committed(settings, "labels") or low, reflected + 1)
     learned = known = 0
-    for offset, label in read(settings, "labels", ("Label",), max(low, end - memory), end):
-        try:
-            trainer.add_label(label, learn=offset > reflected)
-        except ValueError:  # a label outside its task's label set was dead-lettered when it came in
-            continue
-        learned += offset > reflected
-        known += offset <= reflected
+    with Reader(settings) as reader:
+        low, high = reader.watermarks("labeling.tasks")
+        for _, task in reader.read("labeling.tasks", ("LabelingTask",), max(low, high - memory), high):
+            trainer.add_task(task)
+        low, _ = reader.watermarks("labels")
+        done = reader.committed("labels")
+        end = max(low if done is None else done, reflected + 1)
+        for offset, label in reader.read("labels", ("Label",), max(low, end - memory), end):
+            try:
+                trainer.add_label(label, learn=offset > reflected)
+            except ValueError:  # a label outside its task's label set was dead-lettered when it came in
+                continue
+            learned += offset > reflected
+            known += offset <= reflected
     trainer.learner.label_offset = max(reflected, end - 1)
     log.info("trainer rebuilt: %d labels the model reflects, %d learned again, up to offset %d",
              known, learned, end)
