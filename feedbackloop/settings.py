@@ -119,6 +119,13 @@ class Settings:
     gold_rate: float = 0.0
     gold_threshold: float = 0.7
     seed: int = 0
+    # -- annotator gating and guidelines (the labeling service) --
+    #: a new (or re-admitted) annotator's first K tasks are gold items from ``gold_path``
+    gate_gold_tasks: int = 5
+    #: below this gold accuracy, over at least ``gate_gold_tasks`` checks, an annotator is paused
+    gate_threshold: float = 0.7
+    #: the labeling guidelines: a markdown file, or a directory of them (one per label set)
+    guidelines_path: str = ""
     #: this worker's static group membership id (KIP-345); empty: derived from the host and state dir
     worker_id: str = ""
     #: seconds a worker has to stop gracefully after SIGTERM/SIGINT before it exits regardless
