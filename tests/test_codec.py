@@ -103,6 +103,11 @@ CASES = {
          "client": "10.0.0.8", "task_id": "task-000031"},
         {"role": "", "detail": "", "service": ""},
     ),
+    "Retraining": (
+        {"event_id": "shadow-12", "ts": T + 96000, "model_name": "shadow", "dataset_version": 12,
+         "reasons": ["labels", "drift"], "new_labels": 500},
+        {"control_accuracy": None, "accuracy_gain": None},
+    ),
     "DeadLetter": (
         {"event_id": "dl-1", "ts": T + 999, "topic": "predictions", "partition": 3, "offset": 80213,
          "payload": b"\xc3\x01\x00\x00garbage\xff", "reason": "unknown schema fingerprint 0000676172626167",
@@ -202,7 +207,7 @@ def standalone(name):
 def test_every_schema_is_loaded():
     assert set(codec.NAMES) == {"Prediction", "PredictionBatch", "Override", "Appeal", "Candidate",
                                 "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter",
-                                "AuditEvent"}
+                                "AuditEvent", "Retraining"}
     assert set(CASES) == set(codec.NAMES)
     assert len(list(codec.SCHEMA_DIR.glob("*.avsc"))) == len(codec.NAMES)
     assert codec.schema("Prediction")["name"] == "feedbackloop.Prediction"
