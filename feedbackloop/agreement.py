@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from streams.labels import set_agreement
 from streams.labels.agreement import Annotation, report
 
 REQUIRED = ("item_id", "annotator_id", "label")
@@ -45,6 +46,17 @@ ts (epoch ms or ISO 8601), duration_ms and a gold answer column. Prints:
 
 Undefined coefficients (a single class, nothing labeled twice) print as n/a
 and are null in the JSON. With a ts on every row, rows are taken in time order.
+
+With --multi-label the label (and gold) column holds a set of classes joined
+by '|' ("cat|dog"), and the report is about sets instead:
+
+  overall      Krippendorff's alpha with the MASI distance (and with Jaccard),
+               share of annotator pairs giving the very same set
+  classes      per class: how often it is chosen, percent agreement, Fleiss'
+               kappa and Cohen's kappa (averaged over annotator pairs) on
+               "is this class in the set?"
+  annotators   labels, mean set size, mean MASI agreement with the others,
+               exact and MASI agreement with gold
 """
 
 
@@ -205,6 +217,35 @@ def summary(rep: dict, pairs: int = 5) -> str:
     return "\n".join(lines)
 
 
+def multi_label_summary(rep: dict) -> str:
+    """The multi-label report (:func:`streams.labels.set_agreement.report`) as short tables.
+
+    >>> rep = set_agreement.report([("i1", "x", "a|b"), ("i1", "y", "a")])
+    >>> print(multi_label_summary(rep).splitlines()[1])
+    Krippendorff alpha     0.000   (MASI distance)
+    """
+    lines = [
+        f"{rep['n_annotations']} labels, {rep['n_items']} items ({rep['n_items_multi']} labeled at least twice), "
+        f"{rep['n_annotators']} annotators, {len(rep['classes'])} classes, "
+        f"{_fmt(rep['mean_set_size'], '.2f')} classes per answer",
+        f"Krippendorff alpha  {_fmt(rep['krippendorff_alpha']):>8}   (MASI distance)",
+        f"Krippendorff alpha  {_fmt(rep['krippendorff_alpha_jaccard']):>8}   (Jaccard distance)",
+        f"exact set agreement {_fmt(rep['exact_agreement']):>8}",
+        "",
+    ]
+    w = max([len("class")] + [len(str(c)) for c in rep["per_class"]])
+    lines.append(f"{'class':<{w}}  chosen  agree  Fleiss  Cohen")
+    lines += [f"{str(c):<{w}}  {_fmt(k['prevalence'], '.1%'):>6}  {_fmt(k['percent_agreement']):>5}  "
+              f"{_fmt(k['fleiss_kappa']):>6}  {_fmt(k['cohen_kappa']):>5}" for c, k in rep["per_class"].items()]
+    per = rep["per_annotator"]
+    w = max([len("annotator")] + [len(str(a)) for a in per])
+    lines += ["", f"{'annotator':<{w}}  labels  size  MASI agree  gold exact  gold MASI"]
+    lines += [f"{str(a):<{w}}  {r['n_labels']:>6}  {_fmt(r['mean_set_size'], '.2f'):>4}  "
+              f"{_fmt(r['masi_agreement']):>10}  {_fmt(r['gold_exact'], '.2f'):>10}  {_fmt(r['gold_masi'], '.2f'):>9}"
+              for a, r in per.items()]
+    return "\n".join(lines)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``agreement`` subcommand on an ``add_subparsers()`` object."""
     p = subparsers.add_parser("agreement", help="annotator agreement metrics from a label export",
@@ -214,6 +255,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gold-column", metavar="NAME", default=None,
                    help="column holding gold answers (default: 'gold', when the export has it)")
     p.add_argument("--pairs", type=int, default=5, metavar="N", help="worst annotator pairs to show (default 5)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="each label is a set of classes joined by '|': MASI alpha and per-class kappa")
     p.set_defaults(func=run, uses_settings=False)
     return p
 
@@ -222,8 +265,12 @@ def run(args, settings=None) -> int:
     """``feedbackloop agreement``: read ``args.file``, print the summary, write ``args.out`` if given
     (no settings needed: it reads a file)."""
     rows, gold = read_export(args.file, args.gold_column)
-    rep = report(rows, gold=gold)
-    print(summary(rep, pairs=args.pairs))
+    if getattr(args, "multi_label", False):
+        rep = set_agreement.report(rows, gold=gold)
+        print(multi_label_summary(rep))
+    else:
+        rep = report(rows, gold=gold)
+        print(summary(rep, pairs=args.pairs))
     if args.out:
         Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
     return 0

@@ -193,7 +193,14 @@ def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def report(data) -> dict[str, Any]:
+def _gold_row(tab, gold: Mapping[Hashable, frozenset], annotator: Hashable) -> dict[str, Any]:
+    mine = [(tab[item][annotator], answer) for item, answer in gold.items()
+            if annotator in tab.get(item, {})]
+    return {"n_gold": len(mine), "gold_exact": _mean([float(a == g) for a, g in mine]),
+            "gold_masi": _mean([1.0 - masi_distance(a, g) for a, g in mine])}
+
+
+def report(data, gold: Mapping[Hashable, Any] | None = None) -> dict[str, Any]:
     """The multi-label agreement figures in one JSON-ready dict.
 
     Keys: ``n_annotations``, ``n_labels`` (answers after corrections),
@@ -202,15 +209,21 @@ def report(data) -> dict[str, Any]:
     ``exact_agreement`` (share of annotator pairs giving the same set),
     ``mean_set_size``, ``per_class`` (see :func:`per_class_kappa`) and
     ``per_annotator``: ``{annotator: {n_labels, mean_set_size, items_shared,
-    masi_agreement}}``, the last the mean ``1 - MASI`` against every other
-    answer on the items they share.
+    masi_agreement, n_gold, gold_exact, gold_masi}}``: ``masi_agreement`` is the
+    mean ``1 - MASI`` against every other answer on the items they share;
+    with ``gold`` answers ``{item_id: labels}``, ``gold_exact`` is the share of
+    their gold items answered with exactly the gold set and ``gold_masi`` the
+    mean ``1 - MASI`` to it (``None`` without gold items).
 
-    >>> r = report([("i1", "x", "a|b"), ("i1", "y", "a")])
+    >>> r = report([("i1", "x", "a|b"), ("i1", "y", "a")], gold={"i1": "a"})
     >>> r["classes"], r["exact_agreement"], round(r["per_annotator"]["x"]["masi_agreement"], 4)
     (['a', 'b'], 0.0, 0.3333)
+    >>> r["per_annotator"]["x"]["gold_exact"], r["per_annotator"]["y"]["gold_masi"]
+    (0.0, 1.0)
     """
     rows = annotations(data)
     tab = set_table(rows)
+    gold = {item: label_set(labels) for item, labels in (gold or {}).items()}
     exact, agreement, sizes = [], {}, {}
     for answers in tab.values():
         names = list(answers)
@@ -224,7 +237,8 @@ def report(data) -> dict[str, Any]:
             if others:
                 agreement.setdefault(a, []).append(_mean(others))
     per_annotator = {a: {"n_labels": len(sizes[a]), "mean_set_size": _mean(sizes[a]),
-                         "items_shared": len(agreement.get(a, [])), "masi_agreement": _mean(agreement.get(a, []))}
+                         "items_shared": len(agreement.get(a, [])), "masi_agreement": _mean(agreement.get(a, [])),
+                         **_gold_row(tab, gold, a)}
                      for a in _sorted(sizes)}
     return {
         "n_annotations": len(rows), "n_labels": sum(len(v) for v in tab.values()), "n_items": len(tab),
