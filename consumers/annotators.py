@@ -3,16 +3,31 @@
 For demos and tests. Each :class:`SimulatedAnnotator` answers the truth,
 except with probability ``error_rate`` a different label from the task's
 label set. An :class:`AnnotatorPool` pulls tasks from ``labeling.tasks``,
-hands them to its annotators in turn and sends their labels to ``labels``.
+hands each to annotators in an order fixed by the item, and sends their labels
+to ``labels``.
+
+What an annotator answers on an item is drawn from the seed, the annotator and
+the item alone, never from the order tasks arrive in, as the offline
+simulator's annotators (:mod:`feedbackloop.annotators_sim`) draw it: a stream
+replayed through the live worker and through the loop offline meets the same
+mistakes on the same items (``tests/test_live_vs_simulator.py``), and the
+share of wrong labels is the error rate, item by item, however the labels
+were interleaved.
 
 >>> ann = SimulatedAnnotator("ann-1", {"i1": "cat"}.get, error_rate=0.0)
 >>> label = ann.label({"task_id": "t1", "item_id": "i1", "label_set": ["cat", "dog"]}, now_ms=5)
 >>> label["label"], label["annotator_id"], label["task_id"]
 ('cat', 'ann-1', 't1')
+>>> noisy = SimulatedAnnotator("ann-2", lambda item: "cat", error_rate=0.05, seed=3)
+>>> task = lambda i: {"task_id": f"t{i}", "item_id": f"i{i}", "label_set": ["cat", "dog"]}
+>>> answers = [noisy.label(task(i), now_ms=0)["label"] for i in range(4000)]
+>>> round(answers.count("dog") / len(answers), 2), answers[:50] == [noisy.label(task(i), 0)["label"] for i in range(50)]
+(0.05, True)
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -27,7 +42,8 @@ from streams import events
 
 
 class SimulatedAnnotator:
-    """Answers from ground truth, wrong with probability ``error_rate``."""
+    """Answers from ground truth, wrong with probability ``error_rate``: a draw fixed by
+    ``seed``, the annotator and the item, so asking again gives the same answer."""
 
     def __init__(self, annotator_id: str, truth: Callable[[str], str | None], error_rate: float = 0.0,
                  seed: int | None = None, seconds_per_label: float = 4.0, tier: str = "annotator"):
@@ -36,28 +52,41 @@ class SimulatedAnnotator:
         self.truth = truth
         self.error_rate = error_rate
         self.seconds_per_label = seconds_per_label
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def label(self, task: dict, now_ms: int) -> dict | None:
         """A ``Label`` record for ``task``, or None when the truth is unknown."""
         true = self.truth(task["item_id"])
         if true is None:
             return None
+        rng = random.Random(f"{self.seed}:{self.annotator_id}:{task['item_id']}")
         answer = true
-        others = [c for c in task.get("label_set") or [] if c != true]
-        if others and self.rng.random() < self.error_rate:
-            answer = self.rng.choice(others)
-        duration = int(self.rng.expovariate(1.0 / self.seconds_per_label) * 1000)
+        others = sorted(c for c in task.get("label_set") or [] if c != true)
+        if rng.random() < self.error_rate and others:
+            answer = rng.choice(others)
+        duration = int(rng.expovariate(1.0 / self.seconds_per_label) * 1000)
         return events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
                             label=answer, annotator_id=self.annotator_id, ts=now_ms, duration_ms=duration,
                             note=None, tier=self.tier)
+
+
+def first_turn(item_id: str, annotators: int) -> int:
+    """Which of ``annotators`` (in their order) an item goes to first: a stable hash of the item.
+
+    >>> first_turn("item-7", 3), first_turn("item-7", 3) == first_turn("item-7", 3), first_turn("x", 0)
+    (1, True, 0)
+    """
+    if annotators <= 0:
+        return 0
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=4).digest(), "big") % annotators
 
 
 class AnnotatorPool(Background):
     """Runs annotators against the labeling queue in a background thread.
 
     Each task goes to ``overlap`` different annotators of its tier, never to one
-    in its ``exclude_annotators`` list nor to one who labeled it before.
+    in its ``exclude_annotators`` list nor to one who labeled it before; who is
+    asked first is fixed by the item (:func:`first_turn`), not by arrival order.
     """
 
     name = "annotators"
@@ -71,7 +100,6 @@ class AnnotatorPool(Background):
         self.labels = 0
         self.error: BaseException | None = None
         self._done: dict[str, set[str]] = {}
-        self._turn = 0
 
     def assign(self, task: dict) -> list[SimulatedAnnotator]:
         """The annotators who will label ``task`` (possibly none left)."""
@@ -81,8 +109,7 @@ class AnnotatorPool(Background):
         free = [a for a in self.annotators if a.tier == tier and a.annotator_id not in barred]
         if not free and tier != "annotator":  # no reviewer: the most reliable annotator left decides
             free = sorted((a for a in self.annotators if a.annotator_id not in barred), key=lambda a: a.error_rate)[:1]
-        start = self._turn % max(1, len(free))
-        self._turn += 1
+        start = first_turn(task["item_id"], len(free))
         chosen = (free[start:] + free[:start])[:max(1, task.get("overlap") or 1)]
         done.update(a.annotator_id for a in chosen)
         return chosen

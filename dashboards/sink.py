@@ -67,6 +67,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "agent_stats": ("worker", "agent", "ts"),
     "audit_log": ("event_id",),
     "label_savings": ("version", "ts"),
+    "production_accuracy": ("model_name", "model_version", "estimator", "metric", "class", "version", "ts"),
 }
 TABLES = tuple(TABLE_KEYS)
 

@@ -39,6 +39,7 @@ TOPICS: dict[str, tuple[int, dict[str, str]]] = {
     "models": (1, {"cleanup.policy": "compact"}),
     "deadletter": (1, {}),
     "audit": (1, {}),  # the labeling service's audit log (AuditEvent), sunk into audit_log by the worker
+    "retraining": (1, {"retention.ms": "-1"}),  # Retraining events: a dataset version is due (streams.evaluation.milestones)
 }
 
 SECRET_FIELDS = {"kafka_sasl_password", "clickhouse_password", "model_signing_key"}
@@ -126,6 +127,14 @@ class Settings:
     gate_threshold: float = 0.7
     #: the labeling guidelines: a markdown file, or a directory of them (one per label set)
     guidelines_path: str = ""
+    # -- retraining the production model (streams.evaluation.milestones; 0 turns a rule off) --
+    #: a Retraining event after this many new consensus labels
+    retrain_every_labels: int = 500
+    #: ... or once the shadow model's control accuracy gained this much since the last event
+    retrain_accuracy_gain: float = 0.02
+    #: ... or when a drift detector fires (1) / when the stopping signal turns to stop (1)
+    retrain_on_drift: int = 1
+    retrain_on_stop: int = 1
     #: this worker's static group membership id (KIP-345); empty: derived from the host and state dir
     worker_id: str = ""
     #: seconds a worker has to stop gracefully after SIGTERM/SIGINT before it exits regardless

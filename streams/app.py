@@ -86,7 +86,10 @@ def loop_options(s: Settings) -> dict:
             "control_fraction": s.control_fraction, "min_control": s.min_control, "seed": s.seed,
             "model_name": s.model_name, "model_kind": s.model_kind, "publish_every": s.publish_every,
             "overlap": s.overlap, "max_annotators": s.max_annotators, "gold_items": load_gold(s.gold_path),
-            "gold_rate": s.gold_rate, "gold_threshold": s.gold_threshold}
+            "gold_rate": s.gold_rate, "gold_threshold": s.gold_threshold,
+            # when to retrain the production model (streams.evaluation.milestones)
+            "milestones": {"every_labels": s.retrain_every_labels, "accuracy_gain": s.retrain_accuracy_gain,
+                           "on_drift": bool(s.retrain_on_drift), "on_stop": bool(s.retrain_on_stop)}}
 
 
 class Topics:
@@ -100,6 +103,7 @@ class Topics:
         self.deadletter = app.topic(s.topic("deadletter"))
         self.joined = app.topic(s.topic("labeling.tasks"), s.topic("labels"))
         self.audit = app.topic(s.topic("audit"))
+        self.retraining = app.topic(s.topic("retraining"))
         self.predictions = s.topic("predictions")
         self.internal = {s.topic("labeling.candidates"), s.topic("labeling.tasks")}
         self.accept = {
@@ -259,6 +263,8 @@ class Runtime:
                 for t in effects.tasks]
         sent += [await self.topics.models.send(key=m["model_name"].encode(), value=codec.encode("ModelVersion", m))
                  for m in effects.models]
+        sent += [await self.topics.retraining.send(key=r["model_name"].encode(), value=codec.encode("Retraining", r))
+                 for r in effects.retraining]
         await asyncio.gather(*sent)
         self.add_rows(effects.rows)
 

@@ -41,6 +41,8 @@ from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
 from streams.learning.learner import Learner, ShadowModel, load_version
 from streams.evaluation.lift import Lift
+from streams.evaluation.milestones import Milestones
+from streams.evaluation.production import ProductionAccuracy
 from streams.evaluation.savings import Savings
 from streams.learning.features import featurize
 from streams.selection.policy import Policy
@@ -67,9 +69,10 @@ class Effects:
     tasks: list[Task] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)
     rows: list[tuple[str, dict]] = field(default_factory=list)
+    retraining: list[dict] = field(default_factory=list)  # Retraining events, see _release_effects
 
     def extend(self, other: "Effects") -> "Effects":
-        for name in ("candidates", "tasks", "models", "rows"):
+        for name in ("candidates", "tasks", "models", "rows", "retraining"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -88,7 +91,7 @@ class Loop:
     """
 
     def __init__(self, scorer: Scorer, router: Router, trainer: Trainer, gold: GoldMixer | None = None,
-                 overlap: int = 1):
+                 overlap: int = 1, milestones: Milestones | None = None):
         self.scorer = scorer
         self.router = router
         self.trainer = trainer
@@ -99,6 +102,8 @@ class Loop:
         self.stopping = StoppingSignal()
         self.flagged: set[str] = set()
         self.labels_changed = False
+        self.production = ProductionAccuracy()  # the production model's releases, judged by the labels
+        self.milestones = milestones  # when to retrain the production model; None: never say
 
     @classmethod
     def build(cls, budget_fraction: float = 0.1, budget_per_hour: int = 0, budget_per_day: int = 0,
@@ -107,7 +112,7 @@ class Loop:
               max_annotators: int = 5, gold_items: dict | None = None, gold_rate: float = 0.0,
               gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
               prequential: bool = True, n_classes: int | None = None, label_set=None,
-              policy_options: dict | None = None) -> "Loop":
+              policy_options: dict | None = None, milestones: dict | None = None) -> "Loop":
         """A loop from plain options (named as the settings are; a cap of 0 is no cap).
 
         An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
@@ -141,7 +146,8 @@ class Loop:
                             n_classes=n_classes)
         router = Router(policy, seed=seed)
         router.labels.update(label_set or ())
-        return cls(scorer, router, trainer, gold=gold, overlap=overlap)
+        return cls(scorer, router, trainer, gold=gold, overlap=overlap,
+                   milestones=None if milestones is None else Milestones(**milestones))
 
     # -- scoring ------------------------------------------------------------------------
     def score(self, name: str, record: dict, now_ms: int) -> Effects:
@@ -210,6 +216,7 @@ class Loop:
         for row in result.consensus:
             out.rows.extend(self._measure(row, now_ms))
             self._save(row)
+            self._release(row)
         return out
 
     def _save(self, row: dict) -> None:
@@ -243,6 +250,8 @@ class Loop:
                                                  confidence=row.get("shadow_confidence"))
         if event is None:
             return []
+        if self.milestones is not None:
+            self.milestones.drift()
         log.warning("drift detected after %s labels: shadow error %.2f -> %.2f", event["labels"],
                     event["error_before"], event["error_after"])
         learner = self.trainer.learner
@@ -263,6 +272,7 @@ class Loop:
         out.rows.append(self._lift_row(record["version"], record["ts"]))
         out.rows.extend(self._stopping_rows(record))
         out.rows.append(self._savings_row(record["version"], record["ts"]))
+        out.extend(self._release_effects(record, out.rows))
         log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
                  record["version"], record["labels_seen"], record["control_accuracy"])
         return out
@@ -301,6 +311,31 @@ class Loop:
                                       "value": value, "recommendation": recommendation})
                 for metric, value in (("kappa_average", row["kappa_average"]),
                                       ("control_accuracy_gain", row["accuracy_gain"]))]
+
+    # -- the production model's releases, and retraining milestones --------------------------
+    def _release(self, row: dict) -> None:
+        """A settled label: on the production release it judges (prediction tasks only,
+        see :mod:`streams.evaluation.production`), and towards the next retraining milestone."""
+        task = self.trainer.task(row["task_id"])
+        if task is not None and task["kind"] == "prediction":
+            self.production.add(row["task_id"], task["model_name"], task["model_version"], task["predicted_label"],
+                                row["label"], task["selection_probability"], "control" in task["reasons"])
+        if self.milestones is not None:
+            self.milestones.label()
+
+    def _release_effects(self, record: dict, rows: list[tuple[str, dict]]) -> Effects:
+        """At a published version: the production model's accuracy, precision and recall per
+        release (``production_accuracy`` rows), and a ``Retraining`` event if a milestone was
+        reached (see :mod:`streams.evaluation.milestones`); the dataset version is this version."""
+        out = Effects(rows=[("production_accuracy", {"ts": record["ts"], "version": record["version"], **r})
+                            for r in self.production.rows()])
+        if self.milestones is not None:
+            stop = any(table == "stopping_signals" and r["recommendation"] == "stop" for table, r in rows)
+            event = self.milestones.check(record["version"], record["ts"], record["control_accuracy"], stop)
+            if event is not None:
+                out.retraining.append({"event_id": f"{record['model_name']}-{record['version']}",
+                                       "model_name": record["model_name"], **event})
+        return out
 
     # -- standing -----------------------------------------------------------------------
     def standing(self, now_ms: int) -> Effects:

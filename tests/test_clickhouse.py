@@ -108,6 +108,9 @@ def one_row_per_table(i: int = 0) -> dict[str, dict]:
         "label_savings": {"ts": T0 + i, "version": 3, "policy_labels": 40, "random_labels_needed": 80,
                           "target_accuracy": 0.8, "ratio": 0.5, "ci_low": 0.3, "ci_high": 0.9, "policy_labels_seen": 90,
                           "policy_accuracy": 0.85, "random_labels_seen": 85, "random_accuracy": 0.8, "n_eval": 40},
+        "production_accuracy": {"ts": T0 + i, "version": 3, "model_name": "prod", "model_version": "v1",
+                                "estimator": "weighted", "metric": "recall", "class": "spam", "value": 0.8,
+                                "ci_low": 0.7, "ci_high": 0.9, "n": 40, "weight": 400.0},
     }
 
 
