@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.labels.set_agreement import SEPARATOR, label_set
 from streams.learning.features import featurize
 
 __all__ = ["RIVER_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold"]
@@ -137,3 +138,23 @@ def load_gold(path: str | Path | None) -> dict[str, dict]:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path}:{line_no}: not a gold item ({type(exc).__name__}: {exc})") from None
     return gold
+
+
+# --------------------------------------------------------------------------- multi-label datasets
+
+
+def label_sets(dataset: Dataset) -> list[frozenset] | None:
+    """Each row's set of classes if ``dataset`` is multi-label, else ``None``.
+
+    A dataset is multi-label when a label joins classes with ``|``
+    (``"cat|dog"``; :func:`streams.labels.set_agreement.label_set`), so a file
+    read by :func:`load` with such a label column is one; the order of the
+    classes in a label does not matter.
+
+    >>> sets = label_sets(Dataset("d", [({}, "b|a"), ({}, "a")]))
+    >>> [sorted(s) for s in sets], label_sets(Dataset("d", [({}, "a")]))
+    ([['a', 'b'], ['a']], None)
+    """
+    if not any(SEPARATOR in y for _, y in dataset.rows):
+        return None
+    return [label_set(y) for _, y in dataset.rows]
