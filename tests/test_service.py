@@ -310,7 +310,9 @@ def test_openapi_describes_every_operation_with_bearer_auth(local):
                    ("POST", "/api/tasks/{task_id}/skip"), ("POST", "/api/tasks/{task_id}/flag"),
                    ("GET", "/api/review/flagged"), ("POST", "/api/review/{task_id}/label"),
                    ("POST", "/api/review/{task_id}/requeue"), ("GET", "/api/admin/stats"),
-                   ("POST", "/api/admin/tasks/{task_id}/requeue"), ("GET", "/healthz")}
+                   ("POST", "/api/admin/tasks/{task_id}/requeue"), ("GET", "/healthz"),
+                   ("GET", "/api/review/annotators"), ("POST", "/api/review/annotators/{annotator_id}/pause"),
+                   ("POST", "/api/review/annotators/{annotator_id}/readmit")}
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     label = spec["paths"]["/api/tasks/{task_id}/label"]["post"]
     assert {"200", "401", "404", "408", "409", "413", "422", "429", "503"} <= set(label["responses"])

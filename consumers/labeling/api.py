@@ -10,7 +10,9 @@ Before any of that, the :class:`~consumers.labeling.guard.Guard` checks the
 host, the rate limits, the token and the body's size and time (400, 429, 401,
 413, 408), and puts security headers on every answer. Every lease, label,
 skip, flag, resolution and requeue is written to the audit log
-(:mod:`~consumers.labeling.audit`) with the action. There is no ``/docs``
+(:mod:`~consumers.labeling.audit`) with the action. An annotator the
+:class:`~consumers.labeling.gating.Gate` paused gets 423 instead of a task
+until a reviewer re-admits them. There is no ``/docs``
 page: open ``/openapi.json`` in any OpenAPI viewer.
 
 >>> from fastapi.testclient import TestClient
@@ -38,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from consumers.labeling import audit
+from consumers.labeling.gating import Gate
 from consumers.labeling.guard import Guard
 from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.store import Store, TaskError
@@ -133,6 +136,17 @@ class AnnotatorStats(BaseModel):
 
 class Me(AnnotatorStats):
     role: str
+    state: str = Field("active", description="active, or paused by the gold checks until a reviewer re-admits you.")
+
+
+class Gating(BaseModel):
+    annotator_id: str
+    state: str = Field(description="active or paused.")
+    since_ms: int = Field(description="When the state began.")
+    by: str = Field(description="Who set it: gate (the gold checks) or a reviewer.")
+    reason: str
+    gold_checks: int = Field(description="Gold checks since the last admission.")
+    gold_correct: int
 
 
 class QueueStats(BaseModel):
@@ -157,6 +171,7 @@ def _responses(*codes: int) -> dict:
     """The answers of an ``/api`` operation besides success: ``codes``, and the guard's."""
     words = {400: "The body is not JSON.", 401: "No valid token.", 403: "The token's role does not allow this.",
              404: "No such task.", 408: "The body did not arrive in time.", 409: "The task is not in a state for this request.",
+             423: "You are paused: a reviewer must re-admit you.",
              413: "The body is too large.", 429: "Too many requests, or too many bad tokens from your address: "
                                                   "wait as long as Retry-After says.",
              503: "Stored, but Kafka has not confirmed it yet; it will be sent again."}
@@ -171,16 +186,18 @@ def _client(request: Request) -> str:
 
 
 def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | None = None,
-               lease_seconds: float = 600.0, **guard) -> Guard:
+               lease_seconds: float = 600.0, gate: Gate | None = None, **guard) -> Guard:
     """The labeling API and UI over ``store`` behind its :class:`~consumers.labeling.guard.Guard`;
     labels leave through ``outbox``.
 
     ``guidelines`` is ``{"text": ..., "labels": {label: meaning}}``; ``guard`` holds
+    ``gate`` calibrates and pauses annotators on gold items (none: no gating);
     the guard's options (``allowed_hosts``, ``limits``, ``max_body``, ``body_timeout``;
     by default ``localhost`` and this machine's name, and the defaults of
     :mod:`~consumers.labeling.guard`). The FastAPI app is the guard's ``app``.
     """
     guidelines = guidelines or {}
+    gate = gate or Gate(store, None)
     guideline = guidelines.get("text") or DEFAULT_GUIDELINE
     label_guidelines = dict(guidelines.get("labels") or {})
     app = FastAPI(title="feedbackloop labeling", version="1", docs_url=None, redoc_url=None,
@@ -243,14 +260,19 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
     @app.get("/api/me", tags=["annotators"], responses=_responses(401))
     def me(who: Annotating) -> Me:
         """Who the token belongs to, with their own count and pace."""
-        return Me(role=who.role, **store.annotator_stats(who.annotator_id)[0])
+        return Me(role=who.role, state=store.gate(who.annotator_id)["state"],
+                  **store.annotator_stats(who.annotator_id)[0])
 
     @app.post("/api/tasks/next", tags=["annotators"], status_code=200,
-              responses={204: {"description": "No task is waiting."}, **_responses(401)})
+              responses={204: {"description": "No task is waiting."}, **_responses(401, 423)})
     def next_task(who: Annotating, request: Request) -> Task:
         """Lease the next task (the one of highest priority). Asking again while
         holding a lease returns the same task, its lease renewed."""
         with store.transaction():
+            if gate.paused(who.annotator_id):
+                raise HTTPException(423, "you are paused: your accuracy on known-answer items is under the "
+                                         "threshold; a reviewer must re-admit you")
+            gate.prepare(who.annotator_id, reviewer=who.may("reviewer"))
             leased = store.lease(who.annotator_id, seconds=lease_seconds, reviewer=who.may("reviewer"))
             if leased is None:
                 return Response(status_code=204)
@@ -265,6 +287,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
             record, new = store.label(task_id, who.annotator_id, body.label, body.note)
             if new:
                 note("label", who, request, task_id, body.label)
+                gate.judge(record, _client(request))
         return deliver(record, new)
 
     @app.post("/api/tasks/{task_id}/skip", tags=["annotators"], responses=_responses(401, 404, 409))
@@ -306,6 +329,31 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
             store.requeue(task_id, who.annotator_id, body.note, only_flagged=True)
             note("requeue", who, request, task_id, "flagged")
         return Done(task_id=task_id, state="pending")
+
+    @app.get("/api/review/annotators", tags=["reviewers"], responses=_responses(401, 403))
+    def gating(who: Reviewing) -> list[Gating]:
+        """Annotators the gold checks paused (and those re-admitted since), with their record."""
+        return [Gating(**{k: g[k] for k in Gating.model_fields}) for g in store.gates()]
+
+    @app.post("/api/review/annotators/{annotator_id}/pause", tags=["reviewers"],
+              responses=_responses(400, 401, 403))
+    def pause(annotator_id: Annotated[str, PathParam(min_length=1, max_length=200)], body: RequeueIn,
+              who: Reviewing, request: Request) -> Gating:
+        """Stop leasing to an annotator now; the tasks they hold go back to the queue."""
+        with store.transaction():
+            gate.pause(annotator_id, who.annotator_id, who.role, _client(request), body.note or "")
+        g = next(g for g in store.gates() if g["annotator_id"] == annotator_id)
+        return Gating(**{k: g[k] for k in Gating.model_fields})
+
+    @app.post("/api/review/annotators/{annotator_id}/readmit", tags=["reviewers"],
+              responses=_responses(401, 403, 409))
+    def readmit(annotator_id: Annotated[str, PathParam(min_length=1, max_length=200)], who: Reviewing,
+                request: Request) -> Gating:
+        """Let a paused annotator take tasks again; they are calibrated again on gold items."""
+        with store.transaction():
+            gate.readmit(annotator_id, who.annotator_id, who.role, _client(request))
+        g = next(g for g in store.gates() if g["annotator_id"] == annotator_id)
+        return Gating(**{k: g[k] for k in Gating.model_fields})
 
     # ------------------------------------------------------------------ admins
 

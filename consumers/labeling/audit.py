@@ -1,5 +1,7 @@
 """The audit log: who leased, labeled, skipped, flagged, resolved or requeued
-which task, when, and from where; and which addresses were locked out.
+which task, when, and from where; which addresses were locked out; which
+annotators were paused by the gate or re-admitted by a reviewer
+(:mod:`~consumers.labeling.gating`).
 
 The API keeps each :func:`event` in the queue's store in the same transaction
 as the action it records, so an action and its audit event are written
@@ -34,7 +36,7 @@ from schemas import codec
 
 log = logging.getLogger("feedbackloop.labeling")
 
-ACTIONS = ("lease", "label", "skip", "flag", "resolve", "requeue", "lockout")
+ACTIONS = ("lease", "label", "skip", "flag", "resolve", "requeue", "lockout", "pause", "readmit")
 
 
 def event(action: str, annotator_id: str, role: str, client: str, task_id: str | None = None,

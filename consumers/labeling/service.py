@@ -42,11 +42,13 @@ import uvicorn
 from consumers.labeling.api import create_app
 from consumers.labeling.audit import AuditShipper
 from consumers.labeling.feed import Feed
+from consumers.labeling.gating import Gate
 from consumers.labeling.guard import BODY_TIMEOUT, HEADER_TIMEOUT, default_hosts, http_protocol
 from consumers.labeling.outbox import DeliveryError, KafkaLabels, Outbox
 from consumers.labeling.ratelimit import Limits
 from consumers.labeling.store import Store
 from consumers.labeling.tokens import Tokens
+from feedbackloop.datasets import load_gold
 from feedbackloop.settings import Settings
 
 
@@ -79,7 +81,9 @@ class LabelingService:
 
     ``port=0`` picks a free port (see :attr:`url` once started). ``allowed_hosts``
     are host names the service answers to besides :func:`~consumers.labeling.guard.default_hosts`
-    (``["*"]``: any); ``limits`` are the guard's rate limits.
+    (``["*"]``: any); ``limits`` are the guard's rate limits. With a gold set
+    (``settings.gold_path``), annotators are calibrated and paused on it
+    (:mod:`~consumers.labeling.gating`, ``settings.gate_gold_tasks`` and ``gate_threshold``).
     """
 
     def __init__(self, settings: Settings, tokens: Tokens, host: str = "127.0.0.1", port: int = 8000,
@@ -95,7 +99,8 @@ class LabelingService:
         self.outbox = Outbox(self.store, self.sender)
         self.feed = Feed(settings, self.store, self.outbox)
         self.audit = AuditShipper(settings, self.store)
-        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds,
+        self.gate = Gate(self.store, load_gold(settings.gold_path), settings.gate_gold_tasks, settings.gate_threshold)
+        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds, gate=self.gate,
                               allowed_hosts=default_hosts(host) + list(allowed_hosts or []), limits=limits,
                               body_timeout=body_timeout)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",

@@ -87,6 +87,14 @@ CREATE TABLE IF NOT EXISTS offsets (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gating (
+    annotator_id TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms INTEGER NOT NULL,
+    admitted_ms INTEGER NOT NULL DEFAULT 0, by TEXT NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gold_checks (
+    task_id TEXT NOT NULL, annotator_id TEXT NOT NULL, item_id TEXT NOT NULL, correct INTEGER NOT NULL,
+    ts INTEGER NOT NULL, PRIMARY KEY (task_id, annotator_id)
+);
 """
 
 
@@ -116,6 +124,8 @@ _ADDED_COLUMNS = {
     "wanted": "INTEGER NOT NULL DEFAULT 1",      # labels the task needs, from different annotators
     "tier": "TEXT NOT NULL DEFAULT 'annotator'",  # 'reviewer': only reviewers may take it
     "round": "INTEGER NOT NULL DEFAULT 0",       # adjudication round of the newest version of the task
+    "assignee": "TEXT",                          # only this annotator may take it (a calibration task)
+    "calibration": "INTEGER NOT NULL DEFAULT 0",  # 1: a gold item made here; its labels never leave
 }
 
 
@@ -254,6 +264,8 @@ class Store:
         until = now_ms + int(seconds * 1000)
         with self._tx() as db:
             self._expire(db, now_ms)
+            if self._paused(db, annotator_id):
+                return None
             row = db.execute("SELECT * FROM tasks WHERE state = 'leased' AND owner = ? "
                              "ORDER BY leased_ms LIMIT 1", (annotator_id,)).fetchone()
             if row is not None:
@@ -261,11 +273,12 @@ class Store:
             else:
                 row = db.execute(
                     "SELECT * FROM tasks WHERE state = 'pending' AND (tier = 'annotator' OR ?) "
+                    "AND (assignee IS NULL OR assignee = ?) "
                     "AND task_id NOT IN (SELECT task_id FROM skips WHERE annotator_id = ?) "
                     "AND task_id NOT IN (SELECT task_id FROM barred WHERE annotator_id = ?) "
                     "AND task_id NOT IN (SELECT task_id FROM labels WHERE annotator_id = ?) "
-                    "ORDER BY priority DESC, arrived_ms, task_id LIMIT 1",
-                    (reviewer, annotator_id, annotator_id, annotator_id)).fetchone()
+                    "ORDER BY assignee IS NULL, priority DESC, arrived_ms, task_id LIMIT 1",
+                    (reviewer, annotator_id, annotator_id, annotator_id, annotator_id)).fetchone()
                 if row is None:
                     return None
                 db.execute("UPDATE tasks SET state = 'leased', owner = ?, leased_ms = ?, lease_until_ms = ? "
@@ -322,8 +335,10 @@ class Store:
             record = events.label(event_id=eid, task_id=task_id, item_id=task["item_id"], label=label,
                                   annotator_id=annotator_id, ts=now_ms, duration_ms=max(0, now_ms - started),
                                   note=note, tier=task.get("tier") or "annotator")
-            db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts) VALUES (?, ?, ?, ?, ?)",
-                       (eid, task_id, annotator_id, json.dumps(record), now_ms))
+            # a calibration task's label is an exam answer: kept here, never sent (no worker knows the task)
+            db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts, sent) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (eid, task_id, annotator_id, json.dumps(record), now_ms, int(row["calibration"])))
             given = self._given(db, task_id)
             # done once it has all the labels it wants; until then, back in the queue for someone else
             db.execute("UPDATE tasks SET state = CASE WHEN ? >= wanted THEN 'labeled' ELSE 'pending' END, "
@@ -386,6 +401,109 @@ class Store:
             if done is None and self._get(db, task_id)["state"] != "flagged":
                 raise TaskError(409, f"task {task_id!r} is not flagged")
             return self.label(task_id, reviewer, label, note, now_ms, check_lease=False)
+
+    # ------------------------------------------------------------------ gating
+
+    @staticmethod
+    def _paused(db, annotator_id: str) -> bool:
+        row = db.execute("SELECT state FROM gating WHERE annotator_id = ?", (annotator_id,)).fetchone()
+        return row is not None and row[0] == "paused"
+
+    def gate(self, annotator_id: str) -> dict:
+        """``{"annotator_id", "state", "since_ms", "admitted_ms", "by", "reason"}``:
+        ``active`` (the default) or ``paused`` since ``since_ms``; gold checks
+        count from ``admitted_ms`` (the last re-admission)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM gating WHERE annotator_id = ?", (annotator_id,)).fetchone()
+        return dict(row) if row else {"annotator_id": annotator_id, "state": "active", "since_ms": 0,
+                                      "admitted_ms": 0, "by": "", "reason": ""}
+
+    def gates(self) -> list[dict]:
+        """Every annotator who was ever paused, with their gold record since ``admitted_ms``."""
+        with self._tx() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM gating ORDER BY annotator_id")]
+        return [{**r, **dict(zip(("gold_checks", "gold_correct"), self.gold_record(r["annotator_id"])))}
+                for r in rows]
+
+    @staticmethod
+    def _set_gate(db, annotator_id: str, state: str, by: str, reason: str, now_ms: int) -> None:
+        admitted = now_ms if state == "active" else 0
+        db.execute("INSERT INTO gating (annotator_id, state, since_ms, admitted_ms, by, reason) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (annotator_id) DO UPDATE SET state = excluded.state, "
+                   "since_ms = excluded.since_ms, by = excluded.by, reason = excluded.reason, "
+                   "admitted_ms = CASE WHEN excluded.state = 'active' THEN excluded.admitted_ms ELSE admitted_ms END",
+                   (annotator_id, state, now_ms, admitted, by, reason))
+
+    def pause(self, annotator_id: str, by: str, reason: str, now_ms: int | None = None) -> list[str]:
+        """Stop leasing to ``annotator_id``; their open leases go back to the
+        queue. Returns the ids of the tasks released."""
+        now_ms = _now() if now_ms is None else now_ms
+        with self._tx() as db:
+            released = [r[0] for r in db.execute(
+                "SELECT task_id FROM tasks WHERE state = 'leased' AND owner = ?", (annotator_id,))]
+            db.execute("UPDATE tasks SET state = 'pending', owner = NULL, lease_until_ms = NULL "
+                       "WHERE state = 'leased' AND owner = ?", (annotator_id,))
+            self._set_gate(db, annotator_id, "paused", by, reason, now_ms)
+            return released
+
+    def readmit(self, annotator_id: str, by: str, now_ms: int | None = None) -> None:
+        """Lease to a paused annotator again; their gold record starts afresh.
+        :class:`TaskError` 409 if they are not paused."""
+        now_ms = _now() if now_ms is None else now_ms
+        with self._tx() as db:
+            if not self._paused(db, annotator_id):
+                raise TaskError(409, f"annotator {annotator_id!r} is not paused")
+            self._set_gate(db, annotator_id, "active", by, "re-admitted", now_ms)
+
+    def add_calibration(self, annotator_id: str, task: dict, now_ms: int | None = None) -> None:
+        """Queue ``task`` (a disguised gold item) for ``annotator_id`` alone."""
+        now_ms = _now() if now_ms is None else now_ms
+        with self._tx() as db:
+            db.execute("INSERT INTO tasks (task_id, record, priority, arrived_ms, assignee, calibration) "
+                       "VALUES (?, ?, ?, ?, ?, 1)",
+                       (task["task_id"], json.dumps(task), float(task["priority"]), now_ms, annotator_id))
+
+    def calibration_open(self, annotator_id: str) -> bool:
+        """Whether a calibration task waits for ``annotator_id`` (not labeled, not skipped)."""
+        with self._tx() as db:
+            return db.execute(
+                "SELECT 1 FROM tasks WHERE calibration = 1 AND assignee = ? AND state IN ('pending', 'leased') "
+                "AND task_id NOT IN (SELECT task_id FROM skips WHERE annotator_id = ?) LIMIT 1",
+                (annotator_id, annotator_id)).fetchone() is not None
+
+    def peek(self, annotator_id: str, reviewer: bool = False) -> dict | None:
+        """The real task :meth:`lease` would give ``annotator_id`` next, without leasing it."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT record FROM tasks WHERE state = 'pending' AND (tier = 'annotator' OR ?) "
+                "AND assignee IS NULL "
+                "AND task_id NOT IN (SELECT task_id FROM skips WHERE annotator_id = ?) "
+                "AND task_id NOT IN (SELECT task_id FROM barred WHERE annotator_id = ?) "
+                "AND task_id NOT IN (SELECT task_id FROM labels WHERE annotator_id = ?) "
+                "ORDER BY priority DESC, arrived_ms, task_id LIMIT 1",
+                (reviewer, annotator_id, annotator_id, annotator_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def gold_check(self, task_id: str, annotator_id: str, item_id: str, correct: bool, now_ms: int) -> None:
+        """Record one answer on a gold item."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO gold_checks (task_id, annotator_id, item_id, correct, ts) "
+                       "VALUES (?, ?, ?, ?, ?)", (task_id, annotator_id, item_id, int(correct), now_ms))
+
+    def gold_record(self, annotator_id: str) -> tuple[int, int]:
+        """``(checks, correct)`` of ``annotator_id`` since they were last admitted."""
+        with self._tx() as db:
+            since = db.execute("SELECT admitted_ms FROM gating WHERE annotator_id = ?", (annotator_id,)).fetchone()
+            n, right = db.execute("SELECT count(*), coalesce(sum(correct), 0) FROM gold_checks "
+                                  "WHERE annotator_id = ? AND ts >= ?",
+                                  (annotator_id, since[0] if since else 0)).fetchone()
+        return n, right
+
+    def gold_seen(self, annotator_id: str) -> set[str]:
+        """Gold item ids ``annotator_id`` was given as calibration tasks, ever."""
+        with self._tx() as db:
+            return {json.loads(r[0])["item_id"] for r in db.execute(
+                "SELECT record FROM tasks WHERE calibration = 1 AND assignee = ?", (annotator_id,))}
 
     # ------------------------------------------------------------------ outbox
 

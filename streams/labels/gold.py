@@ -41,10 +41,21 @@ class GoldMixer:
         if not self.items or self.rng.random() >= self.rate:
             return None
         item = self.items[self.rng.randrange(len(self.items))]
-        labels = sorted(set(task.get("label_set") or []) | {item["label"]})
         self.sent += 1
+        return self.disguise(task, item, str(uuid.uuid5(_NAMESPACE, f"{task['task_id']}:{self.sent}")))
+
+    def disguise(self, task: events.Task, item: dict, task_id: str) -> events.Task:
+        """Gold ``item`` dressed as ``task``: its reasons, signals and shape, the
+        item's content, and a suggestion drawn at random from the label set.
+
+        >>> mixer = GoldMixer({}, rate=0.0, seed=1)
+        >>> item = {"item_id": "g2", "label": "c", "features": {}, "text": "hello"}
+        >>> g = mixer.disguise({"task_id": "t", "event_id": "e", "label_set": ["a", "b"]}, item, "t9")
+        >>> g["task_id"], g["label_set"], g["suggested_label"] in g["label_set"]
+        ('t9', ['a', 'b', 'c'], True)
+        """
+        labels = sorted(set(task.get("label_set") or []) | {item["label"]})
         return events.replace_task(
-            task, task_id=str(uuid.uuid5(_NAMESPACE, f"{task['task_id']}:{self.sent}")),
-            event_id=f"gold-{task['event_id']}", item_id=item["item_id"], features=item["features"],
-            text=item["text"], label_set=labels, suggested_label=self.rng.choice(labels), predicted_label=None,
-            user_label=None, note=None)
+            task, task_id=task_id, event_id=f"gold-{task['event_id']}", item_id=item["item_id"],
+            features=item["features"], text=item["text"], label_set=labels,
+            suggested_label=self.rng.choice(labels), predicted_label=None, user_label=None, note=None)
