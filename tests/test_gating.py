@@ -160,7 +160,7 @@ def audit_events(settings, expect: int, timeout: float = 30.0) -> list[dict]:
 
 
 @pytest.mark.kafka
-def test_a_paused_annotator_gets_no_task_from_the_web_queue(fresh, tmp_path):
+def test_a_paused_annotator_gets_no_task_from_the_web_queue(fresh, tmp_path, clickhouse_dsn):
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps(g) + "\n" for g in GOLD.values()))
     settings = fresh.replace(gold_path=str(gold), gate_gold_tasks=2, gate_threshold=0.75)
@@ -200,5 +200,19 @@ def test_a_paused_annotator_gets_no_task_from_the_web_queue(fresh, tmp_path):
                                                                        ("readmit", "ann")]
         assert json.loads(events[0]["detail"])["gold_accuracy"] == 0.0
         assert json.loads(events[1]["detail"])["released"] == [held["task_id"]]
+        # the worker's audit agent sinks them into audit_log; migration 0016 copies them to annotator_gating
+        from dashboards.connection import connect
+        from dashboards.migrate import migrate
+        from dashboards.sink import ClickHouseSink
+        db = connect(clickhouse_dsn)
+        migrate(db)
+        sink = ClickHouseSink(db)
+        for e in audit_events(settings, expect=3):
+            sink.add("audit_log", e)
+        sink.flush()
+        rows = db.query("SELECT annotator_id, action, decided_by, gold_accuracy, gold_checks, released "
+                        "FROM annotator_gating FINAL ORDER BY ts").result_rows
+        assert rows == [("ann", "pause", "gate", 0.0, 2, []), ("bob", "pause", "rev", 1.0, 2, [held["task_id"]]),
+                        ("ann", "readmit", "rev", 0.0, 2, [])]
     finally:
         service.stop()
