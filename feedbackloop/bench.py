@@ -1,82 +1,234 @@
-"""``feedbackloop bench``: throughput and event-to-task latency on a real broker.
+"""``feedbackloop bench``: what one worker does on this machine, against the most it could.
 
-Three measurements, in one run, on the same events and the same core objects:
+One run, on fresh topics of one broker, with the shadow model of the configured
+kind *trained* first (a worker learns a few hundred labels and publishes the
+version every later worker resumes):
 
-* **bare loop**: a plain confluent-kafka loop (consume, decode, score, route,
-  produce tasks, write ClickHouse, commit), the ceiling for this machine;
-* **worker throughput**: a backlog of predictions is written first, then one
-  Faust worker drains it; events/s = events / (last decision - first score),
-  read back from ClickHouse;
-* **latency**: with the worker running, events are produced at a steady rate,
-  and each task's ``created_ts - source_ts`` gives event-to-task latency.
+* **worker**: one Faust worker drains a backlog of predictions; events/s =
+  events / (last decision - first score), read back from its ClickHouse; its
+  CPU time gives events per CPU-second, its ``VmHWM`` the peak RSS;
+* **limit loop**: :mod:`feedbackloop.limit_loop`, columnar, pinned to one
+  core, drains the same backlog; the ratio worker / limit loop;
+* **Loop without Faust** (``--bare``): the worker's own :class:`~streams.loop.Loop`
+  in a plain confluent-kafka loop, which says what Faust and the agents add;
+* **event-to-task latency** at half the worker's measured rate, from each
+  task's ``created_ts - source_ts``;
+* **label-to-serving latency**: labels are sent in bursts of ``publish_every``
+  while probe predictions flow to every input partition; a label is served once
+  every partition's scorer scores with a version that has learned it;
+* **owner admission**: the cost per *input* event of the owner of the global
+  budget (the candidates hop decoded, then :meth:`~streams.loop.Loop.route`),
+  measured in-process, so the system's ceiling is known; with the worker's CPU
+  cost per event, the owner's share of two cores;
+* **memory**: the bounded state a worker keeps (recent items, decided ids,
+  waiting tasks, the novelty sketch), grown in-process: bytes per event, per
+  million events, and the bound;
+* **second worker** (``--second-worker``): two workers split the partitions
+  and drain a second backlog; the speed-up over one.
 
-``feedbackloop bench`` (:func:`run`) calls :func:`measure` and prints its :func:`summary`.
+``feedbackloop bench`` (:func:`run`) calls :func:`measure` and prints its
+:func:`summary`; ``--out`` writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from dashboards.sink import ClickHouseSink
-from dashboards.migrate import migrate
-from feedbackloop import stack, worker
 from dashboards.connection import connect
+from dashboards.migrate import migrate
+from dashboards.sink import ClickHouseSink
+from feedbackloop import keys, limit_loop, stack, worker
 from feedbackloop.settings import Settings
 from schemas import codec
+from streams import events as ev
+from streams import model_feed
 from streams.app import loop_options
 from streams.loop import Effects, Loop
+from streams.selection.router import task_id_of
+
+CLASSES = ("no", "yes")
+#: The topic the limit loop and the bare loop drain their copy of the backlog from.
+BACKLOG = "bench.backlog"
+#: Targets of issue 13, beside which the summary puts each figure.
+TARGETS = {"worker_per_core": 20_000, "worker_vs_limit": 0.8, "p99_ms": 100, "label_p95_ms": 1000,
+           "owner_events_per_second": 200_000}
 
 
-def _events(n: int, seed: int, ts: int | None = None):
+def _events(n: int, seed: int, ts: int | None = None, prefix: str = "ev"):
+    """Prediction events: ten gaussian features, a production model's probabilities."""
     rng = random.Random(seed)
     for i in range(n):
         p = rng.random()
-        yield {"event_id": f"ev-{seed}-{i}", "item_id": f"item-{i}", "ts": ts or int(time.time() * 1000),
+        yield {"event_id": f"{prefix}-{seed}-{i}", "item_id": f"item-{seed}-{i}", "ts": ts or int(time.time() * 1000),
                "model_name": "prod", "model_version": "1", "predicted_label": "yes" if p >= 0.5 else "no",
                "probabilities": {"yes": p, "no": 1.0 - p},
                "features": {f"f{j}": rng.gauss(0.0, 1.0) for j in range(10)}, "text": None, "context": {}}
 
 
-def _produce_backlog(settings: Settings, n: int, batch_size: int, seed: int) -> None:
-    producer = Producer({**settings.kafka_config(), "linger.ms": 20, "compression.type": "lz4"})
-    topic, batch = settings.topic("predictions"), []
-    for event in _events(n, seed):
-        batch.append(event)
-        if len(batch) == batch_size:
-            producer.produce(topic, codec.encode("PredictionBatch", {"events": batch}, check=False))
-            producer.poll(0)
-            batch = []
-    if batch:
-        producer.produce(topic, codec.encode("PredictionBatch", {"events": batch}, check=False))
-    producer.flush(60)
+def truth(features: dict) -> str:
+    """The label an annotator gives an event of :func:`_events` (a linear rule of two features).
+
+    >>> truth({"f0": 1.0, "f1": -0.5}), truth({"f0": -1.0, "f1": 0.2})
+    ('yes', 'no')
+    """
+    return "yes" if features["f0"] + features["f1"] > 0 else "no"
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"bench {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "n": 0}
+    """p50/p95/p99 (and the worst) of ``values``.
+
+    >>> p = _percentiles(list(range(1, 101)))
+    >>> p["p50"] <= p["p95"] <= p["p99"] <= p["max"], p["n"]
+    (True, 100)
+    """
+    if len(values) < 2:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": len(values)}
     q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1), "n": len(values)}
+    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1), "max": round(max(values), 1),
+            "n": len(values)}
 
 
-def bare_loop(settings: Settings, n: int, run_dir: Path) -> dict:
-    """The same work as the worker, on the same :class:`~streams.loop.Loop`, in a plain consume loop."""
+def _encoded_batches(events, batch_size: int) -> list[bytes]:
+    batch, out = [], []
+    for event in events:
+        batch.append(event)
+        if len(batch) == batch_size:
+            out.append(codec.encode("PredictionBatch", {"events": batch}, check=False))
+            batch = []
+    if batch:
+        out.append(codec.encode("PredictionBatch", {"events": batch}, check=False))
+    return out
+
+
+def _produce(settings: Settings, topic: str, values: list[bytes], keyed=None) -> None:
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20, "compression.type": "lz4"})
+    for i, value in enumerate(values):
+        producer.produce(settings.topic(topic), value, key=keyed(i) if keyed else None)
+        producer.poll(0)
+    producer.flush(60)
+
+
+def _backlog_topic(settings: Settings) -> str:
+    """Create :data:`BACKLOG`, partitioned as ``predictions``: the loops drain their copy of the backlog
+    there, while the worker's input stays free for its warm-up."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    name = settings.topic(BACKLOG)
+    admin = AdminClient(settings.kafka_config())  # held until the topic exists
+    for future in admin.create_topics([NewTopic(name, settings_partitions(settings), 1)]).values():
+        future.result(30)
+    return BACKLOG
+
+
+def _proc(pid: int) -> dict:
+    """CPU seconds (user + system) and peak and current resident memory (MB) of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    mb = lambda name: round(int(status[name].split()[0]) / 1024, 1)  # noqa: E731
+    return {"cpu_seconds": cpu, "peak_rss_mb": mb("VmHWM"), "rss_mb": mb("VmRSS")}
+
+
+def _query(dsn: str, sql: str) -> list:
+    client = connect(dsn)
+    try:
+        return client.query(sql).result_rows
+    finally:
+        client.close()
+
+
+# -- training -------------------------------------------------------------------------
+
+
+def training_set(n: int, min_control: int, seed: int = 5) -> list[tuple[dict, dict]]:
+    """``n`` (task, label) pairs, as the router and an annotator would make them; the first
+    ``min_control`` tasks and every tenth are control tasks (a first version needs them).
+
+    >>> pairs = training_set(30, min_control=20)
+    >>> sum("control" in t["reasons"] for t, _ in pairs), pairs[0][1]["task_id"] == pairs[0][0]["task_id"]
+    (21, True)
+    """
+    now = int(time.time() * 1000)
+    pairs = []
+    for i, e in enumerate(_events(n, seed, prefix="train")):
+        control = i < min_control or i % 10 == 0
+        task = ev.task(task_id=task_id_of(e["event_id"]), event_id=e["event_id"], item_id=e["item_id"],
+                       created_ts=now, source_ts=e["ts"], kind="prediction",
+                       reasons=["control"] if control else ["uncertain"], signals={}, selection_probability=0.1,
+                       priority=0.0, confidence=0.5, label_set=list(CLASSES), model_name="prod", model_version="1",
+                       shadow_version=0, policy_version="bench", features=e["features"],
+                       predicted_label=e["predicted_label"])
+        label = {"event_id": f"label-{e['event_id']}", "task_id": task["task_id"], "item_id": e["item_id"],
+                 "label": truth(e["features"]), "annotator_id": "bench", "ts": now}
+        pairs.append((task, label))
+    return pairs
+
+
+def _send_tasks(settings: Settings, tasks: list[dict]) -> None:
+    _produce(settings, "labeling.tasks", [codec.encode("LabelingTask", t) for t in tasks],
+             keyed=lambda i: tasks[i]["task_id"].encode())
+
+
+def train(settings: Settings, n: int, run_dir: Path) -> dict:
+    """A worker learns ``n`` labels (rounded up to a whole number of versions) and publishes them; the
+    newest version, which every later worker resumes."""
+    n = -(-n // settings.publish_every) * settings.publish_every
+    pairs = training_set(n, settings.min_control)
+    process = worker.spawn(settings.replace(clickhouse_dsn="chdb://" + str(run_dir / "ch-train")),
+                           run_dir / "worker-train.log")
+    key = keys.verify_key(settings)
+    try:
+        worker.wait_ready(settings, process)
+        _send_tasks(settings, [t for t, _ in pairs])
+        _produce(settings, "labels", [codec.encode("Label", label) for _, label in pairs])
+        deadline = time.monotonic() + 300
+        record = None
+        while time.monotonic() < deadline:
+            record = model_feed.latest_version(settings, key)
+            if record is not None and record["labels_seen"] >= n:
+                break
+            time.sleep(1.0)
+        else:
+            raise RuntimeError(f"the worker did not publish a version with {n} labels in 5 minutes")
+        worker.wait_drained(settings, process, timeout=60, settle=0.5)
+    finally:
+        worker.stop(process)
+    return {"kind": settings.model_kind, "labels": record["labels_seen"], "version": record["version"],
+            "control_accuracy": record["control_accuracy"], "record": record}
+
+
+# -- the loops ----------------------------------------------------------------------------
+
+
+def bare_loop(settings: Settings, n: int, run_dir: Path, model: dict | None = None) -> dict:
+    """The worker's own :class:`~streams.loop.Loop` (serving ``model``) in a plain confluent-kafka loop."""
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-bare",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({**settings.kafka_config(), "linger.ms": 5})
-    client = connect("chdb://" + str(run_dir / "bare-clickhouse"))
+    client = connect("chdb://" + str(run_dir / "ch-bare"))
     migrate(client)
     sink = ClickHouseSink(client)
     loop = Loop.build(**loop_options(settings))
-    consumer.subscribe([settings.topic("predictions")])
+    if model is not None:
+        loop.resume(model, keys.verify_key(settings))
+    consumer.subscribe([settings.topic(BACKLOG)])
     tasks_topic, done, started = settings.topic("bench-bare-tasks"), 0, None
     try:
         while done < n:
@@ -95,7 +247,7 @@ def bare_loop(settings: Settings, n: int, run_dir: Path) -> dict:
                     producer.produce(tasks_topic, codec.encode("LabelingTask", task, check=False))
                 for table, row in effects.rows:
                     sink.add(table, row, project=True)
-                done += len(scored.candidates)
+                done += len(record["events"]) if name == "PredictionBatch" else 1
             producer.poll(0)
             sink.flush()
             producer.flush(30)
@@ -107,46 +259,60 @@ def bare_loop(settings: Settings, n: int, run_dir: Path) -> dict:
     return {"events": done, "seconds": round(seconds, 2), "events_per_second": round(done / seconds)}
 
 
-def worker_throughput(settings: Settings, n: int, run_dir: Path) -> dict:
-    process = worker.spawn(settings, run_dir / "worker.log")
-    try:
-        worker.wait_ready(settings, process)
-        if not worker.wait_drained(settings, process, timeout=600, settle=0.5):
-            raise RuntimeError("the worker did not drain the backlog in 10 minutes")
-    finally:
-        worker.stop(process)
-    client = connect(settings.clickhouse_dsn)
-    try:
-        count, first, last = client.query(
-            "SELECT count(), toUnixTimestamp64Milli(min(scored_at)), toUnixTimestamp64Milli(max(decided_at)) "
-            "FROM predictions FINAL INNER JOIN routing_decisions FINAL USING event_id").result_rows[0]
-    finally:
-        client.close()
-    seconds = (last - first) / 1000
-    return {"events": count, "seconds": round(seconds, 2), "events_per_second": round(count / max(seconds, 1e-3))}
+def _warm_up(settings: Settings, processes, n: int = 200) -> None:
+    """Send a few predictions and wait until the workers have committed them: a fresh worker migrates its
+    ClickHouse and rebuilds its state from the topics before its first batch, which is not throughput."""
+    _produce(settings, "predictions", _encoded_batches(_events(n, seed=0, prefix="warm"), 50))
+    for process in processes:
+        if not worker.wait_drained(settings, process, timeout=300, settle=0.5):
+            raise RuntimeError("the worker did not take its first events in 5 minutes")
 
 
-def latency(settings: Settings, rate: float, seconds: float, batch_size: int, run_dir: Path) -> dict:
-    process = worker.spawn(settings, run_dir / "worker-latency.log")
+def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, prefix: str = "ev-1-") -> dict:
+    """One worker, warmed up, drains the backlog: events/s, events per CPU-second, peak RSS, the
+    shadow version served."""
+    dsn = "chdb://" + str(run_dir / "ch-worker")
+    process = worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / "worker.log")
     try:
         worker.wait_ready(settings, process)
-        producer = Producer({**settings.kafka_config(), "linger.ms": 1})
-        topic, n = settings.topic("predictions"), int(rate * seconds)
-        started, batch = time.monotonic(), []
-        for i, event in enumerate(_events(n, seed=7)):
-            event["ts"] = int(time.time() * 1000)
-            batch.append(event)
-            if len(batch) == batch_size:
-                producer.produce(topic, codec.encode("PredictionBatch", {"events": batch}, check=False))
-                producer.poll(0)
-                batch = []
-                ahead = (i + 1) / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        producer.flush(30)
-        worker.wait_drained(settings, process, timeout=120, settle=0.5)
+        _warm_up(settings, [process])
+        ready, wall = _proc(process.pid), time.monotonic()
+        _produce(settings, "predictions", backlog)
+        if not worker.wait_drained(settings, process, timeout=900, settle=0.5):
+            raise RuntimeError("the worker did not drain the backlog in 15 minutes")
+        drained = _proc(process.pid)
+        wall = time.monotonic() - wall
     finally:
         worker.stop(process)
+    count, first, last, shadow = _query(dsn, (
+        "SELECT count(), toUnixTimestamp64Milli(min(scored_at)), toUnixTimestamp64Milli(max(decided_at)), "
+        "min(p.shadow_version) FROM predictions AS p FINAL INNER JOIN routing_decisions AS d FINAL USING event_id "
+        f"WHERE startsWith(event_id, '{prefix}')"))[0]
+    seconds = max((last - first) / 1000, 1e-3)
+    cpu = drained["cpu_seconds"] - ready["cpu_seconds"]
+    return {"events": count, "seconds": round(seconds, 2), "events_per_second": round(count / seconds),
+            "cpu_seconds": round(cpu, 2), "cores_used": round(cpu / wall, 2),
+            "events_per_cpu_second": round(count / max(cpu, 1e-3)), "us_per_event": round(1e6 * cpu / max(count, 1), 1),
+            "peak_rss_mb": drained["peak_rss_mb"], "shadow_version": shadow}
+
+
+def latency(settings: Settings, rate: float, seconds: float, batch_size: int, process) -> dict:
+    """Event-to-task latency at a steady ``rate`` through the running worker ``process``."""
+    producer = Producer({**settings.kafka_config(), "linger.ms": 1})
+    topic, n = settings.topic("predictions"), int(rate * seconds)
+    started, batch = time.monotonic(), []
+    for i, event in enumerate(_events(n, seed=7)):
+        event["ts"] = int(time.time() * 1000)
+        batch.append(event)
+        if len(batch) == batch_size:
+            producer.produce(topic, codec.encode("PredictionBatch", {"events": batch}, check=False))
+            producer.poll(0)
+            batch = []
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush(30)
+    worker.wait_drained(settings, process, timeout=120, settle=0.5)
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-latency",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([settings.topic("labeling.tasks")])
@@ -162,76 +328,446 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, ru
                         values.append(task["created_ts"] - task["source_ts"])
     finally:
         consumer.close()
-    return {"rate": rate, "batch_size": batch_size, "ms": _percentiles(values)}
+    return {"rate": round(rate), "batch_size": batch_size, "ms": _percentiles(values)}
 
 
-def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str = "linear",
-            latency_rate: float = 1000.0, latency_seconds: float = 10.0) -> dict:
-    """Run all three measurements on a fresh set of topics; return the figures."""
+def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: int,
+                     probe_rate: float = 400.0) -> dict:
+    """Labels sent in ``rounds`` bursts of ``publish_every``, a second apart, while probe predictions
+    flow to every input partition at ``probe_rate``; each label's time until every partition is scored
+    by a version that has learned it (``base``: labels the served version had learned before)."""
+    partitions = settings_partitions(settings)
+    pairs = training_set(rounds * settings.publish_every, 0, seed=11)
+    for task, _ in pairs:
+        task["reasons"] = ["uncertain"]  # learned, not held out
+    _send_tasks(settings, [t for t, _ in pairs])
+    stop = threading.Event()
+
+    def probe():
+        producer = Producer({**settings.kafka_config(), "linger.ms": 0})
+        i, started = 0, time.monotonic()
+        while not stop.is_set():
+            e = next(_events(1, seed=i, prefix="probe"))
+            e["event_id"] = f"probe-{i % partitions}-{i}"
+            producer.produce(settings.topic("predictions"), codec.encode("Prediction", e, check=False),
+                             partition=i % partitions)
+            producer.poll(0)
+            i += 1
+            time.sleep(max(0.0, i / probe_rate - (time.monotonic() - started)))
+        producer.flush(10)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    producer = Producer({**settings.kafka_config(), "linger.ms": 0})
+    sent = []
+    try:
+        time.sleep(1.0)
+        size = settings.publish_every
+        for r in range(rounds):
+            for _, label in pairs[r * size:(r + 1) * size]:
+                label["ts"] = int(time.time() * 1000)
+                producer.produce(settings.topic("labels"), codec.encode("Label", label))
+                sent.append(label["ts"])
+            producer.flush(10)
+            time.sleep(1.0)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+    worker.wait_drained(settings, process, timeout=120, settle=0.5)
+    worker.stop(process)
+    versions = _query(dsn, "SELECT version, labels_seen FROM model_versions FINAL ORDER BY version")
+    probes = _query(dsn, "SELECT splitByChar('-', event_id)[2], shadow_version, toUnixTimestamp64Milli(scored_at) "
+                         "FROM predictions FINAL WHERE startsWith(event_id, 'probe-')")
+    values, missing = [], 0
+    for j, sent_ms in enumerate(sent):
+        version = next((v for v, seen in versions if seen >= base + j + 1), None)
+        served = {}
+        for part, shadow, ts in probes:
+            if version is not None and shadow >= version:
+                served[part] = min(served.get(part, ts), ts)
+        if version is None or len(served) < partitions:
+            missing += 1
+            continue
+        values.append(max(served.values()) - sent_ms)
+    return {"labels": len(sent), "publish_every": settings.publish_every, "partitions": partitions,
+            "probe_interval_ms": round(1000 * partitions / probe_rate, 1), "not_served": missing,
+            "ms": _percentiles(values)}
+
+
+def settings_partitions(settings: Settings) -> int:
+    """Partitions of the ``predictions`` topic."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": "bench-meta"})
+    try:
+        return len(consumer.list_topics(settings.topic("predictions"), timeout=10)
+                   .topics[settings.topic("predictions")].partitions)
+    finally:
+        consumer.close()
+
+
+def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path) -> dict:
+    """Two workers split the partitions and drain a backlog produced once both are ready."""
+    dsns = ["chdb://" + str(run_dir / f"ch-two-{i}") for i in (1, 2)]
+    processes = [worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / f"worker-two-{i}.log")
+                 for i, dsn in enumerate(dsns, 1)]
+    try:
+        for process in processes:
+            worker.wait_ready(settings, process)
+        _wait_members(settings, 2)
+        _warm_up(settings, processes)
+        _produce(settings, "predictions", _encoded_batches(_events(n, seed=2), batch_size))
+        for process in processes:
+            if not worker.wait_drained(settings, process, timeout=900, settle=0.5):
+                raise RuntimeError("two workers did not drain the backlog in 15 minutes")
+        peaks = [_proc(p.pid)["peak_rss_mb"] for p in processes]
+    finally:
+        for process in processes:
+            worker.stop(process)
+    first, decided, last = [], 0, []
+    for dsn in dsns:
+        (lo,), = _query(dsn, "SELECT toUnixTimestamp64Milli(min(scored_at)) FROM predictions "
+                             "WHERE startsWith(event_id, 'ev-2-')")
+        count, hi = _query(dsn, "SELECT count(), toUnixTimestamp64Milli(max(decided_at)) FROM routing_decisions "
+                                "FINAL WHERE startsWith(event_id, 'ev-2-')")[0]
+        first += [lo] if lo else []
+        decided += count
+        last += [hi] if count else []
+    seconds = max((max(last) - min(first)) / 1000, 1e-3)
+    return {"events": decided, "seconds": round(seconds, 2), "events_per_second": round(decided / seconds),
+            "peak_rss_mb": peaks}
+
+
+def _wait_members(settings: Settings, n: int, timeout: float = 90) -> None:
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin, deadline = AdminClient(settings.kafka_config()), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10)
+            if group.state == ConsumerGroupState.STABLE and len(group.members) >= n:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker group did not settle with {n} members")
+
+
+# -- in-process: the owner of the budget, and the state's memory -------------------------------
+
+
+def owner_admission(settings: Settings, n: int, model: dict | None = None) -> dict:
+    """What the owner of the global budget costs per *input* event: of ``n`` scored events, the candidates
+    it receives (those preselected at the partitions, where the loop preselects; otherwise every one),
+    decoded from the hop (``CandidateBatch``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`)."""
+    scorer = Loop.build(**loop_options(settings))
+    if model is not None:
+        scorer.resume(model, keys.verify_key(settings))
+    split = hasattr(scorer, "preselect") and hasattr(scorer, "admit")
+    now, candidates = int(time.time() * 1000), []
+    for i in range(0, n, 500):
+        for c in scorer.score("PredictionBatch", {"events": list(_events(min(500, n - i), seed=9 + i))},
+                              now).candidates:
+            candidates += scorer.preselect(c, now).candidates if split else [c]
+    hop = [codec.encode("CandidateBatch", {"candidates": candidates[i:i + 500]}, check=False)
+           for i in range(0, len(candidates), 500)]
+    owner = Loop.build(**loop_options(settings))
+    admit = owner.admit if split else owner.route
+    started = time.perf_counter()
+    received = [c for value in hop for c in codec.decode(value, ("CandidateBatch",), check=False)[1]["candidates"]]
+    decoded = time.perf_counter()
+    selected = 0
+    for c in received:
+        selected += len(admit(c, now).tasks)
+    admitted = time.perf_counter()
+    cost = max(admitted - started, 1e-9) / n
+    return {"input_events": n, "candidates": len(candidates), "selected": selected,
+            "admission": "Loop.admit" if split else "Loop.route",
+            "decode_us_per_input_event": round(1e6 * (decoded - started) / n, 2),
+            "admit_us_per_input_event": round(1e6 * (admitted - decoded) / n, 2),
+            "us_per_input_event": round(1e6 * cost, 2), "events_per_second": round(1 / cost)}
+
+
+def deep_size(obj, seen: set | None = None) -> int:
+    """Bytes held by ``obj`` and everything it refers to (each object counted once).
+
+    >>> deep_size([]) < deep_size(["a" * 1000]) < deep_size({"k": ["a" * 1000, "b" * 1000]})
+    True
+    """
+    import numpy as np
+
+    seen = set() if seen is None else seen
+    stack_, total = [obj], 0
+    while stack_:
+        o = stack_.pop()
+        if id(o) in seen or isinstance(o, type):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, np.ndarray):
+            continue  # getsizeof counts the data an array owns
+        if isinstance(o, dict):
+            stack_.extend(o.keys())
+            stack_.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)) or type(o).__name__ == "deque":
+            stack_.extend(o)
+        if hasattr(o, "__dict__"):
+            stack_.append(vars(o))
+        for name in getattr(type(o), "__slots__", ()):
+            if hasattr(o, name):
+                stack_.append(getattr(o, name))
+    return total
+
+
+def state_memory(settings: Settings, n: int) -> dict:
+    """The worker's bounded state, grown in-process by ``n`` events (scored, routed, their tasks joined):
+    per structure, entries per event, bytes per entry, MB per million events and MB at its bound."""
+    loop = Loop.build(**loop_options(settings))
+    parts = {
+        "recent items": lambda: [loop.scorer._recent],
+        "decided ids": lambda: [loop.router._decided],
+        "waiting tasks": lambda: [loop.trainer._tasks, loop.trainer.consensus.tasks],
+        "novelty sketch": lambda: [loop.router.policy.novelty],
+    }
+    limits = {"recent items": loop.scorer._recent.limit, "decided ids": loop.router._decided.limit,
+              "waiting tasks": loop.trainer._tasks.limit, "novelty sketch": None}
+    sizes, entries = [], []
+
+    def grow(seed: int, count: int) -> None:
+        now = int(time.time() * 1000)
+        for i in range(0, count, 500):
+            scored = loop.score("PredictionBatch", {"events": list(_events(min(500, count - i), seed=seed + i,
+                                                                           prefix="mem"))}, now)
+            for c in scored.candidates:
+                for task in loop.route(c, now).tasks:
+                    loop.take("LabelingTask", task, now)
+
+    def sample() -> None:
+        sizes.append({k: sum(deep_size(o, seen) for seen in [set()] for o in f()) for k, f in parts.items()})
+        entries.append({k: len(f()[0]) if k != "novelty sketch" else len(loop.router.policy.novelty)
+                        for k, f in parts.items()})
+
+    half = n // 2
+    grow(100, half)
+    sample()
+    grow(10_000_000, half)
+    sample()
+    out = {}
+    for k in parts:
+        per_event = (sizes[1][k] - sizes[0][k]) / half
+        per_entry_event = (entries[1][k] - entries[0][k]) / half
+        per_entry = per_event / per_entry_event if per_entry_event else None
+        bound = None
+        if limits[k] is not None and per_entry is not None:
+            bound = sizes[1][k] + per_entry * (limits[k] - entries[1][k])
+        elif limits[k] is None:
+            bound = sizes[1][k]  # fixed size, full after its first few thousand items
+        per_million = sizes[0][k] + per_event * (1_000_000 - half)
+        if bound is not None:
+            per_million = min(per_million, bound)
+        out[k] = {"entries_per_event": round(per_entry_event, 3), "limit": limits[k],
+                  "bytes_per_entry": round(per_entry) if per_entry else None,
+                  "mb_per_million_events": round(per_million / 1e6, 1),
+                  "mb_bound": round(bound / 1e6, 1) if bound is not None else None}
+    out["total"] = {"mb_per_million_events": round(sum(v["mb_per_million_events"] for v in out.values()), 1),
+                    "mb_bound": round(sum(v["mb_bound"] or 0 for v in out.values()), 1)}
+    return {"events_grown": 2 * half, "structures": out}
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str | None = None,
+            latency_rate: float | None = None, latency_seconds: float = 10.0, labels: int = 300,
+            label_rounds: int = 10, owner_events: int = 20_000, memory_events: int = 20_000, bare: bool = True,
+            second: bool = False, core: int | None = None) -> dict:
+    """Every measurement of the module's description, on fresh topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-{run_id}.", app_id=f"bench-{run_id}",
-                                clickhouse_dsn="chdb://" + str(run_dir / "clickhouse"), model_kind=model_kind,
+                                clickhouse_dsn="chdb://" + str(run_dir / "clickhouse"),
+                                model_kind=model_kind or settings.model_kind,
                                 budget_per_hour=10**9, budget_per_day=10**9)
     started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
+    progress(f"run {run_id}: starting the stack" if started_stack else f"run {run_id}")
     settings = stack.start(settings)
+    result = {"events": events, "batch_size": batch_size, "model": settings.model_kind}
     try:
-        _produce_backlog(settings, events, batch_size, seed=1)
-        bare = bare_loop(settings, events, run_dir)
-        faust = worker_throughput(settings, events, run_dir)
-        lat = latency(settings, latency_rate, latency_seconds, batch_size=max(1, int(latency_rate / 100)),
-                      run_dir=run_dir)
+        progress(f"training the {settings.model_kind} shadow model on {labels} labels")
+        trained = train(settings, labels, run_dir)
+        model = trained.pop("record")
+        result["trained"] = trained
+        progress(f"backlog of {events:,} predictions in messages of {batch_size}")
+        backlog = _encoded_batches(_events(events, seed=1), batch_size)
+        _produce(settings, _backlog_topic(settings), backlog)  # the loops' copy; the worker's comes later
+        progress("columnar limit loop, one core")
+        pairs = [(t["features"], label["label"]) for t, label in training_set(trained["labels"], settings.min_control)
+                 if "control" not in t["reasons"]]  # what the worker's learner learned: it holds control out
+        result["limit_loop"] = limit_loop.measure(
+            settings.kafka_config(), settings.topic(BACKLOG), settings.topic("bench-limit-tasks"),
+            "chdb://" + str(run_dir / "ch-limit"), events, pairs, settings.budget_fraction,
+            settings.seed, core)
+        if bare:
+            progress("the worker's Loop without Faust")
+            result["bare_loop"] = bare_loop(settings, events, run_dir, model)
+        progress("worker draining the backlog")
+        result["worker"] = w = worker_throughput(settings, backlog, run_dir)
+        result["worker_vs_limit"] = round(w["events_per_second"] / result["limit_loop"]["events_per_second"], 3)
+        rate = latency_rate or max(10.0, w["events_per_second"] / 2)
+        progress(f"event-to-task latency at {rate:,.0f} events/s for {latency_seconds:g} s")
+        dsn = "chdb://" + str(run_dir / "ch-latency")
+        process = worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / "worker-latency.log")
+        try:
+            worker.wait_ready(settings, process)
+            _warm_up(settings, [process])
+            result["latency"] = latency(settings, rate, latency_seconds, max(1, int(rate / 100)), process)
+            progress(f"label-to-serving latency, {label_rounds} bursts of {settings.publish_every} labels")
+            result["label_to_serving"] = label_to_serving(settings, process, dsn, label_rounds, trained["labels"])
+        finally:
+            worker.stop(process)
+        progress(f"owner admission on {owner_events:,} events, in-process")
+        result["owner"] = o = owner_admission(settings, owner_events, model)
+        us = w["us_per_event"]
+        o["worker_us_per_event"] = us
+        o["share_of_worker_cost"] = round(o["us_per_input_event"] / us, 3)
+        o["two_cores_events_per_second"] = round(min(2e6 / us, o["events_per_second"]))
+        progress(f"bounded state grown by {memory_events:,} events, in-process")
+        result["memory"] = state_memory(settings, memory_events)
+        result["memory"]["worker_peak_rss_mb"] = w["peak_rss_mb"]
+        if second:
+            progress(f"two workers draining {events:,} more")
+            result["two_workers"] = t = second_worker(settings, events, batch_size, run_dir)
+            t["speedup"] = round(t["events_per_second"] / w["events_per_second"], 2)
     finally:
         if started_stack:
             stack.stop(settings)
-    return {
-        "events": events, "batch_size": batch_size, "model": model_kind,
-        "bare_loop": bare, "worker": faust,
-        "worker_vs_bare": round(faust["events_per_second"] / bare["events_per_second"], 2),
-        "latency": lat,
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-    }
+    result["machine"] = {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                         "python": platform.python_version(), "platform": platform.platform()}
+    progress("done")
+    return result
+
+
+def _check(value, target, higher: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return "yes" if (value >= target if higher else value < target) else "NO"
 
 
 def summary(result: dict) -> str:
-    lat = result["latency"]["ms"]
-    return "\n".join([
-        f"events {result['events']:,} in batches of {result['batch_size']}, shadow model {result['model']}",
-        f"bare loop        {result['bare_loop']['events_per_second']:>9,} events/s",
-        f"faust worker     {result['worker']['events_per_second']:>9,} events/s "
-        f"({result['worker_vs_bare']:.2f} of the bare loop)",
-        f"event-to-task    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms "
-        f"({lat['n']} tasks at {result['latency']['rate']:.0f} events/s)",
-    ])
+    """The figures as a table, each beside the issue's target where it has one."""
+    w, limit, lat = result["worker"], result["limit_loop"], result["latency"]["ms"]
+    serve, owner, mem = result["label_to_serving"]["ms"], result["owner"], result["memory"]["structures"]
+    t = result["trained"]
+    rows = [
+        ("worker", f"{w['events_per_second']:,} events/s", "", ""),
+        ("worker per CPU-second", f"{w['events_per_cpu_second']:,} events ({w['us_per_event']} µs/event, "
+         f"{w['cores_used']} cores)", f">= {TARGETS['worker_per_core']:,}",
+         _check(w["events_per_cpu_second"], TARGETS["worker_per_core"])),
+        ("limit loop (1 core)", f"{limit['events_per_second']:,} events/s", "", ""),
+        ("worker / limit loop", f"{result['worker_vs_limit']:.3f}", f">= {TARGETS['worker_vs_limit']}",
+         _check(result["worker_vs_limit"], TARGETS["worker_vs_limit"])),
+    ]
+    if "bare_loop" in result:
+        rows.append(("Loop without Faust", f"{result['bare_loop']['events_per_second']:,} events/s", "", ""))
+    rows += [
+        (f"event-to-task at {result['latency']['rate']:,}/s", f"p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms "
+         f"({lat['n']} tasks)", f"p99 < {TARGETS['p99_ms']}", _check(lat["p99"], TARGETS["p99_ms"], higher=False)),
+        ("label to serving", f"p50 {serve['p50']} p95 {serve['p95']} ms ({serve['n']} labels)",
+         f"p95 < {TARGETS['label_p95_ms']:,}", _check(serve["p95"], TARGETS["label_p95_ms"], higher=False)),
+        ("owner admission", f"{owner['events_per_second']:,} events/s ({owner['us_per_input_event']} µs/input "
+         f"event)", f">= {TARGETS['owner_events_per_second']:,}",
+         _check(owner["events_per_second"], TARGETS["owner_events_per_second"])),
+        ("owner's share, 2 cores", f"{100 * owner['share_of_worker_cost']:.1f}% of the work; "
+         f"~{owner['two_cores_events_per_second']:,} events/s", "", ""),
+    ]
+    if "two_workers" in result:
+        two = result["two_workers"]
+        rows.append(("two workers", f"{two['events_per_second']:,} events/s (x{two['speedup']})", "", ""))
+    rows += [
+        ("worker peak RSS", f"{w['peak_rss_mb']:,} MB", "", ""),
+        ("state per million events", f"{mem['total']['mb_per_million_events']} MB (bound "
+         f"{mem['total']['mb_bound']} MB)", "", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    value = max(len(r[1]) for r in rows)
+    lines = [f"{result['events']:,} events in messages of {result['batch_size']}; shadow model {t['kind']} "
+             f"trained on {t['labels']} labels (version {t['version']}); {result['machine']['cpus']} cores, "
+             f"load {result['machine']['load_average'][0]}",
+             f"{'figure':<{width}}  {'measured':<{value}}  {'target':<14} met"]
+    lines += [f"{a:<{width}}  {b:<{value}}  {c:<14} {d}".rstrip() for a, b, c, d in rows]
+    return "\n".join(lines)
 
 
 # -- feedbackloop bench ------------------------------------------------------------
 
 
+HELP = """\
+figures:
+  worker               events/s of one Faust worker draining the backlog (first score to last decision,
+                       read from its ClickHouse), with the trained shadow model
+  worker per CPU-second events per second of the worker's own CPU time (user + system), i.e. per core used
+  limit loop           events/s of feedbackloop/limit_loop.py on one pinned core: consume, fastavro decode,
+                       numpy score (trained kNN) and select, produce tasks, Arrow insert of one decision
+                       row per event, commit; the most this machine does per core with this work
+  worker / limit loop  the ratio of the two (target >= 0.8)
+  Loop without Faust   (--bare) the worker's Loop in a plain confluent-kafka loop
+  event-to-task        task created_ts - event ts, p50/p95/p99, at half the worker's measured rate
+  label to serving     a label sent until every input partition's scorer serves a version that learned it
+                       (labels in bursts of publish_every; resolution: the probe interval)
+  owner admission      input events/s the owner of the global budget admits (candidates hop decoded +
+                       Loop.route, in-process), and its share of the worker's CPU cost per event
+  two workers          (--second-worker) events/s of two workers splitting the partitions
+  worker peak RSS      VmHWM of the worker process
+  state per million    the bounded state (recent items, decided ids, waiting tasks, novelty sketch) grown
+                       in-process: MB after a million events, and at its bound
+
+The machine's load changes every figure: run it on a quiet machine, and compare runs on the same one.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog as written; an option's default shown only when it has one."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``bench`` command to an argparse ``subparsers``."""
     b = subparsers.add_parser(
-        "bench", help="measure throughput and event-to-task latency on the local stack",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Measures, in one run on fresh topics, the bare loop and the Faust worker draining the "
-                    "same backlog, then event-to-task latency at a steady rate.")
-    b.add_argument("--events", type=int, default=100_000, help="predictions in the backlog both loops drain")
+        "bench", help="measure the worker against a columnar limit loop, latencies, the owner and memory",
+        formatter_class=_Formatter, epilog=HELP,
+        description="Measures, in one run on fresh topics with a trained shadow model: the Faust worker "
+                    "and the columnar limit loop draining the same backlog, event-to-task latency at half the "
+                    "worker's rate, label-to-serving latency, the budget owner's admission rate, peak RSS and "
+                    "the bounded state per million events. Progress goes to stderr, the table to stdout.")
+    b.add_argument("--events", type=int, default=100_000, help="predictions in the backlog the loops drain")
     b.add_argument("--batch-size", type=int, default=500, help="predictions per Kafka message")
-    b.add_argument("--model", default="linear", choices=["knn", "linear", "tree"], help="shadow model kind")
-    b.add_argument("--rate", type=float, default=1000.0, help="events/s while latency is measured")
-    b.add_argument("--seconds", type=float, default=10.0, help="how long latency is measured")
-    b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    b.add_argument("--model", choices=["knn", "linear", "tree"],
+                   help="shadow model kind (default: the worker's, FEEDBACKLOOP_MODEL_KIND)")
+    b.add_argument("--labels", type=int, default=300, help="labels the shadow model learns before the measurement")
+    b.add_argument("--rate", type=float, help="events/s while latency is measured (default: half the worker's)")
+    b.add_argument("--seconds", type=float, default=10.0, help="how long event-to-task latency is measured")
+    b.add_argument("--label-rounds", type=int, default=10, help="bursts of labels for label-to-serving latency")
+    b.add_argument("--owner-events", type=int, default=20_000, help="input events the owner admission is timed on")
+    b.add_argument("--memory-events", type=int, default=20_000, help="events the in-process state is grown by")
+    b.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the worker's Loop without Faust")
+    b.add_argument("--second-worker", action="store_true", help="also drain a backlog with two workers")
+    b.add_argument("--core", type=int, help="CPU the limit loop is pinned to (default: the last one)")
+    b.add_argument("--out", "--json", dest="out", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=run)
     return b
 
 
 def run(args, settings: Settings) -> int:
-    """``feedbackloop bench``: measure, print the summary, write the figures with ``--json``."""
+    """``feedbackloop bench``: measure, print the summary, write the figures with ``--out``."""
     result = measure(settings, events=args.events, batch_size=args.batch_size, model_kind=args.model,
-                     latency_rate=args.rate, latency_seconds=args.seconds)
+                     latency_rate=args.rate, latency_seconds=args.seconds, labels=args.labels,
+                     label_rounds=args.label_rounds, owner_events=args.owner_events,
+                     memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core)
     print(summary(result))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(result, f, indent=2, sort_keys=True)
     return 0

@@ -24,7 +24,7 @@ The pieces, on two events:
 >>> shadow = KNN()
 >>> for x, y in [(-1.0, "no"), (-0.9, "no"), (1.0, "yes"), (0.9, "yes")]:
 ...     shadow.learn_one({"f0": x}, y)
->>> s = score(cols, shadow, ("no", "yes"))
+>>> s = score(cols, shadow, ("no", "yes"), ("f0",))
 >>> s["uncertainty"].round(2).tolist(), s["disagreement"].round(2).tolist()
 ([1.0, 0.02], [0.5, 0.01])
 >>> probability, selected = select(cols.event_id, s, fraction=0.5, seed=0)
@@ -82,7 +82,7 @@ def to_columns(events: list[dict], classes: tuple, features: tuple) -> Columns:
                    np.array([[e["features"].get(f, 0.0) for f in features] for e in events]))
 
 
-def score(cols: Columns, shadow: KNN, classes: tuple) -> dict[str, np.ndarray]:
+def score(cols: Columns, shadow: KNN, classes: tuple, features: tuple) -> dict[str, np.ndarray]:
     """The signals of every row at once: the production model's least confidence, margin and
     entropy (scaled as :mod:`streams.selection.signals` scales them), and the total variation
     between its probabilities and the shadow model's."""
@@ -94,7 +94,11 @@ def score(cols: Columns, shadow: KNN, classes: tuple) -> dict[str, np.ndarray]:
     out = {"uncertainty": np.clip((1.0 - top[:, -1]) / (1.0 - 1.0 / k), 0.0, 1.0),
            "margin": top[:, -1] - (top[:, -2] if p.shape[1] > 1 else 0.0), "entropy": entropy,
            "disagreement": np.zeros(len(p))}
-    q = shadow.predict_proba_many(cols.X)
+    X = np.zeros((len(p), shadow._X.shape[1]))  # the model's columns, in its order
+    known = [(i, shadow.keys[f]) for i, f in enumerate(features) if f in shadow.keys]
+    if known:
+        X[:, [j for _, j in known]] = cols.X[:, [i for i, _ in known]]
+    q = shadow.predict_proba_many(X)
     if q.shape[1]:
         aligned = np.zeros_like(p)
         for j, c in enumerate(shadow.classes):
@@ -185,8 +189,9 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
             messages = [m for m in consumer.consume(messages_per_poll, timeout=1.0) if not m.error()]
             if not messages:
                 continue
-            started = started or t
             t1 = time.perf_counter()
+            if started is None:  # the clock starts with the first messages, not with the wait for them
+                started = t = t1
             batch = [e for m in messages for e in decode(m.value())]
             t2 = time.perf_counter()
             if classes is None:
@@ -194,7 +199,7 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
                 features = tuple(sorted(batch[0]["features"]))
             cols = to_columns(batch, classes, features)
             t3 = time.perf_counter()
-            signals = score(cols, shadow, classes)
+            signals = score(cols, shadow, classes, features)
             probability, selected = select(cols.event_id, signals, fraction, seed)
             t4 = time.perf_counter()
             now = int(time.time() * 1000)
