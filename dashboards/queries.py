@@ -36,7 +36,8 @@ QUERIES_DIR = Path(__file__).resolve().parent
 
 #: The order of the dashboard page; queries not named here follow by name.
 ORDER = ("overview", "learning_curve", "budget_burn", "reasons_mix", "agreement_over_time", "annotators", "drift_events",
-         "throughput", "agent_lag", "accuracy_over_time", "lift", "time_to_label", "under_covered_classes",
+         "throughput", "agent_lag", "accuracy_over_time", "lift", "production_accuracy", "production_per_class",
+         "rare_class_coverage", "labeling_demand", "labeling_demand_over_time", "time_to_label", "under_covered_classes",
          "dead_letters", "last_1000_labels", "cost_per_point", "annotator_pairs", "reasons_yield",
          "should_we_stop", "dead_letter_reasons")
 

@@ -39,7 +39,7 @@ def task(i: int) -> dict:
     return {"task_id": f"t{i}", "event_id": f"e{i}", "item_id": f"i{i}", "kind": "prediction",
             "created_at": at(i // 10, i % 10), "source_ts": at(i // 10), "reasons": REASONS[i % 4], "signals": {},
             "selection_probability": 0.5, "priority": 0.5, "confidence": 0.6, "model_version": "7",
-            "shadow_version": 1, "policy_version": "p"}
+            "shadow_version": 1, "policy_version": "p", "predicted_label": "a"}
 
 
 def label(i: int) -> dict:
@@ -48,6 +48,11 @@ def label(i: int) -> dict:
             "annotator_id": ANNOTATORS[i % 3], "ts": at(i // 10, i % 10 + 5), "duration_ms": 2000 + 1000 * (i % 3),
             "learned_by_version": 1, "shadow_prediction": CLASSES[i * 7 % 200] if i % 2 == 0 else "zzz",
             "reasons": REASONS[i % 4], "control": int("control" in REASONS[i % 4])}
+
+
+def settled(i: int) -> str:
+    """The consensus label of task ``i`` (0-20): c rare, b less so."""
+    return "c" if i % 10 == 3 else "b" if i % 3 == 1 else "a"
 
 
 def seed(client) -> None:
@@ -95,6 +100,16 @@ def seed(client) -> None:
         {"ts": at(m, s), "spent_hour": 10 * m + s // 10, "spent_day": 10 * m + s // 10, "spent_week": 10 * m + s // 10,
          "cap_hour": 40, "cap_day": None, "cap_week": None, "target_fraction": 0.1, "realised_fraction": 0.12}
         for m in range(3) for s in (10, 50)])
+    insert(client, "consensus_labels", [  # the labeled tasks settled (after adjudications) on these classes
+        {"task_id": f"t{i}", "item_id": f"i{i}", "label": settled(i), "confidence": 1.0,
+         "method": "adaptive_single", "annotators": [ANNOTATORS[i % 3]], "n_labels": 1, "round": 0,
+         "ts": at(i // 10, i % 10 + 5), "learned_by_version": 1} for i in range(21)])
+    insert(client, "production_accuracy", [  # two estimates of release prod 7; the newer (version 2) counts
+        {"ts": at(v), "version": v, "model_name": "prod", "model_version": "7", "estimator": e, "metric": m,
+         "class": c, "value": 0.1 * v + (0.5 if e == "control" else 0.6), "ci_low": 0.4, "ci_high": 0.9,
+         "n": 10 * v, "weight": 20.0 * v}
+        for v in (1, 2) for e in ("control", "weighted")
+        for m, c in [("accuracy", ""), ("precision", "a"), ("recall", "a"), ("recall", "b")]])
     insert(client, "agent_stats", [
         {"ts": at(m, 30), "worker": w, "agent": "score", "events": 100 * (m + 1), "seconds": 3.0, "lag": 50 - 20 * m}
         for m in range(3) for w in ("w1", "w2")])
@@ -312,3 +327,40 @@ def test_the_server_answers_the_page_and_the_panels(clickhouse_dsn, client):
         assert missing.value.code == 404
     finally:
         server.stop()
+
+
+def test_the_production_model_release_by_release_and_the_labeling_demand(client):
+    from streams.evaluation.production import wilson
+
+    accuracy = {r["series"]: (r["accuracy"], r["n"]) for r in answer(client, "production_accuracy")}
+    assert accuracy == {"control": (0.7, 20), "control 95% low": (0.4, 20), "control 95% high": (0.9, 20),
+                        "weighted": (0.8, 20), "weighted 95% low": (0.4, 20), "weighted 95% high": (0.9, 20)}
+    per_class = {(r["class"], r["estimator"]): r for r in answer(client, "production_per_class")}
+    assert set(per_class) == {(c, e) for c in "ab" for e in ("control", "weighted")}
+    assert per_class["b", "weighted"]["precision"] is None and per_class["b", "weighted"]["recall"] == 0.8
+    assert (per_class["a", "control"]["recall"], per_class["a", "control"]["n_labeled"]) == (0.7, 20)
+
+    coverage = answer(client, "rare_class_coverage")
+    expected = {}
+    for i in range(21):  # every task has selection probability 0.5, the production model always says 'a'
+        labels, control, found = expected.get(settled(i), (0, 0, 0))
+        is_control = "control" in REASONS[i % 4]
+        expected[settled(i)] = (labels + 1, control + is_control, found + (is_control and settled(i) == "a"))
+    assert [r["class"] for r in coverage] == sorted(expected, key=lambda c: (expected[c][1], c))  # rarest first
+    for r in coverage:
+        labels, control, found = expected[r["class"]]
+        assert (r["labels"], r["control_labels"], r["stream_share"]) == (labels, control, round(labels / 21, 4))
+        if control:
+            low, high = wilson(found, control)
+            assert r["control_recall"] == round(found / control, 3)
+            assert r["recall_half_width"] == pytest.approx((high - low) / 2, abs=1e-3)
+        else:
+            assert r["control_recall"] is None and r["recall_half_width"] is None
+
+    demand = answer(client, "labeling_demand")[0]
+    # 30 tasks over 129 s, 21 labels over 120 s (re-delivered rows count once); 9 tasks never labeled
+    assert demand == {"tasks_waiting": 9, "tasks_per_hour": round(30 * 3600 / 129, 1),
+                      "labels_per_hour": round(21 * 3600 / 120, 1), "hours_to_drain": round(9 / 630, 2)}
+    over_time = answer(client, "labeling_demand_over_time")
+    series = {s: [r["count"] for r in over_time if r["series"] == s] for s in {r["series"] for r in over_time}}
+    assert (sum(series["tasks created"]), sum(series["labels received"]), series["tasks waiting"][-1]) == (30, 21, 9)
