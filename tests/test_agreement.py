@@ -386,6 +386,66 @@ def test_tracker_window():
     assert tracker.report(window_ms=2 * hour, now_ms=now - hour) == ag.report(earlier, gold=gold)
 
 
+def with_model(seed: int, rows: list[ag.Annotation]) -> list[ag.Annotation]:
+    """The rows with the model's suggestion for each item (fixed per item) on most,
+    and guideline version v1 before the middle of the stream, v2 after."""
+    rng = random.Random(seed)
+    suggestion = {r.item_id: rng.choice("abcd"[:2 + seed % 3]) for r in rows}
+    middle = rows[len(rows) // 2].ts_ms
+    return [r._replace(model_label=suggestion[r.item_id] if rng.random() < 0.9 else None,
+                       guideline_version="v1" if r.ts_ms < middle else "v2") for r in rows]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_model_against_annotator_matches_sklearn_and_the_tracker(seed):
+    rows = with_model(seed, stream(seed)[0])
+    tracker = ag.AgreementTracker()
+    for row in rows:
+        tracker.add(*row)
+    report = tracker.report()
+    assert report == ag.report(rows)
+    for a, x in report["per_annotator"].items():
+        latest = {}
+        for r in rows:
+            if r.annotator_id == a and r.model_label is not None:
+                latest[r.item_id] = (r.label, r.model_label)
+        ours, model = zip(*latest.values())
+        assert x["n_model"] == len(latest)
+        assert x["model_agreement"] == pytest.approx(accuracy_score(model, ours), **TOL)
+        assert x["model_kappa"] == pytest.approx(cohen_kappa_score(ours, model), **TOL)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_agreement_rows_per_hour_per_day_and_per_guideline_version(seed):
+    rows = with_model(seed, stream(seed, n=900)[0])
+    tracker = ag.AgreementTracker()
+    for row in rows:
+        tracker.add(*row)
+    now = rows[-1].ts_ms + 1
+    out = ag.agreement_rows(tracker, now)
+
+    def rows_of(seconds, version=""):
+        return {(r["metric"], r["annotator_a"], r["annotator_b"]): (r["value"], r["n"], r["window_start"])
+                for r in out if r["window_seconds"] == seconds and r["guideline_version"] == version}
+
+    hour_start, day_start = now - now % 3_600_000, now - now % 86_400_000
+    for seconds, start in ((3600, hour_start), (86400, day_start)):
+        inside = [r for r in rows if start <= r.ts_ms <= now]
+        assert 0 < len(inside) < len(rows) or seconds == 86400
+        expected = ag.report(inside)
+        got = rows_of(seconds)
+        assert got[("krippendorff_alpha", "*", "*")] == (expected["krippendorff_alpha"], expected["n_items_multi"], start)
+        assert got[("fleiss_kappa", "*", "*")][0] == expected["fleiss_kappa"]
+        assert {k[1:]: v[0] for k, v in got.items() if k[0] == "cohen_kappa"} == \
+            {(p["a"], p["b"]): p["kappa"] for p in expected["cohen_kappa"]}
+    for version in ("v1", "v2"):
+        expected = ag.report([r for r in rows if r.guideline_version == version])
+        got = rows_of(0, version)
+        assert got[("percent_agreement", "*", "*")][:2] == (expected["percent_agreement"], expected["n_items_multi"])
+    assert rows_of(0)[("percent_agreement", "*", "*")][0] == ag.percent_agreement(rows)
+    assert {r["window_seconds"] for r in out} == {0, 3600, 86400}
+
+
 # --------------------------------------------------------------------------- the command
 
 

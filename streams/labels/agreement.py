@@ -33,20 +33,23 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from streams.selection.budget import HOUR_MS
+from streams.selection.budget import DAY_MS, HOUR_MS
 
 Label = Hashable
 Table = Mapping[Hashable, Mapping[Hashable, Label]]
 
 
 class Annotation(NamedTuple):
-    """One label given by one annotator to one item (times in milliseconds)."""
+    """One label given by one annotator to one item (times in milliseconds), with
+    the model's suggestion for the item and the guideline version the annotator saw."""
 
     item_id: Hashable
     annotator_id: Hashable
     label: Label
     ts_ms: int | None = None
     duration_ms: float | None = None
+    model_label: Label | None = None
+    guideline_version: str | None = None
 
 
 # --------------------------------------------------------------------------- input
@@ -56,7 +59,7 @@ def annotations(data: Table | Iterable[tuple]) -> list[Annotation]:
     """The data as a list of :class:`Annotation` (a table yields them in item order).
 
     >>> annotations({"i1": {"ann": "cat"}})
-    [Annotation(item_id='i1', annotator_id='ann', label='cat', ts_ms=None, duration_ms=None)]
+    [Annotation(item_id='i1', annotator_id='ann', label='cat', ts_ms=None, duration_ms=None, model_label=None, guideline_version=None)]
     """
     if isinstance(data, Mapping):
         return [Annotation(item, a, label) for item, labels in data.items() for a, label in labels.items()]
@@ -476,6 +479,32 @@ def labeling_speed(data: Iterable[tuple]) -> dict[Hashable, dict[str, float | No
     return out
 
 
+def model_agreement(data: Iterable[tuple]) -> dict[Hashable, dict[str, float | None]]:
+    """Model against annotator, per annotator: the share of their labels equal to the
+    model's suggestion (``model_agreement``) and Cohen's kappa between the two
+    (``model_kappa``), over the annotations that carry a ``model_label`` (the
+    latest label of an annotator for an item counts).
+
+    >>> rows = [("i1", "x", "a", None, None, "a"), ("i2", "x", "b", None, None, "a"),
+    ...         ("i3", "x", "b", None, None, "b"), ("i1", "y", "a")]
+    >>> model_agreement(rows)
+    {'x': {'model_agreement': 0.6666666666666666, 'model_kappa': 0.4, 'n_model': 3}}
+    """
+    latest: dict[Hashable, dict[Hashable, tuple]] = {}
+    for row in annotations(data):
+        if row.model_label is not None:
+            latest.setdefault(row.annotator_id, {})[row.item_id] = (row.label, row.model_label)
+    return {a: _model_row(latest[a].values()) for a in _sorted(latest)}
+
+
+def _model_row(pairs: Iterable[tuple]) -> dict[str, float | None]:
+    pairs = list(pairs)
+    if not pairs:
+        return {"model_agreement": None, "model_kappa": None, "n_model": 0}
+    return {"model_agreement": sum(x == m for x, m in pairs) / len(pairs),
+            "model_kappa": cohen_kappa([x for x, _ in pairs], [m for _, m in pairs]), "n_model": len(pairs)}
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -520,7 +549,8 @@ def report(data: Table | Iterable[tuple], gold: Mapping[Hashable, Label] | None 
     :func:`pairwise_kappa`), ``disagreement_by_class`` and ``per_annotator``:
     ``{annotator: {n_labels, agreement_with_majority, items_shared,
     gold_accuracy, n_gold, distribution, drift, time_to_label_p50_ms,
-    time_to_label_p90_ms, labels_per_hour}}``.
+    time_to_label_p90_ms, labels_per_hour, model_agreement, model_kappa,
+    n_model}}`` (see :func:`model_agreement`).
 
     >>> r = report([("i1", "x", 1), ("i1", "y", 2)], gold={"i1": 1})
     >>> r["percent_agreement"], r["per_annotator"]["x"]["gold_accuracy"], r["cohen_kappa"][0]["kappa"]
@@ -546,9 +576,10 @@ def report(data: Table | Iterable[tuple], gold: Mapping[Hashable, Label] | None 
             compared[a] += 1
             if hit:
                 credits.setdefault(a, Counter())[ties] += 1
-    drift, speed = label_drift(rows), labeling_speed(rows)
-    per_annotator = {a: _annotator_row(sum(counts[a].values()), _distribution(counts[a]), compared[a],
-                                       credits.get(a, {}), *golds.get(a, (0, 0)), drift[a], speed[a])
+    drift, speed, model = label_drift(rows), labeling_speed(rows), model_agreement(rows)
+    per_annotator = {a: {**_annotator_row(sum(counts[a].values()), _distribution(counts[a]), compared[a],
+                                          credits.get(a, {}), *golds.get(a, (0, 0)), drift[a], speed[a]),
+                         **model.get(a, _model_row([]))}
                      for a in _sorted(counts)}
     return {
         "n_annotations": len(rows), "n_labels": sum(len(v) for v in tab.values()), "n_items": len(tab),
@@ -609,6 +640,7 @@ class AgreementTracker:
         self._classes: dict[Label, int] = {}
         self._by_class: dict[Label, list[int]] = {}
         self._ann: dict[Hashable, _Annotator] = {}
+        self._model: dict[Hashable, dict[Hashable, tuple]] = {}  # annotator -> item -> (label, model's)
 
     def _item(self, item: Hashable, labels: Mapping[Hashable, Label], sign: int) -> None:
         """Add (``sign=1``) or take back (``-1``) everything one item contributes."""
@@ -637,9 +669,13 @@ class AgreementTracker:
         _bump(self._ann[a].counts, labels[a], sign)
 
     def add(self, item_id: Hashable, annotator_id: Hashable, label: Label,
-            ts_ms: int | None = None, duration_ms: float | None = None) -> None:
-        """Record one label (a repeat by the same annotator for the item replaces the earlier one)."""
-        self.log.append(Annotation(item_id, annotator_id, label, ts_ms, duration_ms))
+            ts_ms: int | None = None, duration_ms: float | None = None, model_label: Label | None = None,
+            guideline_version: str | None = None) -> None:
+        """Record one label (a repeat by the same annotator for the item replaces the
+        earlier one), with the model's suggestion and the guideline version if known."""
+        self.log.append(Annotation(item_id, annotator_id, label, ts_ms, duration_ms, model_label, guideline_version))
+        if model_label is not None:
+            self._model.setdefault(annotator_id, {})[item_id] = (label, model_label)
         ann = self._ann.setdefault(annotator_id, _Annotator())
         labels = self._table.setdefault(item_id, {})
         self._item(item_id, labels, -1)
@@ -669,22 +705,33 @@ class AgreementTracker:
         self.gold[item_id] = label
         self._item(item_id, labels, 1)
 
-    def report(self, window_ms: int | None = None, now_ms: int | None = None) -> dict[str, Any]:
+    def versions(self) -> list[str]:
+        """The guideline versions the annotations were given under (known ones only)."""
+        return _sorted({row.guideline_version for row in self.log if row.guideline_version})
+
+    def report(self, window_ms: int | None = None, now_ms: int | None = None,
+               guideline_version: str | None = None) -> dict[str, Any]:
         """The cumulative :func:`report`, or with ``window_ms`` the report over the
         annotations with ``now_ms - window_ms < ts_ms <= now_ms`` (``now_ms``
-        defaults to the latest ``ts_ms`` seen; annotations without one are left out).
+        defaults to the latest ``ts_ms`` seen; annotations without one are left out),
+        and with ``guideline_version`` over the annotations given under it.
         """
-        if window_ms is not None:
-            stamps = [row.ts_ms for row in self.log if row.ts_ms is not None]
-            now = now_ms if now_ms is not None else max(stamps, default=0)
-            return report([row for row in self.log if row.ts_ms is not None and now - window_ms < row.ts_ms <= now],
-                          self.gold)
+        if window_ms is not None or guideline_version is not None:
+            rows = self.log
+            if guideline_version is not None:
+                rows = [row for row in rows if row.guideline_version == guideline_version]
+            if window_ms is not None:
+                stamps = [row.ts_ms for row in self.log if row.ts_ms is not None]
+                now = now_ms if now_ms is not None else max(stamps, default=0)
+                rows = [row for row in rows if row.ts_ms is not None and now - window_ms < row.ts_ms <= now]
+            return report(rows, self.gold)
         per_annotator = {}
         for a in _sorted(self._ann):
             ann = self._ann[a]
             per_annotator[a] = _annotator_row(
                 sum(ann.counts.values()), _distribution(ann.counts), ann.compared, ann.credits, ann.gold_n,
                 ann.gold_hits, _tvd(ann.first, ann.second), _speed(ann.durations, ann.n_ts, ann.first_ts, ann.last_ts))
+            per_annotator[a].update(_model_row(self._model.get(a, {}).values()))
         return {
             "n_annotations": len(self.log), "n_labels": sum(self._classes.values()), "n_items": len(self._table),
             "n_items_multi": sum(self._pooled.items.values()), "n_annotators": len(per_annotator),
@@ -694,3 +741,50 @@ class AgreementTracker:
             "cohen_kappa": _pair_rows(self._pairs), "disagreement_by_class": _by_class(self._by_class),
             "per_annotator": per_annotator,
         }
+
+
+# --------------------------------------------------------------------------- rows for the warehouse
+
+#: Seconds of the agreement windows: cumulative (0), the calendar hour and the calendar day.
+WINDOWS = (0, HOUR_MS // 1000, DAY_MS // 1000)
+
+
+def _rows(r: Mapping[str, Any], start: int, seconds: int, version: str) -> list[dict]:
+    common = {"window_start": start, "window_seconds": seconds, "guideline_version": version}
+    rows = [{**common, "annotator_a": "*", "annotator_b": "*", "metric": metric, "value": r[metric],
+             "n": r["n_items_multi"]} for metric in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha")]
+    rows += [{**common, "annotator_a": p["a"], "annotator_b": p["b"], "metric": "cohen_kappa", "value": p["kappa"],
+              "n": p.get("n", 0)} for p in r["cohen_kappa"]]
+    return rows
+
+
+def agreement_rows(tracker: AgreementTracker, now_ms: int, windows: Iterable[int] = WINDOWS,
+                   cumulative: Mapping[str, Any] | None = None) -> list[dict]:
+    """``annotator_agreement`` rows at ``now_ms``: Fleiss' kappa, Krippendorff's alpha
+    and percent agreement over everyone (annotators ``*``), and Cohen's kappa per pair.
+
+    Window 0 is cumulative (``window_start`` is ``now_ms``; ``cumulative`` is its
+    report if already made); a window of ``s`` seconds is the calendar period
+    that holds ``now_ms`` (``window_start`` its start, so the rows of one hour
+    replace each other until the next hour begins). Cumulative rows are also
+    split by guideline version (``guideline_version`` empty: every version).
+
+    >>> t = AgreementTracker()
+    >>> for item, who, label, ts, version in [("i1", "x", "a", 10, "v1"), ("i1", "y", "a", 20, "v1"),
+    ...                                       ("i2", "x", "a", HOUR_MS + 5, "v2"), ("i2", "y", "b", HOUR_MS + 9, "v2")]:
+    ...     t.add(item, who, label, ts_ms=ts, guideline_version=version)
+    >>> rows = agreement_rows(t, now_ms=HOUR_MS + 10)
+    >>> [(r["window_seconds"], r["window_start"], r["guideline_version"], r["value"]) for r in rows
+    ...  if r["metric"] == "percent_agreement"]
+    [(0, 3600010, '', 0.5), (0, 3600010, 'v1', 1.0), (0, 3600010, 'v2', 0.0), (3600, 3600000, '', 0.0), (86400, 0, '', 0.5)]
+    """
+    out = []
+    for seconds in windows:
+        if seconds == 0:
+            out += _rows(cumulative or tracker.report(), now_ms, 0, "")
+            for version in tracker.versions():
+                out += _rows(tracker.report(guideline_version=version), now_ms, 0, version)
+        else:
+            start = now_ms - now_ms % (seconds * 1000)
+            out += _rows(tracker.report(window_ms=now_ms - start + 1, now_ms=now_ms), start, seconds, "")
+    return out
