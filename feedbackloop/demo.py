@@ -12,6 +12,13 @@ on Ctrl-C, SIGTERM or SIGHUP, all within :data:`STOP_SECONDS`. If the demo
 itself is killed (SIGKILL), its worker stops by itself and a watcher process
 stops the stack (:data:`ORPHAN_WATCH`).
 
+The stream (:func:`stream`: events with ids fixed by the item, the truth) and
+the annotators (:func:`team`: answers fixed by the seed, the annotator and the
+item) are made once, so :func:`rehearse` replays the very same run through the
+worker's :class:`~streams.loop.Loop` offline, with no Kafka, as the simulator
+does: ``tests/test_live_vs_simulator.py`` checks that both end at the same
+control accuracy.
+
 ``feedbackloop demo`` (:func:`run`) calls :func:`play` and prints its :func:`summary`.
 """
 
@@ -29,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from river import linear_model, multiclass, preprocessing
@@ -40,6 +48,8 @@ from feedbackloop import datasets, stack, worker
 from dashboards.connection import connect_settings
 from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
+from streams.evaluation.production import wilson
+from streams.loop import Loop
 
 #: Seconds from the start of the clean-up until every process the demo started is gone.
 STOP_SECONDS = 9.5
@@ -121,6 +131,144 @@ def _probabilities(model, x, classes) -> dict[str, float]:
     return {c: v / total for c, v in p.items()} if total > 0 else {c: 1.0 / len(classes) for c in classes}
 
 
+@dataclass
+class Stream:
+    """The demo's traffic, made before anything runs: ``events`` as ``(schema name, record)`` in order,
+    each with an event id fixed by its item (the router's draw is fixed by the event id, so a
+    replay draws as the live run did), and the ``truth`` annotators answer from."""
+
+    events: list[tuple[str, dict]] = field(default_factory=list)
+    truth: dict[str, str] = field(default_factory=dict)
+    sent: Counter = field(default_factory=Counter)
+
+
+def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: float = 250.0,
+           override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
+           drift_at: int | None = None, start_ms: int = 0) -> Stream:
+    """The demo's stream from ``rows``: a seeded order, a weak production model's predictions,
+    users overriding a share of its errors and appealing a few; timestamps ``rate`` per second
+    from ``start_ms``. With ``drift_at``, every true label moves to the next class from that event.
+
+    >>> rows = [({"x": float(i)}, "a" if i % 3 else "b") for i in range(300)]
+    >>> s = stream(rows, seed=1, events=200, override_rate=0.5)
+    >>> s.sent["predictions"], s.events[0][1]["event_id"], s.sent["overrides"] > 0
+    (200, 'bananas-0', True)
+    >>> [e for e in stream(rows, seed=1, events=200, override_rate=0.5).events] == s.events
+    True
+    """
+    rng = random.Random(seed)
+    rows = list(rows)
+    rng.shuffle(rows)
+    rows = (rows * (events // len(rows) + 1))[:events]
+    classes = sorted({y for _, y in rows})
+    model = production_model(rows, production_sample, seed)
+    out, correct = Stream(), 0
+    for i, (x, y) in enumerate(rows):
+        if drift_at is not None and i >= drift_at:
+            y = classes[(classes.index(y) + 1) % len(classes)]
+        item_id, ts = f"{dataset}-{i}", start_ms + int(i * 1000 / rate)
+        out.truth[item_id] = y
+        proba = _probabilities(model, x, classes)
+        predicted = max(classes, key=proba.__getitem__)
+        correct += predicted == y
+        out.events.append(("Prediction", {
+            "event_id": item_id, "item_id": item_id, "ts": ts, "model_name": "production",
+            "model_version": "weak-1", "predicted_label": predicted, "probabilities": proba, "features": x,
+            "text": None, "context": {}}))
+        out.sent["predictions"] += 1
+        if predicted != y:
+            if rng.random() < override_rate:
+                out.events.append(("Override", {
+                    "event_id": f"{item_id}:override", "item_id": item_id, "ts": ts, "predicted_label": predicted,
+                    "override_label": y, "user_id": f"user-{rng.randrange(100)}", "context": {}}))
+                out.sent["overrides"] += 1
+            elif rng.random() < appeal_rate:
+                out.events.append(("Appeal", {
+                    "event_id": f"{item_id}:appeal", "item_id": item_id, "ts": ts, "predicted_label": predicted,
+                    "reason": "this looks wrong to me", "user_id": None, "context": {}}))
+                out.sent["appeals"] += 1
+    out.sent["events"] = len(out.events)
+    out.sent["production_accuracy"] = round(correct / max(1, len(rows)), 4)
+    return out
+
+
+def team(truth, seed: int, annotators: int = 3, annotator_error: float = 0.05,
+         annotator_errors: list[float] | None = None, reviewer: bool = False) -> list[SimulatedAnnotator]:
+    """The simulated annotators: ``annotator_errors`` (default: ``annotator_error`` for all; with five or
+    more, rising in steps and the last one careless at 40%), and a reviewer if asked for.
+
+    >>> [(a.annotator_id, a.error_rate) for a in team({}.get, seed=0, annotators=5, annotator_error=0.05)]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('annotator-1', 0.05), ('annotator-2', 0.05), ('annotator-3', 0.1), ('annotator-4', 0.1),
+     ('annotator-5', 0.4)]
+    """
+    errors = list(annotator_errors or [annotator_error] * annotators)
+    if annotator_errors is None and annotators >= 5:
+        errors = [annotator_error * (1 + i // 2) for i in range(annotators - 1)] + [0.4]
+    out = [SimulatedAnnotator(f"annotator-{i + 1}", truth, errors[i % len(errors)], seed + i)
+           for i in range(annotators)]
+    if reviewer:
+        out.append(SimulatedAnnotator("reviewer-1", truth, min(errors) / 2, seed + 99, tier="reviewer"))
+    return out
+
+
+def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnnotator], key=None,
+             served: dict[str, int] | None = None) -> dict:
+    """The demo's run offline: ``traffic`` through the worker's own :class:`~streams.loop.Loop`
+    (built from the same settings, as the worker builds it), each task labeled at once by the
+    annotators the live pool would ask, versions published as the worker publishes them. Returns what
+    the live run's report holds of it: ``control_accuracy`` and ``control_labels`` per version, and the
+    newest ``savings`` and ``lift`` rows.
+
+    Offline, a label is learned the moment its task is routed, and the scorer serves the newest
+    version at once. A live worker learns a little later, so its scorer serves an older version for a
+    while: with ``served`` (event id -> the shadow version a live run scored it with, from its
+    ``routing_decisions``), each event is scored with that version, as the live run did.
+
+    >>> rows = [({"x": float(i % 40), "y": float(i % 7)}, "a" if i % 40 < 20 else "b") for i in range(400)]
+    >>> traffic = stream(rows, seed=0, events=400)
+    >>> out = rehearse(Settings().replace(budget_fraction=0.3, min_control=5, publish_every=20, seed=0),
+    ...                traffic, team(traffic.truth.get, seed=0, annotator_error=0.0))
+    >>> len(out["control_accuracy"]) > 2, list(out["control_accuracy"].values())[-1] >= 0.9
+    (True, True)
+    """
+    from streams.app import loop_options  # the worker's own options (importing the app loads Faust)
+    from streams.learning.learner import load_version
+
+    if key is None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        key = Ed25519PrivateKey.generate()
+    loop = Loop.build(**loop_options(settings))
+    pool = AnnotatorPool(settings, annotators)
+    out = {"control_accuracy": {}, "control_labels": {}, "savings": None, "lift": None}
+    versions = {0: loop.scorer.model}
+
+    def label(tasks, now):
+        while tasks:
+            task = tasks.pop(0)
+            loop.take("LabelingTask", task, now)
+            for annotator in pool.assign(task):
+                answer = annotator.label(task, now)
+                if answer is not None:
+                    tasks.extend(loop.take("Label", answer, now).tasks)
+                if loop.due:
+                    done = loop.publish(now, key)
+                    record = done.models[0]
+                    versions[record["version"]] = load_version(record, key)
+                    out["control_accuracy"][str(record["version"])] = record["control_accuracy"]
+                    out["control_labels"][str(record["version"])] = record["control_labels"]
+                    rows = dict(done.rows)
+                    out["savings"], out["lift"] = rows.get("label_savings"), rows.get("policy_lift")
+
+    for name, record in traffic.events:
+        if served is not None and name == "Prediction":
+            version = served.get(record["event_id"], 0)
+            loop.scorer.model = versions.get(version) or versions[max(v for v in versions if v <= version)]
+        for candidate in loop.score(name, record, record["ts"]).candidates:
+            label(list(loop.route(candidate, record["ts"]).tasks), record["ts"])
+    return out
+
+
 #: The report's ``savings``: the newest ``label_savings`` row (see :mod:`streams.evaluation.savings`).
 SAVINGS = ("version", "policy_labels", "random_labels_needed", "ratio", "ci_low", "ci_high", "target_accuracy",
            "policy_labels_seen", "policy_accuracy", "random_labels_seen", "random_accuracy", "n_eval")
@@ -173,8 +321,8 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "SELECT reason, count() FROM labeling_tasks ARRAY JOIN reasons AS reason GROUP BY reason ORDER BY reason"
     ).result_rows)
     versions = client.query(
-        "SELECT version, control_accuracy, prequential_accuracy, labels_seen FROM model_versions ORDER BY version"
-    ).result_rows
+        "SELECT version, control_accuracy, prequential_accuracy, labels_seen, control_labels FROM model_versions "
+        "ORDER BY version").result_rows
     lift = client.query("SELECT version, lift, ci_low, ci_high, n_policy, n_control, policy_accuracy, "
                         "control_accuracy FROM policy_lift ORDER BY version DESC, ts DESC LIMIT 1").result_rows
     lift = dict(zip(("version", "lift", "ci_low", "ci_high", "n_policy", "n_control", "policy_accuracy",
@@ -229,8 +377,12 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "annotators": annotators,
         "flagged_annotators": sorted(a for a, row in annotators.items() if row["flagged"]),
         "labels_csv": str(run_dir / "labels.csv") if run_dir is not None else None,
-        "control_accuracy": {str(v): acc for v, acc, _, _ in versions},
-        "prequential_accuracy": {str(v): acc for v, _, acc, _ in versions},
+        "control_accuracy": {str(v): acc for v, acc, *_ in versions},
+        "control_labels": {str(v): n for v, *_, n in versions},
+        "control_interval": {str(v): list(wilson(round(acc * n), n)) if acc is not None else [None, None]
+                             for v, acc, *_, n in versions},
+        "labels_seen": {str(v): seen for v, _, _, seen, _ in versions},
+        "prequential_accuracy": {str(v): acc for v, _, acc, *_ in versions},
         "production_accuracy": sent["production_accuracy"],
         "budget_fraction": settings.budget_fraction,
         "label_share": round(tasks / max(1, sent["events"]), 4),
@@ -248,8 +400,7 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
          progress: bool = True) -> dict:
     """Play the demo end to end and return its report.
 
-    Annotators get ``annotator_errors`` (default: ``annotator_error`` for all;
-    with five or more, rising in steps and the last one careless at 40%). With
+    The traffic is :func:`stream`'s, the annotators :func:`team`'s. With
     ``settings.overlap != 1`` a reviewer joins for adjudications; with
     ``settings.gold_rate > 0``, ``gold_size`` items of the dataset form the
     gold set mixed into the queue. With ``serve``, once the replay is done the
@@ -259,19 +410,15 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
     next class, while the production model goes on as before.
     """
     started = time.monotonic()
-    rng = random.Random(seed)
     rows = datasets.load(dataset, label_column).rows
-    rng.shuffle(rows)
-    rows = (rows * (events // len(rows) + 1))[:events]
-    classes = sorted({y for _, y in rows})
-    model = production_model(rows, production_sample, seed)
+    traffic = stream(rows, seed, events, dataset, rate, override_rate, appeal_rate, production_sample, drift_at)
+    truth = dict(traffic.truth)
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "demo" / run_id
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.",
                                 app_id=f"feedbackloop-demo-{run_id}", seed=seed,
                                 clickhouse_dsn="chdb://" + str(run_dir / "clickhouse"))
-    truth = {}
     if settings.gold_rate > 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         gold_path = run_dir / "gold.jsonl"
@@ -280,13 +427,8 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
                 truth[f"gold-{j}"] = y
                 f.write(json.dumps({"item_id": f"gold-{j}", "label": y, "features": x}) + "\n")
         settings = settings.replace(gold_path=str(gold_path))
-    errors = list(annotator_errors or [annotator_error] * annotators)
-    if annotator_errors is None and annotators >= 5:
-        errors = [annotator_error * (1 + i // 2) for i in range(annotators - 1)] + [0.4]
-    team = [SimulatedAnnotator(f"annotator-{i + 1}", truth.get, errors[i % len(errors)], seed + i)
-            for i in range(annotators)]
-    if settings.overlap != 1:
-        team.append(SimulatedAnnotator("reviewer-1", truth.get, min(errors) / 2, seed + 99, tier="reviewer"))
+    labelers = team(truth.get, seed, annotators, annotator_error, annotator_errors,
+                    reviewer=settings.overlap != 1)
 
     started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
     with Started() as children:
@@ -309,35 +451,30 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
         if progress:
             print(f"worker starting (log: {run_dir / 'worker.log'})", flush=True)
         worker.wait_ready(settings, proc)
-        pool = AnnotatorPool(settings, team).start()
+        pool = AnnotatorPool(settings, labelers).start()
         children.callback(pool.stop, 2.0)
-        sent = Counter()
-        correct = 0
         producer = Producer(settings, batch_size=20)
         bar = tqdm(total=events, desc="replaying", unit="ev", disable=not progress)
-        t0 = time.monotonic()
-        for i, (x, y) in enumerate(rows):
-            if drift_at is not None and i >= drift_at:
-                y = classes[(classes.index(y) + 1) % len(classes)]
-            item_id = f"{dataset}-{i}"
-            truth[item_id] = y
-            proba = _probabilities(model, x, classes)
-            predicted = max(classes, key=proba.__getitem__)
-            correct += predicted == y
-            producer.prediction(item_id, proba, predicted, features=x, model_name="production",
-                                model_version="weak-1")
-            sent["predictions"] += 1
-            if predicted != y:
-                if rng.random() < override_rate:
-                    producer.override(item_id, y, predicted_label=predicted, user_id=f"user-{rng.randrange(100)}")
-                    sent["overrides"] += 1
-                elif rng.random() < appeal_rate:
-                    producer.appeal(item_id, reason="this looks wrong to me", predicted_label=predicted)
-                    sent["appeals"] += 1
-            bar.update(1)
-            if i % 50 == 49:
+        t0, i = time.monotonic(), 0
+        for name, record in traffic.events:
+            if name == "Prediction":
+                producer.prediction(record["item_id"], record["probabilities"], record["predicted_label"],
+                                    features=record["features"], model_name=record["model_name"],
+                                    model_version=record["model_version"], event_id=record["event_id"])
+                i += 1
+                bar.update(1)
+            elif name == "Override":
+                producer.override(record["item_id"], record["override_label"],
+                                  predicted_label=record["predicted_label"], user_id=record["user_id"],
+                                  event_id=record["event_id"])
+                continue
+            else:
+                producer.appeal(record["item_id"], reason=record["reason"],
+                                predicted_label=record["predicted_label"], event_id=record["event_id"])
+                continue
+            if i % 50 == 0:
                 bar.set_postfix(tasks=pool.tasks, labels=pool.labels)
-                ahead = (i + 1) / rate - (time.monotonic() - t0)
+                ahead = i / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
             if proc.poll() is not None:
@@ -345,8 +482,6 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
         producer.flush()
         del producer
         bar.close()
-        sent["events"] = sent["predictions"] + sent["overrides"] + sent["appeals"]
-        sent["production_accuracy"] = round(correct / max(1, sent["predictions"]), 4)
         if progress:
             print("waiting for the loop to drain...", flush=True)
         drained = worker.wait_drained(
@@ -359,8 +494,8 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
             serve_until_interrupted(settings, labeling_port, dashboard_port, run_dir, children)
     if pool.error:
         raise RuntimeError(f"annotators failed: {pool.error}")
-    sent["annotator_errors"] = {a.annotator_id: a.error_rate for a in team}
-    return report_from_clickhouse(settings, dict(sent), time.monotonic() - started, run_dir)
+    sent = {**traffic.sent, "annotator_errors": {a.annotator_id: a.error_rate for a in labelers}}
+    return report_from_clickhouse(settings, sent, time.monotonic() - started, run_dir)
 
 
 def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_port: int, run_dir: Path,
@@ -385,8 +520,65 @@ def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_po
         print()
 
 
+def verdict(report: dict) -> str:
+    """One plain sentence: did the policy beat random sampling on this run? From the savings
+    (labels to the same accuracy on the control slice's evaluation half), and the lift when the
+    savings cannot say yet.
+
+    >>> verdict({"savings": {"ratio": 1.4, "policy_labels": 70, "random_labels_needed": 50, "ci_high": 3.0}})
+    'the policy did NOT beat random sampling on this run: it needed 70 labels where random sampling needed 50'
+    >>> verdict({"savings": {"ratio": 0.5, "policy_labels": 25, "random_labels_needed": 50, "ci_low": 0.3,
+    ...                      "ci_high": 0.8}})
+    'the policy beat random sampling: 25 labels where random sampling needed 50 (95% CI of the ratio 0.30-0.80)'
+    >>> verdict({"savings": {"ratio": 0.8, "policy_labels": 40, "random_labels_needed": 50, "ci_low": 0.4,
+    ...                      "ci_high": 1.6}})[:71]
+    'not shown: the policy needed 40 labels where random sampling needed 50,'
+    >>> verdict({"savings": None, "lift": None})
+    'not enough data yet to say whether the policy beat random sampling'
+    """
+    s = report.get("savings") or {}
+    if s.get("ratio") is None:
+        return "not enough data yet to say whether the policy beat random sampling"
+    needed = f"{s['policy_labels']} labels where random sampling needed {s['random_labels_needed']}"
+    if s["ratio"] >= 1:
+        return f"the policy did NOT beat random sampling on this run: it needed {needed}"
+    if s.get("ci_high") is not None and s["ci_high"] < 1:
+        return f"the policy beat random sampling: {needed} (95% CI of the ratio {s['ci_low']:.2f}-{s['ci_high']:.2f})"
+    return (f"not shown: the policy needed {needed}, but the interval of the ratio "
+            f"({s['ci_low']:.2f}-{s['ci_high']:.2f}) includes 1, so it may not beat random sampling")
+
+
+def version_lines(report: dict, rows: int = 8) -> list[str]:
+    """Control accuracy per model version with its 95% (Wilson) interval on the control labels it was
+    measured on: every version, or the first, the last and evenly spaced ones between.
+
+    >>> report = {"control_accuracy": {"1": 0.6, "2": None, "3": 0.85}, "control_labels": {"1": 20, "2": 0, "3": 100},
+    ...           "labels_seen": {"1": 25, "2": 50, "3": 75}}
+    >>> print("\\n".join(version_lines(report)))
+      version  labels  control accuracy (95% interval, control labels)
+            1      25   60.0%  (38.7-78.1%, n 20)
+            2      50     n/a  (n 0)
+            3      75   85.0%  (76.7-90.7%, n 100)
+    """
+    acc, n, seen = report["control_accuracy"], report.get("control_labels", {}), report.get("labels_seen", {})
+    versions = list(acc)
+    if len(versions) > rows:
+        step = (len(versions) - 1) / (rows - 1)
+        versions = [versions[round(i * step)] for i in range(rows)]
+    out = ["  version  labels  control accuracy (95% interval, control labels)"]
+    for v in versions:
+        a, k = acc[v], n.get(v, 0) or 0
+        if a is None or not k:
+            out.append(f"  {v:>7}  {seen.get(v, ''):>6}  {'n/a':>6}  (n {k})")
+            continue
+        low, high = wilson(round(a * k), k)
+        out.append(f"  {v:>7}  {seen.get(v, ''):>6}  {a:>6.1%}  ({low:.1%}-{high:.1%}, n {k})".replace("%-", "-", 1))
+    return out
+
+
 def summary(report: dict) -> str:
-    """The report in a few readable lines."""
+    """The report in a few readable lines: the verdict first, then control accuracy per version with
+    its interval, the savings and the lift."""
     acc = report["control_accuracy"]
     first = next((v for v in acc.values() if v is not None), None)
     last = next((v for v in reversed(list(acc.values())) if v is not None), None)
@@ -394,12 +586,14 @@ def summary(report: dict) -> str:
     fmt2 = lambda v: "n/a" if v is None else f"{v:.2f}"
     reasons = ", ".join(f"{k} {v}" for k, v in report["tasks_by_reason"].items())
     return "\n".join([
+        f"verdict           {verdict(report)}",
         f"events            {report['events']:>7}   ({report['predictions']} predictions, "
         f"{report['overrides']} overrides, {report['appeals']} appeals)",
         f"tasks             {report['tasks']:>7}   ({reasons})",
         f"labels            {report['labels']:>7}",
         f"model versions    {report['model_versions']:>7}",
         f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
+        *version_lines(report),
         f"production model  {fmt(report['production_accuracy']):>7}",
         f"dead letters      {report['dead_letters']:>7}",
         savings_line(report.get("savings")),
