@@ -210,3 +210,93 @@ def test_a_version_never_published_is_refused(labeled, tmp_path):
                           env={"CLICKHOUSE_DSN": dsn, "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1 and "no published version 9999" in done.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+# -- through a real worker and broker ------------------------------------------------------
+
+@pytest.mark.kafka
+def test_a_worker_announces_retraining_and_its_dataset_version_exports_byte_for_byte(kafka, tmp_path):
+    """Predictions in, tasks out, labels back: the worker publishes versions, sends a Retraining
+    event naming one, and that version exports to the same bytes twice, recorded with its hash."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer, Producer as KafkaProducer
+
+    from feedbackloop import stack, worker
+    from feedbackloop.producer import Producer
+    from schemas import codec
+
+    run = uuid.uuid4().hex[:8]
+    dsn = "chdb://" + str(tmp_path / "clickhouse")
+    settings = kafka.replace(topic_prefix=f"{kafka.topic_prefix}export-{run}.", app_id=f"export-{run}",
+                             clickhouse_dsn=dsn, budget_fraction=0.3, control_fraction=0.3, publish_every=5,
+                             min_control=2, model_kind="knn", retrain_every_labels=10, retrain_accuracy_gain=0.0,
+                             retrain_on_drift=0, retrain_on_stop=0)
+    stack.ensure_topics(settings.kafka_config(), settings)
+    truth = {}
+
+    def read(topic: str, expect: int, timeout: float = 60.0) -> list:
+        consumer = Consumer({**settings.kafka_config(), "group.id": f"reader-{uuid.uuid4()}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe([settings.topic(topic)])
+        messages, deadline = [], time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and len(messages) < expect:
+                messages.extend(m for m in consumer.consume(500, timeout=0.5) if not m.error())
+            messages.extend(m for m in consumer.consume(500, timeout=1.0) if not m.error())
+        finally:
+            consumer.close()
+        assert len(messages) >= expect, f"{len(messages)} of {expect} messages on {topic}"
+        return messages
+
+    process = worker.spawn(settings, tmp_path / "worker.log")
+    try:
+        worker.wait_ready(settings, process)
+        rng = random.Random(3)
+        with Producer(settings, batch_size=50) as producer:
+            for i in range(400):
+                label = rng.choices(CLASSES, SHARES)[0]
+                truth[f"item-{i}"] = label
+                said = label if rng.random() < RIGHT[label] else rng.choice([c for c in CLASSES if c != label])
+                top = 0.9 if label == "a" else 0.5
+                producer.prediction(f"item-{i}", {c: (top if c == said else (1 - top) / 2) for c in CLASSES},
+                                    features={"x": CLASSES.index(label) + rng.gauss(0, 0.3)}, text=f"text {i}",
+                                    event_id=f"p-{i}", model_name="prod", model_version="7")
+        assert worker.wait_drained(settings, process, timeout=90)
+        tasks = [codec.decode(m.value(), ("LabelingTask",))[1] for m in read("labeling.tasks", expect=30)]
+        labels = KafkaProducer(settings.kafka_config())
+        for t in tasks:
+            labels.produce(settings.topic("labels"), codec.encode("Label", {
+                "event_id": f"l-{t['task_id']}", "task_id": t["task_id"], "item_id": t["item_id"],
+                "label": truth[t["item_id"]], "annotator_id": "tester", "ts": int(time.time() * 1000),
+                "duration_ms": 1000}), key=t["task_id"].encode())
+        labels.flush(10)
+        assert worker.wait_drained(settings, process, timeout=60)
+        versions = [codec.decode(m.value(), ("ModelVersion",))[1]["version"] for m in read("models", expect=2)]
+        events = [codec.decode(m.value(), ("Retraining",))[1] for m in read("retraining", expect=1)]
+    finally:
+        worker.stop(process)
+        print((tmp_path / "worker.log").read_text()[-3000:])
+
+    assert all("labels" in e["reasons"] and e["new_labels"] >= 10 for e in events)
+    assert {e["dataset_version"] for e in events} <= set(versions)
+    version = events[-1]["dataset_version"]
+    first = export_cli(dsn, "--version", str(version), "--out", str(tmp_path / "a.parquet"))
+    again = export_cli(dsn, "--version", str(version), "--out", str(tmp_path / "b.parquet"))
+    data = (tmp_path / "a.parquet").read_bytes()
+    assert data == (tmp_path / "b.parquet").read_bytes() and first["content_hash"] == export.content_hash(data)
+    assert again["recorded_before"] and first["rows"] > 0
+    rows = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    for r in rows:  # the task's features and text reached ClickHouse through the worker's sink
+        assert r["label"] == truth[r["item_id"]] and r["text"] == f"text {r['item_id'].split('-')[1]}"
+        assert [k for k, _ in r["features"]] == ["x"] and 0 < r["selection_probability"] <= 1
+    client = connect(dsn)
+    try:
+        assert client.query("SELECT content_hash FROM dataset_versions FINAL WHERE version = {v:UInt32}",
+                            parameters={"v": version}).result_rows == [(first["content_hash"],)]
+        estimated = client.query("SELECT DISTINCT model_version, estimator FROM production_accuracy "
+                                 "WHERE metric = 'accuracy' AND value IS NOT NULL").result_rows
+    finally:
+        client.close()
+    assert sorted(estimated) == [("7", "control"), ("7", "weighted")]
