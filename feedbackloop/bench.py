@@ -301,7 +301,7 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
     producer = Producer({**settings.kafka_config(), "linger.ms": 1})
     topic, n = settings.topic("predictions"), int(rate * seconds)
     started, batch = time.monotonic(), []
-    for i, event in enumerate(_events(n, seed=7)):
+    for i, event in enumerate(_events(n, seed=7, prefix="lat")):
         event["ts"] = int(time.time() * 1000)
         batch.append(event)
         if len(batch) == batch_size:
@@ -324,7 +324,7 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
             for message in messages:
                 if not message.error():
                     _, task = codec.decode(message.value(), ("LabelingTask",))
-                    if task["event_id"].startswith("ev-7-"):
+                    if task["event_id"].startswith("lat-7-"):
                         values.append(task["created_ts"] - task["source_ts"])
     finally:
         consumer.close()
@@ -332,8 +332,8 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
 
 
 def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: int,
-                     probe_rate: float = 400.0) -> dict:
-    """Labels sent in ``rounds`` bursts of ``publish_every``, a second apart, while probe predictions
+                     probe_rate: float = 200.0, gap: float = 2.0) -> dict:
+    """Labels sent in ``rounds`` bursts of ``publish_every``, ``gap`` seconds apart, while probe predictions
     flow to every input partition at ``probe_rate``; each label's time until every partition is scored
     by a version that has learned it (``base``: labels the served version had learned before)."""
     partitions = settings_partitions(settings)
@@ -369,8 +369,7 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
                 producer.produce(settings.topic("labels"), codec.encode("Label", label))
                 sent.append(label["ts"])
             producer.flush(10)
-            time.sleep(1.0)
-        time.sleep(1.0)
+            time.sleep(gap)
     finally:
         stop.set()
         thread.join()
@@ -405,7 +404,7 @@ def settings_partitions(settings: Settings) -> int:
         consumer.close()
 
 
-def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path) -> dict:
+def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path, seed: int = 2) -> dict:
     """Two workers split the partitions and drain a backlog produced once both are ready."""
     dsns = ["chdb://" + str(run_dir / f"ch-two-{i}") for i in (1, 2)]
     processes = [worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / f"worker-two-{i}.log")
@@ -415,7 +414,7 @@ def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path) ->
             worker.wait_ready(settings, process)
         _wait_members(settings, 2)
         _warm_up(settings, processes)
-        _produce(settings, "predictions", _encoded_batches(_events(n, seed=2), batch_size))
+        _produce(settings, "predictions", _encoded_batches(_events(n, seed=seed), batch_size))
         for process in processes:
             if not worker.wait_drained(settings, process, timeout=900, settle=0.5):
                 raise RuntimeError("two workers did not drain the backlog in 15 minutes")
@@ -426,9 +425,9 @@ def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path) ->
     first, decided, last = [], 0, []
     for dsn in dsns:
         (lo,), = _query(dsn, "SELECT toUnixTimestamp64Milli(min(scored_at)) FROM predictions "
-                             "WHERE startsWith(event_id, 'ev-2-')")
+                             f"WHERE startsWith(event_id, 'ev-{seed}-')")
         count, hi = _query(dsn, "SELECT count(), toUnixTimestamp64Milli(max(decided_at)) FROM routing_decisions "
-                                "FINAL WHERE startsWith(event_id, 'ev-2-')")[0]
+                                f"FINAL WHERE startsWith(event_id, 'ev-{seed}-')")[0]
         first += [lo] if lo else []
         decided += count
         last += [hi] if count else []
@@ -580,7 +579,7 @@ def state_memory(settings: Settings, n: int) -> dict:
 def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str | None = None,
             latency_rate: float | None = None, latency_seconds: float = 10.0, labels: int = 300,
             label_rounds: int = 10, owner_events: int = 20_000, memory_events: int = 20_000, bare: bool = True,
-            second: bool = False, core: int | None = None) -> dict:
+            second: bool = False, core: int | None = None, seed: int = 1) -> dict:
     """Every measurement of the module's description, on fresh topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
@@ -591,14 +590,14 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
     started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
     progress(f"run {run_id}: starting the stack" if started_stack else f"run {run_id}")
     settings = stack.start(settings)
-    result = {"events": events, "batch_size": batch_size, "model": settings.model_kind}
+    result = {"events": events, "batch_size": batch_size, "model": settings.model_kind, "seed": seed}
     try:
         progress(f"training the {settings.model_kind} shadow model on {labels} labels")
         trained = train(settings, labels, run_dir)
         model = trained.pop("record")
         result["trained"] = trained
         progress(f"backlog of {events:,} predictions in messages of {batch_size}")
-        backlog = _encoded_batches(_events(events, seed=1), batch_size)
+        backlog = _encoded_batches(_events(events, seed=seed), batch_size)
         _produce(settings, _backlog_topic(settings), backlog)  # the loops' copy; the worker's comes later
         progress("columnar limit loop, one core")
         pairs = [(t["features"], label["label"]) for t, label in training_set(trained["labels"], settings.min_control)
@@ -611,7 +610,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
             progress("the worker's Loop without Faust")
             result["bare_loop"] = bare_loop(settings, events, run_dir, model)
         progress("worker draining the backlog")
-        result["worker"] = w = worker_throughput(settings, backlog, run_dir)
+        result["worker"] = w = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-")
         result["worker_vs_limit"] = round(w["events_per_second"] / result["limit_loop"]["events_per_second"], 3)
         rate = latency_rate or max(10.0, w["events_per_second"] / 2)
         progress(f"event-to-task latency at {rate:,.0f} events/s for {latency_seconds:g} s")
@@ -636,7 +635,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         result["memory"]["worker_peak_rss_mb"] = w["peak_rss_mb"]
         if second:
             progress(f"two workers draining {events:,} more")
-            result["two_workers"] = t = second_worker(settings, events, batch_size, run_dir)
+            result["two_workers"] = t = second_worker(settings, events, batch_size, run_dir, seed + 1000)
             t["speedup"] = round(t["events_per_second"] / w["events_per_second"], 2)
     finally:
         if started_stack:
@@ -755,6 +754,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also run the worker's Loop without Faust")
     b.add_argument("--second-worker", action="store_true", help="also drain a backlog with two workers")
     b.add_argument("--core", type=int, help="CPU the limit loop is pinned to (default: the last one)")
+    b.add_argument("--seed", type=int, default=1, help="seed of the backlog's events")
     b.add_argument("--out", "--json", dest="out", metavar="PATH", help="write the figures as JSON")
     b.set_defaults(func=run)
     return b
@@ -765,7 +765,8 @@ def run(args, settings: Settings) -> int:
     result = measure(settings, events=args.events, batch_size=args.batch_size, model_kind=args.model,
                      latency_rate=args.rate, latency_seconds=args.seconds, labels=args.labels,
                      label_rounds=args.label_rounds, owner_events=args.owner_events,
-                     memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core)
+                     memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core,
+                     seed=args.seed)
     print(summary(result))
     if args.out:
         with open(args.out, "w") as f:
