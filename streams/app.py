@@ -194,6 +194,7 @@ class Runtime:
         if not self.trainer_ready:
             await asyncio.get_running_loop().run_in_executor(None, rebuild_trainer, self.loop.trainer,
                                                              self.settings)
+            self.loop.recount_releases()  # the production model's releases, judged by the labels so far
             self.trainer_ready = True
         done = Effects()
 

@@ -313,15 +313,24 @@ class Loop:
                                       ("control_accuracy_gain", row["accuracy_gain"]))]
 
     # -- the production model's releases, and retraining milestones --------------------------
-    def _release(self, row: dict) -> None:
+    def _release(self, row: dict, milestone: bool = True) -> None:
         """A settled label: on the production release it judges (prediction tasks only,
         see :mod:`streams.evaluation.production`), and towards the next retraining milestone."""
         task = self.trainer.task(row["task_id"])
         if task is not None and task["kind"] == "prediction":
             self.production.add(row["task_id"], task["model_name"], task["model_version"], task["predicted_label"],
                                 row["label"], task["selection_probability"], "control" in task["reasons"])
-        if self.milestones is not None:
+        if self.milestones is not None and milestone:
             self.milestones.label()
+
+    def recount_releases(self) -> int:
+        """After a restart, once the trainer is rebuilt from the topics: every label it has settled,
+        on the production releases again (the milestones count from the restart). Returns how many."""
+        settled = [(task_id, t["settled"]) for task_id, t in self.trainer.consensus.tasks.items()
+                   if t["settled"] is not None]
+        for task_id, label in settled:
+            self._release({"task_id": task_id, "label": label}, milestone=False)
+        return len(settled)
 
     def _release_effects(self, record: dict, rows: list[tuple[str, dict]]) -> Effects:
         """At a published version: the production model's accuracy, precision and recall per

@@ -99,3 +99,32 @@ def test_milestones_each_rule_can_be_turned_off():
     assert loud.check(1, 1, None, stop=False) is None  # no control accuracy yet: no baseline, no gain
     assert loud.check(2, 2, 0.5, stop=False) is None  # the first accuracy is the baseline
     assert loud.check(3, 3, 0.56, stop=False)["accuracy_gain"] == pytest.approx(0.06)
+
+
+def test_a_restarted_loop_counts_the_labels_settled_before_it_again():
+    from streams.events import task as make_task
+    from streams.loop import Loop
+
+    def tasks_and_labels(n=40):
+        for i in range(n):
+            t = make_task(task_id=f"t{i}", event_id=f"e{i}", item_id=f"i{i}", created_ts=i, source_ts=i,
+                          kind="prediction", reasons=["control"] if i % 4 == 0 else ["uncertain"], signals={},
+                          selection_probability=0.2 if i % 4 == 0 else 0.6, priority=0.5, confidence=0.6,
+                          label_set=["a", "b"], model_name="prod", model_version=f"v{i % 2}", shadow_version=0,
+                          policy_version="p", features={"x": float(i % 3)}, predicted_label="a")
+            label = {"event_id": f"l{i}", "task_id": f"t{i}", "item_id": f"i{i}", "label": "ab"[i % 3 == 0],
+                     "annotator_id": "ann", "ts": i}
+            yield t, label
+
+    live = Loop.build(model_kind="linear", milestones={"every_labels": 10})
+    for t, label in tasks_and_labels():
+        live.take("LabelingTask", t, now_ms=1)
+        live.take("Label", label, now_ms=2)
+    restarted = Loop.build(model_kind="linear", milestones={"every_labels": 10})
+    for t, label in tasks_and_labels():  # as streams.replay.rebuild_trainer gives them back
+        restarted.trainer.add_task(t)
+        restarted.trainer.add_label(label, learn=False)
+    assert len(restarted.production) == 0
+    assert restarted.recount_releases() == 40
+    assert restarted.production.rows() == live.production.rows() and len(live.production) == 40
+    assert restarted.milestones.new_labels == 0 and live.milestones.new_labels == 40  # counted from the restart
