@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from streams.events import Candidate, Task
 from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
+from streams.labels.agreement import agreement_rows
 from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
 from streams.learning.learner import Learner, ShadowModel, load_version
@@ -364,16 +365,8 @@ class Loop:
 
     def _label_quality_rows(self, now_ms: int) -> list[tuple[str, dict]]:
         report = self.trainer.tracker.report()
-        rows = []
-        for metric in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha"):
-            rows.append(("annotator_agreement", {"window_start": now_ms, "window_seconds": 0, "annotator_a": "*",
-                                                 "annotator_b": "*", "metric": metric, "value": report[metric],
-                                                 "n": report["n_items_multi"]}))
-        for pair in report["cohen_kappa"]:
-            rows.append(("annotator_agreement", {"window_start": now_ms, "window_seconds": 0,
-                                                 "annotator_a": pair["a"], "annotator_b": pair["b"],
-                                                 "metric": "cohen_kappa", "value": pair["kappa"],
-                                                 "n": pair.get("n", 0)}))
+        # cumulative, this hour, today, and by guideline version (streams/labels/agreement.py)
+        rows = [("annotator_agreement", r) for r in agreement_rows(self.trainer.tracker, now_ms, cumulative=report)]
         checks = self.trainer.consensus.gold
         flagged = set(checks.flagged())
         for annotator, row in report["per_annotator"].items():
