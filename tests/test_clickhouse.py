@@ -92,7 +92,7 @@ def one_row_per_table(i: int = 0) -> dict[str, dict]:
         },
         "annotator_agreement": {
             "window_start": T0 + i, "window_seconds": 0, "annotator_a": "ann-1", "annotator_b": "ann-2",
-            "metric": "cohen_kappa", "value": 0.7, "n": 12,
+            "metric": "cohen_kappa", "value": 0.7, "n": 12, "guideline_version": "",
         },
         "drift_events": {"ts": T0 + i, "model_name": "shadow", "version": 3, "detector": "adwin", "detail": "{}"},
         "policy_lift": {"ts": T0 + i, "version": 3, "policy_accuracy": 0.8, "control_accuracy": 0.7, "lift": 0.1,

@@ -52,7 +52,8 @@ def test_disagreements_are_adjudicated_and_weak_annotators_flagged(kafka, tmp_pa
                       "item_id": task["item_id"], "label": value, "annotator_id": annotator,
                       "ts": int(time.time() * 1000), "duration_ms": 2000}
             labels.produce(settings.topic("labels"), codec.encode("Label", record))
-            sent.append((task["item_id"], annotator, value))
+            model = None if task["item_id"].startswith("gold-") else task["suggested_label"]
+            sent.append((task["item_id"], annotator, value, None, None, model))
 
         truth = lambda t: "a" if t["item_id"].startswith("gold-") or t["features"].get("x", 0) == 0 else "b"
         for t in real + gold:
@@ -82,14 +83,19 @@ def test_disagreements_are_adjudicated_and_weak_annotators_flagged(kafka, tmp_pa
         assert all(settled[r["task_id"]] == truth(r) for r in reissued)
         flagged = dict(rows("SELECT annotator_id, argMax(flagged, ts) FROM annotator_quality GROUP BY annotator_id"))
         assert flagged["careless"] == 1 and flagged["good"] == 0
+        model = dict(rows("SELECT annotator_id, argMax(model_agreement, ts) FROM annotator_quality "
+                          "GROUP BY annotator_id"))
+        for annotator, figures in report(sent)["per_annotator"].items():  # model against annotator
+            assert model[annotator] == pytest.approx(figures["model_agreement"])
+        assert {w for (w,) in rows("SELECT DISTINCT window_seconds FROM annotator_agreement")} == {0, 3600, 86400}
         stored = dict(rows("SELECT metric, argMax(value, window_start) FROM annotator_agreement "
-                           "WHERE annotator_a = '*' GROUP BY metric"))
+                           "WHERE annotator_a = '*' AND window_seconds = 0 GROUP BY metric"))
         expected = report(sent)
         for metric in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha"):
             assert stored[metric] == pytest.approx(expected[metric])
         pairs = {(a, b): v for a, b, v in rows(
             "SELECT annotator_a, annotator_b, argMax(value, window_start) FROM annotator_agreement "
-            "WHERE metric = 'cohen_kappa' GROUP BY annotator_a, annotator_b")}
+            "WHERE metric = 'cohen_kappa' AND window_seconds = 0 GROUP BY annotator_a, annotator_b")}
         for pair in expected["cohen_kappa"]:
             got = pairs[(pair["a"], pair["b"])]
             assert (got is None and pair["kappa"] is None) or got == pytest.approx(pair["kappa"])

@@ -119,7 +119,9 @@ class Trainer:
         if entry["label_set"] and label["label"] not in entry["label_set"]:
             raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
         item, annotator = label["item_id"], label["annotator_id"]
-        self.tracker.add(item, annotator, label["label"], ts_ms=label.get("ts"), duration_ms=label.get("duration_ms"))
+        self.tracker.add(item, annotator, label["label"], ts_ms=label.get("ts"), duration_ms=label.get("duration_ms"),
+                         model_label=None if item in self.gold else entry["task"].get("suggested_label"),
+                         guideline_version=label.get("guideline_version") or None)
         control = "control" in entry["reasons"]
         row = {**label, "learned_by_version": self.learner.version, "shadow_prediction": None,
                "reasons": entry["reasons"], "control": int(control)}
