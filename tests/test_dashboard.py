@@ -332,9 +332,12 @@ def test_the_server_answers_the_page_and_the_panels(clickhouse_dsn, client):
 def test_the_production_model_release_by_release_and_the_labeling_demand(client):
     from streams.evaluation.production import wilson
 
-    accuracy = {r["series"]: (r["accuracy"], r["n"]) for r in answer(client, "production_accuracy")}
-    assert accuracy == {"control": (0.7, 20), "control 95% low": (0.4, 20), "control 95% high": (0.9, 20),
-                        "weighted": (0.8, 20), "weighted 95% low": (0.4, 20), "weighted 95% high": (0.9, 20)}
+    accuracy = answer(client, "production_accuracy")
+    assert {r["version"] for r in accuracy} == {1, 2}
+    newest = {r["series"]: (r["accuracy"], r["n"]) for r in accuracy if r["version"] == 2}
+    assert newest == {"prod 7 control": (0.7, 20), "prod 7 control 95% low": (0.4, 20),
+                      "prod 7 control 95% high": (0.9, 20), "prod 7 weighted": (0.8, 20),
+                      "prod 7 weighted 95% low": (0.4, 20), "prod 7 weighted 95% high": (0.9, 20)}
     per_class = {(r["class"], r["estimator"]): r for r in answer(client, "production_per_class")}
     assert set(per_class) == {(c, e) for c in "ab" for e in ("control", "weighted")}
     assert per_class["b", "weighted"]["precision"] is None and per_class["b", "weighted"]["recall"] == 0.8
