@@ -97,7 +97,8 @@ DAY_MS = 86_400_000
 #: times of input events, written by other systems. Times this system writes (tasks,
 #: model versions, labels from the labeling service) are not checked: a model version
 #: may rightly be a year old.
-TIMES: dict[str, tuple[str, ...]] = {"Prediction": ("ts",), "Override": ("ts",), "Appeal": ("ts",)}
+TIMES: dict[str, tuple[str, ...]] = {"Prediction": ("ts",), "Override": ("ts",), "Appeal": ("ts",),
+                                     "PredictionColumns": ("ts",)}
 
 
 class Limits(NamedTuple):
@@ -164,6 +165,7 @@ class _Entry(NamedTuple):
     fields: frozenset  # field names
     required: frozenset  # field names without a default
     check: Callable[[dict], None] | None  # semantic rules, raise InvalidEvent
+    reader: dict | None = None  # an earlier version's entry: the current schema, its records resolve into
 
 
 def _load(directory: Path) -> tuple[dict[str, _Entry], dict[bytes, _Entry], dict[str, dict]]:
@@ -197,7 +199,21 @@ def _load(directory: Path) -> tuple[dict[str, _Entry], dict[bytes, _Entry], dict
             raise ValueError(f"unresolvable named types in {', '.join(sorted(pending))}")
     for entry in list(by_name.values()):
         by_name[entry.parsed["name"]] = entry  # full names work too
-    return by_name, {e.fingerprint: e for e in by_name.values()}, named
+    fingerprints = {e.fingerprint: e for e in by_name.values()}
+    # Earlier versions of a schema (history/NAME.N.avsc, as they were before a field was added)
+    # still decode: Avro resolution fills the fields they lack with the current defaults.
+    for path in sorted((directory / "history").glob("*.avsc")):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        full = f"{raw.get('namespace', '')}.{raw['name']}".lstrip(".")
+        others = {k: v for k, v in named.items() if k != full}
+        writer = parse_schema(raw, named_schemas=dict(others))
+        expanded = parse_schema(raw, named_schemas=dict(others), expand=True)
+        fp = bytes.fromhex(_crc64(to_parsing_canonical_form(expanded), "CRC-64-AVRO"))
+        current = by_name[full]
+        if fp not in fingerprints:
+            fingerprints[fp] = current._replace(parsed=writer, fingerprint=fp, header=MARKER + fp,
+                                                reader=current.parsed)
+    return by_name, fingerprints, named
 
 
 # --------------------------------------------------------------------------- semantic rules
@@ -269,6 +285,46 @@ def _check_prediction(r: dict) -> None:
         _finite_map(f, "features")
 
 
+def _check_prediction_columns(r: dict) -> None:
+    # Whole columns at a time: C-level passes when all is well, a search for the culprit when not.
+    n, classes, names = len(r["event_id"]), r["classes"], r.get("feature_names") or []
+    k, f = len(classes), len(names)
+    for name in ("item_id", "ts", "model_name", "model_version", "predicted_label"):
+        if len(r[name]) != n:
+            raise InvalidEvent(f"{name} has {len(r[name])} entries, event_id {n}")
+    for name in ("text", "context"):
+        if r.get(name) and len(r[name]) != n:
+            raise InvalidEvent(f"{name} has {len(r[name])} entries, event_id {n} (or none)")
+    if not k:
+        raise InvalidEvent("classes are empty")
+    if len(set(classes)) != k or len(set(names)) != f:
+        raise InvalidEvent("classes and feature_names must not repeat a name")
+    p, x = r["probabilities"], r.get("features") or []
+    if len(p) != n * k:
+        raise InvalidEvent(f"probabilities has {len(p)} entries, not events x classes = {n} x {k}")
+    if len(x) != n * f:
+        raise InvalidEvent(f"features has {len(x)} entries, not events x feature_names = {n} x {f}")
+    if not all(r["event_id"]) or not all(r["item_id"]):
+        i = next(i for i in range(n) if not r["event_id"][i] or not r["item_id"][i])
+        raise InvalidEvent(f"event {i}: event_id or item_id is empty")
+    if p and not (_isfinite(sum(p)) and min(p) >= 0.0 and max(p) <= 1.0):
+        i = next(i for i, v in enumerate(p) if not (_isfinite(v) and 0.0 <= v <= 1.0))
+        raise InvalidEvent(f"event {i // k}: probabilities of class {classes[i % k]!r} is {_num(p[i])}, "
+                           f"outside [0, 1]")
+    sums = list(map(sum, zip(*(p[j::k] for j in range(k)))))
+    if sums and (min(sums) < 0.99 or max(sums) > 1.01):
+        i = next(i for i, total in enumerate(sums) if abs(total - 1.0) > 0.01)
+        raise InvalidEvent(f"event {i}: probabilities sum to {sums[i]:.6g}, not 1 (tolerance 0.01)")
+    unknown = set(r["predicted_label"]) - set(classes)
+    if unknown:
+        label = sorted(unknown)[0]
+        raise InvalidEvent(f"event {r['predicted_label'].index(label)}: predicted_label {label!r} is not one of "
+                           f"classes")
+    if x and not _isfinite(sum(x)):
+        i = next(i for i, v in enumerate(x) if not _isfinite(v))
+        raise InvalidEvent(f"event {i // f}: features contain {_num(x[i])} for key {names[i % f]!r}")
+
+
 def _check_override(r: dict) -> None:
     _nonempty(r, "event_id", "item_id", "override_label")
 
@@ -283,6 +339,7 @@ def _check_candidate(r: dict) -> None:
     _unit_map(r.get("probabilities"), "probabilities")
     _finite_map(r.get("features"), "features")
     _finite_map(r.get("signals"), "signals", "signal")
+    _unit(r, "selection_probability")
 
 
 def _check_task(r: dict) -> None:
@@ -322,6 +379,7 @@ def _batch(key: str, check: Callable[[dict], None]) -> Callable[[dict], None]:
 _CHECKS: dict[str, Callable[[dict], None]] = {
     "Prediction": _check_prediction,
     "PredictionBatch": _batch("events", _check_prediction),
+    "PredictionColumns": _check_prediction_columns,
     "Override": _check_override,
     "Appeal": _check_appeal,
     "Candidate": _check_candidate,
@@ -421,7 +479,16 @@ def _span(ms: int) -> str:
     return f"{ms / 1000:g} s"
 
 
-def _window(v: int, c: _Ctx) -> None:
+def _window(v: int | list, c: _Ctx) -> None:
+    if type(v) is list:  # a column of times
+        if v and (min(v) < c.low or max(v) > c.high):
+            for i, x in enumerate(v):
+                try:
+                    _window(x, c)
+                except _Bad as e:
+                    e.path.append(f"[{i}]")
+                    raise
+        return
     if not c.low <= v <= c.high:
         side = f"{_span(c.limits.past_ms)} before" if v < c.low else f"{_span(c.limits.future_ms)} after"
         raise _Bad("out_of_range", f"{v} ({_when(v)}) is more than {side} now ({_when(c.now)})")
@@ -781,7 +848,7 @@ def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
         fo = BytesIO(data)
         fo.seek(10)
         try:
-            record = schemaless_reader(fo, entry.parsed)
+            record = schemaless_reader(fo, entry.parsed, entry.reader)
         except EOFError:
             raise DecodeError("undecodable", f"truncated Avro body for {entry.name} ({size} bytes)") from None
         except UnicodeDecodeError as e:

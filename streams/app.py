@@ -1,9 +1,13 @@
 """The Faust adapter: ``create_app(settings)`` declares the topics once and thin agents over one :class:`~streams.loop.Loop`.
 
 * ``score`` (scales out by input partition): decode predictions, overrides and
-  appeals, score them with the newest shadow model, send candidates on.
-* ``route`` (one owner, ``labeling.candidates`` has one partition): the policy
-  and the global budget decide; selected items become labeling tasks.
+  appeals, score them with the newest shadow model, and preselect: the policy
+  gives each event its selection probability and the draw fixed by its id
+  decides. An event not preselected gets its decision row here; only the
+  preselected few go on to the owner of the budget.
+* ``route`` (one owner, ``labeling.candidates`` has one partition): admission
+  under the global hourly, daily and weekly caps; admitted items become
+  labeling tasks (see docs/scaling.md).
 * ``learn`` (one owner): labels are joined to their tasks and learned; new
   model versions are published on ``models`` and picked up by every scorer.
 * ``audit``: the labeling service's audit events, into ``audit_log``.
@@ -48,7 +52,7 @@ from schemas import codec
 from feedbackloop.datasets import load_gold
 from streams.loop import Effects, Loop
 from streams import model_feed
-from streams.replay import rebuild_router, rebuild_trainer
+from streams.replay import rebuild_preselection, rebuild_router, rebuild_trainer
 from streams.labels.trainer import UnknownLabel
 
 log = logging.getLogger("feedbackloop")
@@ -107,7 +111,7 @@ class Topics:
         self.predictions = s.topic("predictions")
         self.internal = {s.topic("labeling.candidates"), s.topic("labeling.tasks")}
         self.accept = {
-            s.topic("predictions"): ("Prediction", "PredictionBatch"),
+            s.topic("predictions"): ("Prediction", "PredictionBatch", "PredictionColumns"),
             s.topic("overrides"): ("Override",),
             s.topic("appeals"): ("Appeal",),
             s.topic("labeling.candidates"): ("CandidateBatch",),
@@ -150,17 +154,25 @@ class Runtime:
             log.info("resumed %s at version %s", last["model_name"], last["version"])
         sink = ClickHouseSink(wait_for_clickhouse(s), fault_path=s.sink_fault_path or None)
         sink.remember_recent()  # rows written just before a restart are not written twice
+        # before the first event is decided: the tasks sent (the caps; their events keep their
+        # decision) and the candidates preselected before a restart (not decided again)
+        rebuild_router(self.loop.router, s, now_ms())
+        rebuild_preselection(self.loop.router, s, now_ms())
         return sink
 
     # -- the agents' work -----------------------------------------------------------------
     async def score(self, events) -> None:
-        now, out, sources, started = now_ms(), [], [], time.perf_counter()
+        now, out, sources, decisions, started = now_ms(), [], [], [], time.perf_counter()
 
         async def handle(name, record, message):
             effects = self.loop.score(name, record, now)
             self.add_rows(effects.rows)
-            out.extend(effects.candidates)
-            sources.extend([message] * len(effects.candidates))
+            remembers = self.sink.remembers
+            for c in effects.candidates:  # preselected here; the rest have their decision row at once
+                chosen = self.loop.preselect(c, now, recorded=remembers("routing_decisions", c["event_id"]))
+                decisions.extend(chosen.rows)
+                out.extend(chosen.candidates)
+                sources.extend([message] * len(chosen.candidates))
 
         # predictions first: an override or appeal in the same batch then finds its item
         await self.each(sorted(events, key=lambda e: e.message.topic != self.topics.predictions), handle)
@@ -168,11 +180,12 @@ class Runtime:
             part = slice(i, i + CANDIDATES_PER_MESSAGE)
             for value in await self.encode_candidates(out[part], sources[part]):
                 await self.topics.candidates.send(value=value)
-        self.agent_stats("score", len(out), started)
+        self.add_rows(decisions)
+        self.agent_stats("score", len(decisions) + len(out), started)
         await self.write_due()
 
     async def route(self, events) -> None:
-        if not self.router_ready:
+        if not self.router_ready:  # again once this worker owns the caps: tasks another owner sent since it started
             await asyncio.get_running_loop().run_in_executor(None, rebuild_router, self.loop.router,
                                                              self.settings, now_ms())
             self.router_ready = True
@@ -183,7 +196,7 @@ class Runtime:
             seen += len(record["candidates"])
             for c in record["candidates"]:
                 recorded = self.sink.remembers("routing_decisions", c["event_id"])  # before a restart
-                done.extend(self.loop.route(c, now_ms(), recorded=recorded))
+                done.extend(self.loop.admit(c, now_ms(), recorded=recorded))
 
         await self.each(events, handle)
         await self.deliver(done)  # the tasks are delivered before the decisions that name them are written
@@ -414,14 +427,14 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(topics.inputs)
     async def score(stream):
-        """Score every input event and pass it to the router."""
+        """Score every input event and preselect; pass the preselected to the owner of the budget."""
         await rt.start()
         async for events in stream.take_events(BATCH, within=WITHIN):
             await rt.score(events)
 
     @app.agent(topics.candidates)
     async def route(stream):
-        """Decide for each candidate under the global budget; send the tasks."""
+        """Admit the preselected under the global caps; send the tasks."""
         await rt.start()
         async for events in stream.take_events(100, within=0.01):
             await rt.route(events)

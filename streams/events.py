@@ -3,7 +3,7 @@
 ========== ============================================ ======================================
 type       from → to                                    its fields are
 ========== ============================================ ======================================
-Candidate  scorer → router (``labeling.candidates``)    ``schemas/candidate.avsc``
+Candidate  scorer → owner (``labeling.candidates``)     ``schemas/candidate.avsc``
 Task       router → annotators, learner (``tasks``)     ``schemas/labeling_task.avsc``
 Label      annotators → learner (``labels``)            ``schemas/label.avsc``
 Decision   router → ClickHouse                          the ``routing_decisions`` table
@@ -52,7 +52,7 @@ IN_PROCESS = {"Candidate": frozenset({"x"})}
 
 
 class Candidate(TypedDict):
-    """A scored input event, on its way from a scorer to the router."""
+    """A scored input event; once preselected at its partition, on its way to the owner of the budget."""
 
     event_id: str
     item_id: str
@@ -71,6 +71,10 @@ class Candidate(TypedDict):
     user_label: str | None
     note: str | None
     scored_ts: int
+    selection_probability: float
+    reasons: list[str]
+    priority: float
+    policy_version: str
     x: NotRequired[dict[str, float]]
 
 
@@ -79,8 +83,11 @@ def candidate(*, event_id: str, item_id: str, ts: int, kind: str, model_name: st
               features: dict[str, float] | None = None, text: str | None = None,
               context: dict[str, str] | None = None, shadow_label: str | None = None, shadow_version: int = 0,
               signals: dict[str, float] | None = None, user_label: str | None = None, note: str | None = None,
-              scored_ts: int = 0, x: dict[str, float] | None = None) -> Candidate:
-    """A :class:`Candidate`; ``x``, the model input, if the caller computed it."""
+              scored_ts: int = 0, selection_probability: float = 0.0, reasons: list[str] | None = None,
+              priority: float = 0.0, policy_version: str = "", x: dict[str, float] | None = None) -> Candidate:
+    """A :class:`Candidate`; ``x``, the model input, if the caller computed it. The preselection
+    (``selection_probability``, ``reasons``, ``priority``, ``policy_version``) is filled in by
+    :meth:`~streams.selection.router.Router.preselect`."""
     c: Candidate = {
         "event_id": event_id, "item_id": item_id, "ts": ts, "kind": kind, "model_name": model_name,
         "model_version": model_version, "predicted_label": predicted_label,
@@ -88,7 +95,9 @@ def candidate(*, event_id: str, item_id: str, ts: int, kind: str, model_name: st
         "features": {} if features is None else features, "text": text,
         "context": {} if context is None else context, "shadow_label": shadow_label,
         "shadow_version": shadow_version, "signals": {} if signals is None else signals,
-        "user_label": user_label, "note": note, "scored_ts": scored_ts}
+        "user_label": user_label, "note": note, "scored_ts": scored_ts,
+        "selection_probability": selection_probability, "reasons": [] if reasons is None else reasons,
+        "priority": priority, "policy_version": policy_version}
     if x is not None:
         c["x"] = x
     return c
@@ -124,6 +133,7 @@ class Task(TypedDict):
     exclude_annotators: list[str]
     tier: str
     round: int
+    guideline_version: str
 
 
 def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_ts: int, kind: str,
@@ -132,7 +142,8 @@ def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_t
          policy_version: str, suggested_label: str | None = None, features: dict[str, float] | None = None,
          text: str | None = None, predicted_label: str | None = None, user_label: str | None = None,
          note: str | None = None, context: dict[str, str] | None = None, overlap: int = 1,
-         exclude_annotators: list[str] | None = None, tier: str = "annotator", round: int = 0) -> Task:
+         exclude_annotators: list[str] | None = None, tier: str = "annotator", round: int = 0,
+         guideline_version: str = "") -> Task:
     """A :class:`Task` (a new one asks ``overlap`` annotators; later rounds, see :func:`replace_task`)."""
     return {
         "task_id": task_id, "event_id": event_id, "item_id": item_id, "created_ts": created_ts,
@@ -143,7 +154,7 @@ def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_t
         "model_name": model_name, "model_version": model_version, "shadow_version": shadow_version,
         "policy_version": policy_version, "context": {} if context is None else context, "overlap": overlap,
         "exclude_annotators": [] if exclude_annotators is None else exclude_annotators, "tier": tier,
-        "round": round}
+        "round": round, "guideline_version": guideline_version}
 
 
 def replace_task(t: Task, **changes) -> Task:
@@ -167,17 +178,20 @@ class Label(TypedDict):
     duration_ms: int
     note: str | None
     tier: str
+    guideline_version: str
 
 
 def label(*, event_id: str, task_id: str, item_id: str, label: str, annotator_id: str, ts: int,
-          duration_ms: int = 0, note: str | None = None, tier: str = "annotator") -> Label:
+          duration_ms: int = 0, note: str | None = None, tier: str = "annotator",
+          guideline_version: str = "") -> Label:
     """A :class:`Label`; ``event_id`` is unique to this answer (a label sent twice counts once).
 
     >>> label(event_id="l1", task_id="t1", item_id="i1", label="a", annotator_id="ann", ts=5)["tier"]
     'annotator'
     """
     return {"event_id": event_id, "task_id": task_id, "item_id": item_id, "label": label,
-            "annotator_id": annotator_id, "ts": ts, "duration_ms": duration_ms, "note": note, "tier": tier}
+            "annotator_id": annotator_id, "ts": ts, "duration_ms": duration_ms, "note": note, "tier": tier,
+            "guideline_version": guideline_version}
 
 
 class Decision(TypedDict):

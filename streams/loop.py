@@ -131,7 +131,8 @@ class Loop:
         >>> replay.scorer.model.model is replay.trainer.learner.model, replay.router.policy.mix["control"]
         (True, 1.0)
         """
-        budget = Budget(budget_fraction, budget_per_hour or None, budget_per_day or None, budget_per_week or None)
+        budget = Budget(budget_fraction)  # the share of the stream: paced wherever the policy decides
+        caps = Budget(budget_fraction, budget_per_hour or None, budget_per_day or None, budget_per_week or None)
         policy = Policy(budget, control_share=control_fraction, cold_start=min_control, seed=seed,
                         **(policy_options or {}))
         gold_items = gold_items or {}
@@ -145,7 +146,7 @@ class Loop:
         if live_scoring:  # a view on the learner's model and classes: it scores what was just learned
             scorer = Scorer(ShadowModel(model_name, 0, learner.model, learner.classes), live=True,
                             n_classes=n_classes)
-        router = Router(policy, seed=seed)
+        router = Router(policy, seed=seed, caps=caps)  # the caps are global: enforced at admission
         router.labels.update(label_set or ())
         return cls(scorer, router, trainer, gold=gold, overlap=overlap,
                    milestones=None if milestones is None else Milestones(**milestones))
@@ -153,9 +154,11 @@ class Loop:
     # -- scoring ------------------------------------------------------------------------
     def score(self, name: str, record: dict, now_ms: int) -> Effects:
         """Candidates for an input event (``Prediction``, ``PredictionBatch``,
-        ``Override`` or ``Appeal``), and the prediction rows."""
-        if name == "PredictionBatch":
-            candidates = [self.scorer.prediction(p, now_ms) for p in record["events"]]
+        ``PredictionColumns``, ``Override`` or ``Appeal``), and the prediction rows."""
+        if name == "PredictionColumns":
+            candidates = self.scorer.columns(record, now_ms)
+        elif name == "PredictionBatch":
+            candidates = self.scorer.predictions(record["events"], now_ms)
         elif name == "Prediction":
             candidates = [self.scorer.prediction(record, now_ms)]
         elif name == "Override":
@@ -168,10 +171,26 @@ class Loop:
         return Effects(candidates=candidates, rows=rows)
 
     # -- routing ------------------------------------------------------------------------
-    def route(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
-        """The decision for one candidate; its task (and a gold task after it) if
-        selected. A candidate whose decision is ``recorded`` already (before a
-        restart) is not decided again."""
+    def preselect(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
+        """At the partition that scored it: the decision row of an event not
+        preselected, or the preselected candidate (in ``candidates``) for the
+        owner of the budget to :meth:`admit`. Nothing for an event whose
+        decision is ``recorded`` already (before a restart)."""
+        out = Effects()
+        if recorded:
+            return out
+        decision, chosen = self.router.preselect(candidate, now_ms)
+        if decision is not None:
+            out.rows.append(("routing_decisions", decision))
+        if chosen is not None:
+            out.candidates.append(chosen)
+        return out
+
+    def admit(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
+        """At the owner of the global budget: the decision for one preselected
+        candidate; its task (and a gold task after it) if the caps admit it. A
+        candidate whose decision is ``recorded`` already (before a restart) is
+        not decided again."""
         out = Effects()
         if recorded:
             self.router.decided(candidate["event_id"])
@@ -179,7 +198,18 @@ class Loop:
             if sent is not None:  # its row may not have been written with the decision's
                 out.rows.append(("labeling_tasks", {**sent, "created_at": sent["created_ts"]}))
             return out
+        decision, task = self.router.admit(candidate, now_ms)
+        return self._routed(out, candidate, decision, task)
+
+    def route(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
+        """:meth:`preselect` and :meth:`admit` in one process: the decision for one
+        candidate; its task (and a gold task after it) if selected."""
+        if recorded:
+            return self.admit(candidate, now_ms, recorded=True)
         decision, task = self.router.route(candidate, now_ms)
+        return self._routed(Effects(), candidate, decision, task)
+
+    def _routed(self, out: Effects, candidate: Candidate, decision, task) -> Effects:
         if decision is not None:
             out.rows.append(("routing_decisions", decision))
         if task is None:
@@ -355,12 +385,13 @@ class Loop:
         if self.labels_changed:
             self.labels_changed = False
             out.rows.extend(self._label_quality_rows(now_ms))
-        b = self.router.policy.budget
+        b, caps = self.router.policy.budget, self.router.budget  # the share paced here, the caps of the owner
         if b.total_seen:
             out.rows.append(("budget_state", {
-                "ts": now_ms, "spent_hour": b.spent_in_hour(now_ms), "spent_day": b.spent_in_day(now_ms),
-                "spent_week": b.spent_in_week(now_ms), "cap_hour": b.caps[HOUR_MS], "cap_day": b.caps[DAY_MS],
-                "cap_week": b.caps[WEEK_MS], "target_fraction": b.fraction, "realised_fraction": b.realised}))
+                "ts": now_ms, "spent_hour": caps.spent_in_hour(now_ms), "spent_day": caps.spent_in_day(now_ms),
+                "spent_week": caps.spent_in_week(now_ms), "cap_hour": caps.caps[HOUR_MS],
+                "cap_day": caps.caps[DAY_MS], "cap_week": caps.caps[WEEK_MS], "target_fraction": b.fraction,
+                "realised_fraction": b.realised}))
         return out
 
     def _label_quality_rows(self, now_ms: int) -> list[tuple[str, dict]]:

@@ -8,6 +8,10 @@ must come back from what Kafka keeps:
   covering the longest cap window): the caps count them again, and a
   re-delivered candidate gets the decision its task recorded
   (:meth:`streams.selection.router.Router.restore`);
+* a **scorer** re-reads the candidates it preselected within
+  :data:`PRESELECTED_LOOKBACK_MS` (``labeling.candidates``): a re-delivered
+  event whose candidate is already on its way to the owner is not decided
+  again (:func:`rebuild_preselection`), so no event is decided both ways;
 * the **learner** resumes from the newest signed model version, which records
   the offset of the last label it reflects; the trainer re-reads the tasks (so
   a label for a task created before the restart still finds it) and the
@@ -31,6 +35,9 @@ log = logging.getLogger("feedbackloop")
 
 #: How far back the router looks for tasks it sent: the weekly cap's window, and a day more.
 LOOKBACK_MS = WEEK_MS + DAY_MS
+#: How far back a scorer looks for the candidates it preselected: far more than a commit
+#: interval, the time between a candidate sent and the offsets of its event committed.
+PRESELECTED_LOOKBACK_MS = 10 * 60_000
 
 
 class Reader:
@@ -111,6 +118,18 @@ def rebuild_router(router, settings, now_ms: int) -> int:
     router.restore(tasks)
     log.info("router rebuilt from %d tasks sent before the restart", len(tasks))
     return len(tasks)
+
+
+def rebuild_preselection(router, settings, now_ms: int) -> int:
+    """Give ``router`` the events preselected within :data:`PRESELECTED_LOOKBACK_MS`; the number read."""
+    with Reader(settings) as reader:
+        start = reader.offset_at("labeling.candidates", now_ms - PRESELECTED_LOOKBACK_MS)
+        _, end = reader.watermarks("labeling.candidates")
+        ids = [c["event_id"] for _, batch in reader.read("labeling.candidates", ("CandidateBatch",), start, end)
+               for c in batch["candidates"] if c["reasons"]]
+    router.restore_preselected(ids)
+    log.info("scorer rebuilt from %d candidates preselected before the restart", len(ids))
+    return len(ids)
 
 
 def rebuild_trainer(trainer, settings, memory: int = 200_000) -> int:

@@ -46,6 +46,7 @@ CANDIDATE = {
     "probabilities": {"legit": 0.87, "fraud": 0.13}, "features": {"amount": 182.5, "hour": 14.0},
     "shadow_label": "fraud", "shadow_version": 12,
     "signals": {"entropy": 0.557, "margin": 0.74, "disagreement": 1.0}, "scored_ts": T + 150,
+    "selection_probability": 0.25, "reasons": ["uncertain"], "priority": 0.7, "policy_version": "mix-2",
 }
 CANDIDATE_DEFAULTS = {"text": None, "context": {}, "user_label": None, "note": None}
 OVERRIDE_CANDIDATE = {"event_id": "ovr-19", "item_id": "txn-000977", "ts": T + 100000, "kind": "override",
@@ -53,7 +54,7 @@ OVERRIDE_CANDIDATE = {"event_id": "ovr-19", "item_id": "txn-000977", "ts": T + 1
 OVERRIDE_CANDIDATE_DEFAULTS = {
     "model_name": "", "model_version": "", "predicted_label": None, "probabilities": {}, "features": {},
     "text": None, "context": {}, "shadow_label": None, "shadow_version": 0, "signals": {}, "note": None,
-    "scored_ts": 0,
+    "scored_ts": 0, "selection_probability": 0.0, "reasons": [], "priority": 0.0, "policy_version": "",
 }
 
 CASES = {
@@ -73,6 +74,13 @@ CASES = {
          "reason": "It is my own bakery's opening hours, not an ad.", "user_id": "u-88"},
         {"context": {}},
     ),
+    "PredictionColumns": (
+        {"event_id": ["pred-1", "pred-2"], "item_id": ["txn-1", "txn-2"], "ts": [T + 1, T + 2],
+         "model_name": ["fraud-gbm"] * 2, "model_version": ["2024.11.3"] * 2, "predicted_label": ["legit", "fraud"],
+         "classes": ["legit", "fraud"], "probabilities": [0.87, 0.13, 0.4, 0.6], "feature_names": ["amount"],
+         "features": [182.5, 9.0], "text": [None, "gift card x5"], "context": [{"tenant": "acme"}, {}]},
+        {},
+    ),
     "Candidate": (CANDIDATE, CANDIDATE_DEFAULTS),
     "CandidateBatch": ({"candidates": [{**CANDIDATE, **CANDIDATE_DEFAULTS},
                                        {**OVERRIDE_CANDIDATE, **OVERRIDE_CANDIDATE_DEFAULTS}]}, {}),
@@ -85,12 +93,12 @@ CASES = {
          "model_name": "fraud-gbm", "model_version": "2024.11.3", "shadow_version": 12,
          "policy_version": "uncertainty+budget/1"},
         {"text": None, "user_label": None, "note": None, "context": {}, "overlap": 1, "exclude_annotators": [],
-         "tier": "annotator", "round": 0},
+         "tier": "annotator", "round": 0, "guideline_version": ""},
     ),
     "Label": (
         {"event_id": "lbl-000031-ann7", "task_id": "task-000031", "item_id": "txn-000482", "label": "fraud",
          "annotator_id": "ann-7", "ts": T + 90000, "duration_ms": 8400},
-        {"note": None, "tier": "annotator"},
+        {"note": None, "tier": "annotator", "guideline_version": ""},
     ),
     "ModelVersion": (
         {"model_name": "shadow", "version": 12, "ts": T + 95000, "labels_seen": 300,
@@ -207,7 +215,7 @@ def standalone(name):
 def test_every_schema_is_loaded():
     assert set(codec.NAMES) == {"Prediction", "PredictionBatch", "Override", "Appeal", "Candidate",
                                 "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter",
-                                "AuditEvent", "Retraining"}
+                                "AuditEvent", "Retraining", "PredictionColumns"}
     assert set(CASES) == set(codec.NAMES)
     assert len(list(codec.SCHEMA_DIR.glob("*.avsc"))) == len(codec.NAMES)
     assert codec.schema("Prediction")["name"] == "feedbackloop.Prediction"
@@ -525,6 +533,39 @@ def test_times_of_input_events_fall_in_a_window_around_now(name):
     assert codec.decode(to_json({**record, "ts": 0}), accept=(name,), check=False)[0] == name
 
 
+COLUMNS = CASES["PredictionColumns"][0]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"item_id": ["txn-1"]}, "item_id has 1 entries, event_id 2"),
+    ({"text": [None]}, "text has 1 entries, event_id 2 (or none)"),
+    ({"classes": []}, "classes are empty"),
+    ({"classes": ["legit", "legit"]}, "must not repeat a name"),
+    ({"probabilities": [0.87, 0.13, 0.4]}, "probabilities has 3 entries, not events x classes = 2 x 2"),
+    ({"features": [1.0]}, "features has 1 entries, not events x feature_names = 2 x 1"),
+    ({"event_id": ["pred-1", ""]}, "event 1: event_id or item_id is empty"),
+    ({"probabilities": [0.87, 0.13, float("nan"), 0.6]}, "event 1: probabilities of class 'legit' is NaN"),
+    ({"probabilities": [0.87, 0.13, 0.4, 0.5]}, "event 1: probabilities sum to 0.9"),
+    ({"predicted_label": ["legit", "chargeback"]}, "event 1: predicted_label 'chargeback' is not one of classes"),
+    ({"features": [1.0, float("inf")]}, "event 1: features contain inf for key 'amount'"),
+])
+def test_columns_are_checked_whole(change, words):
+    """A columnar batch is refused whole, naming the event, as a PredictionBatch is."""
+    with pytest.raises(InvalidEvent) as info:
+        codec.decode(avro_unchecked("PredictionColumns", {**COLUMNS, **change}), accept=("PredictionColumns",),
+                     now_ms=NOW)
+    assert info.value.error == "invalid" and words in info.value.reason
+
+
+def test_the_times_of_columns_fall_in_the_window():
+    stale = {**COLUMNS, "ts": [NOW, NOW - 366 * DAY]}
+    with pytest.raises(InvalidEvent, match=r"field 'ts\[1\]': .* more than 365 days before now") as info:
+        codec.decode(codec.encode("PredictionColumns", stale), accept=("PredictionColumns",), now_ms=NOW)
+    assert info.value.error == "out_of_range"
+    assert codec.decode(codec.encode("PredictionColumns", stale), accept=("PredictionColumns",), now_ms=NOW,
+                        limits=codec.Limits(past_ms=400 * DAY))[0] == "PredictionColumns"
+
+
 def test_an_empty_batch_has_nothing_to_refuse():
     assert codec.decode(codec.encode("PredictionBatch", {"events": []}), accept=INPUTS) == (
         "PredictionBatch", {"events": []})
@@ -539,7 +580,7 @@ def test_the_window_is_around_the_clock_by_default_and_in_batches():
 
 def test_times_the_system_writes_itself_are_not_windowed():
     """A model version, a label or a task may rightly be old: only input events are checked."""
-    assert set(codec.TIMES) == {"Prediction", "Override", "Appeal"}
+    assert set(codec.TIMES) == {"Prediction", "Override", "Appeal", "PredictionColumns"}
     for name in ("Label", "ModelVersion", "LabelingTask", "Candidate", "DeadLetter"):
         record = {**CASES[name][0], **{f: 0 for f in ("ts", "created_ts", "source_ts") if f in CASES[name][0]}}
         assert codec.decode(codec.encode(name, record), accept=(name,))[0] == name

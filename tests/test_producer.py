@@ -1,4 +1,4 @@
-"""The producer API against a real broker: idempotent, keyed, validated, batched."""
+"""The producer API against a real broker: idempotent, keyed, validated, batched (by rows or in columns)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from feedbackloop import stack
-from feedbackloop.producer import Producer
+from feedbackloop.producer import Producer, as_columns
 from schemas import codec
-
-pytestmark = pytest.mark.kafka
+from streams.loop import Loop
 
 
 @pytest.fixture
@@ -42,6 +41,7 @@ def read(settings, name: str, expect: int, timeout: float = 30.0) -> list:
         consumer.close()
 
 
+@pytest.mark.kafka
 def test_the_producer_is_idempotent_and_each_event_lands_once(settings):
     stats = []
     producer = Producer(settings, config={"statistics.interval.ms": 100, "stats_cb": stats.append})
@@ -63,16 +63,48 @@ def test_the_producer_is_idempotent_and_each_event_lands_once(settings):
     assert [codec.decode(m.value(), ("Override",))[1]["event_id"] for m in read(settings, "overrides", 1)] == ["o-3"]
 
 
-def test_batches_carry_every_prediction_once(settings):
-    with Producer(settings, batch_size=16) as producer:
+@pytest.mark.kafka
+@pytest.mark.parametrize("columnar, schema", [(True, "PredictionColumns"), (False, "PredictionBatch")])
+def test_batches_carry_every_prediction_once(settings, columnar, schema):
+    with Producer(settings, batch_size=16, columnar=columnar) as producer:
         for i in range(50):
             producer.prediction(f"item-{i}", {"a": 0.9, "b": 0.1}, event_id=f"b-{i}")
     messages = read(settings, "predictions", 4)  # 50 events over 4 partitions, batches of at most 16
-    events = [e for m in messages for e in codec.decode(m.value(), ("PredictionBatch",))[1]["events"]]
-    assert sorted(e["event_id"] for e in events) == sorted(f"b-{i}" for i in range(50))
-    assert all(len(codec.decode(m.value(), ("PredictionBatch",))[1]["events"]) <= 16 for m in messages)
+    decoded = [codec.decode(m.value(), ("PredictionBatch", "PredictionColumns")) for m in messages]
+    assert {name for name, _ in decoded} == {schema}
+    ids = [[e["event_id"] for e in r["events"]] if columnar is False else r["event_id"] for _, r in decoded]
+    assert sorted(e for batch in ids for e in batch) == sorted(f"b-{i}" for i in range(50))
+    assert all(len(batch) <= 16 for batch in ids)
 
 
+def events(n: int, text: bool = False) -> list[dict]:
+    return [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": int(time.time() * 1000), "model_name": "prod",
+             "model_version": "1", "predicted_label": "a" if i % 3 else "b",
+             "probabilities": {"a": 0.9, "b": 0.1} if i % 3 else {"a": 0.3, "b": 0.7},
+             "features": {"x": float(i), "y": i / 7}, "text": f"word {i}" if text and i % 2 else None,
+             "context": {"tenant": "t"} if i % 4 == 0 else {}} for i in range(n)]
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_columns_score_exactly_as_the_same_events_batched_by_rows(text):
+    """The columnar form is a faster encoding of the very same events: same candidates, rows and decisions."""
+    batch = events(60, text)
+    by_rows = codec.decode(codec.encode("PredictionBatch", {"events": batch}), ("PredictionBatch",))
+    by_columns = codec.decode(codec.encode("PredictionColumns", as_columns(batch)), ("PredictionColumns",))
+    loops = [Loop.build(budget_fraction=0.3, model_kind="linear", min_control=2, seed=4) for _ in range(2)]
+    outs = [loop.score(name, record, now_ms=9) for loop, (name, record) in zip(loops, (by_rows, by_columns))]
+    assert outs[0].candidates == outs[1].candidates and outs[0].rows == outs[1].rows
+    assert [loops[0].route(c, 10).rows for c in outs[0].candidates] == \
+        [loops[1].route(c, 10).rows for c in outs[1].candidates]
+
+
+def test_events_with_other_classes_or_features_stay_rows():
+    batch = events(3)
+    batch[1]["features"] = {"x": 1.0}
+    assert as_columns(batch) is None and as_columns(events(3)) is not None
+
+
+@pytest.mark.kafka
 def test_an_unstorable_event_is_refused_before_it_is_sent(settings):
     with Producer(settings) as producer:
         with pytest.raises(codec.InvalidEvent) as info:

@@ -1,36 +1,59 @@
-"""Routing: apply the policy to each candidate; its decision, and the labeling task of a selected one.
+"""Routing: selection at the partitions, admission at the owner of the global budget.
 
-The :class:`Router` is the single owner of the global budget. Its random draw
-for an event is derived from the event id and the seed, so a re-delivered
-candidate gets the very same decision and the same task id; candidates it has
-already decided are skipped.
+Selection scales out with the input partitions; only the hard caps are global.
+So a :class:`Router` decides in two steps:
+
+* :meth:`Router.preselect`, at the scorer that saw the event: the policy gives
+  its selection probability and the draw decides, the draw derived from the
+  event id and the seed (so a re-delivered event draws the same number). An
+  event not preselected has its decision row at once; a preselected one goes on
+  to the owner with its probability, reasons and priority.
+* :meth:`Router.admit`, at the one owner of the caps: a preselected candidate
+  becomes a task if the hourly, daily and weekly caps (``caps``, counted in
+  event time) have room, and is refused otherwise (its probability is then 0,
+  as the policy logged for an item over the caps before). Candidates it has
+  already admitted or refused are skipped.
+
+:meth:`Router.route` does both in one process (the simulator, the benchmark's
+bare loop). Without ``caps`` the policy's own budget holds the caps.
 
 >>> from streams.selection.budget import Budget
 >>> from streams.selection.policy import Policy
->>> router = Router(Policy(Budget(fraction=0.5)), seed=0)
+>>> router = Router(Policy(Budget(fraction=0.5)), seed=0, caps=Budget(fraction=0.5, per_hour=10))
 >>> cand = {"event_id": "e1", "item_id": "i1", "ts": 1, "kind": "override", "model_name": "prod",
 ...     "model_version": "3", "predicted_label": "a", "probabilities": {"a": 0.9, "b": 0.1},
 ...     "features": {}, "text": None, "context": {}, "shadow_label": None, "shadow_version": 0,
 ...     "signals": {"uncertainty": 0.2}, "user_label": "b", "note": None, "scored_ts": 1}
->>> decision, task = router.route(cand, now_ms=2)
+>>> row, chosen = router.preselect(cand, now_ms=2)
+>>> row, chosen["selection_probability"], chosen["reasons"]
+(None, 1.0, ['override'])
+>>> decision, task = router.admit(chosen, now_ms=2)
 >>> decision["selected"], task["reasons"], task["suggested_label"], task["label_set"]
 (1, ['override'], 'b', ['a', 'b'])
->>> router.route(cand, now_ms=3)
+>>> router.admit(chosen, now_ms=3)
 (None, None)
 
 After a restart, :meth:`Router.restore` takes the tasks already sent: the caps
 count them again, and a re-delivered candidate gets the decision its task
 records, without a second task.
 
->>> again = Router(Policy(Budget(fraction=0.5, per_hour=1)), seed=0)
+>>> again = Router(Policy(Budget(fraction=0.5)), seed=0, caps=Budget(fraction=0.5, per_hour=1))
 >>> again.restore([task])
->>> again.policy.budget.spent_in_hour(2)
+>>> again.caps.spent_in_hour(2)
 1
 >>> decision, task = again.route(cand, now_ms=9)
 >>> decision["selected"], decision["task_id"] == task_id_of("e1"), task
 (1, True, None)
 >>> again.sent_before("e1")["task_id"] == decision["task_id"], again.sent_before("e1")
 (True, None)
+
+The caps are the owner's: over them, a preselected candidate is refused, and
+its decision says so (probability 0, as the policy logs an item over its caps).
+
+>>> full = Router(Policy(Budget(fraction=0.5)), seed=0, caps=Budget(fraction=0.5, per_hour=0))
+>>> decision, task = full.route(cand, now_ms=2)
+>>> decision["selected"], decision["selection_probability"], task
+(0, 0.0, None)
 """
 
 from __future__ import annotations
@@ -41,7 +64,8 @@ import uuid
 from streams import events
 from streams.events import Candidate, Decision, Task
 from streams.learning.features import featurize
-from streams.selection.policy import Policy
+from streams.selection.budget import Budget
+from streams.selection.policy import Decision as PolicyDecision, Policy
 from streams.recent import Recent
 from streams.selection.signals import top_label
 
@@ -64,14 +88,33 @@ def stable_draw(event_id: str, seed: int) -> float:
 
 
 class Router:
-    """Decides for each candidate, once, and builds the task of a selected one."""
+    """Preselects at a partition, admits at the owner, and builds the task of an admitted event.
 
-    def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000):
+    Parameters
+    ----------
+    policy
+        The selection policy (its budget paces the spend of this router's share of the stream).
+    seed
+        Seed of the draws (with the event id).
+    memory
+        Event ids remembered as preselected, and as decided.
+    caps
+        The global hard caps, enforced at admission; None: the policy's budget holds them.
+    """
+
+    def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000, caps: Budget | None = None):
         self.policy = policy
         self.seed = seed
+        self.caps = caps
         self.labels: set[str] = set()
-        self._decided: Recent = Recent(memory)
+        self._preselected: Recent = Recent(memory)  # at the partition: events sent on to the owner
+        self._decided: Recent = Recent(memory)  # at the owner: events admitted or refused
         self._sent: Recent = Recent(memory)  # event id -> decision, for tasks sent before a restart
+
+    @property
+    def budget(self) -> Budget:
+        """The budget that counts labels against the caps."""
+        return self.policy.budget if self.caps is None else self.caps
 
     def restore(self, tasks) -> None:
         """Take the tasks sent before a restart, oldest first: the caps count
@@ -84,60 +127,117 @@ class Router:
             bought.append(task["source_ts"])
             self.labels.update(task.get("label_set") or [])
             self._sent[task["event_id"]] = {k: v for k, v in task.items() if k not in ("features", "text", "context")}
-        self.policy.budget.recount(bought)
+        self.budget.recount(bought)
+
+    def restore_preselected(self, event_ids) -> None:
+        """Remember events preselected before a restart (their candidates are on the
+        internal topic): a re-delivered one is not decided again."""
+        for event_id in event_ids:
+            self._preselected.add(event_id)
 
     def decided(self, event_id: str) -> None:
         """Remember ``event_id`` as decided (its decision was recorded elsewhere)."""
         self._decided.add(event_id)
+        self._preselected.add(event_id)
 
     def sent_before(self, event_id: str) -> dict | None:
         """The task sent for ``event_id`` before a restart (without the item's
         features), once: its row may not have reached ClickHouse."""
         return self._sent.pop(event_id, None)
 
-    def route(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
-        """Return ``(decision_row, task)``; task is None when not selected,
-        and both are None for a candidate already decided."""
-        if not self._decided.add(c["event_id"]):
-            return None, None
-        sent = self._sent.get(c["event_id"])
-        if sent is not None:  # decided and sent before a restart: the same decision, no second task
-            return events.decision(event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"],
-                                   signals=c["signals"], model_version=c["model_version"],
-                                   shadow_version=c["shadow_version"], selected=1, reasons=list(sent["reasons"]),
-                                   selection_probability=sent["selection_probability"], priority=sent["priority"],
-                                   task_id=sent["task_id"], policy_version=sent["policy_version"],
-                                   decided_at=sent["created_ts"]), None
+    def _learn_labels(self, c: Candidate) -> None:
         self.labels.update(c["probabilities"])
         for label in (c["user_label"], c["predicted_label"]):
             if label:
                 self.labels.add(label)
+
+    def _decide(self, c: Candidate) -> PolicyDecision:
         x = None
-        if c["features"] or c["text"]:  # the scorer's model input; computed again after the Kafka hop
+        if c["features"] or c["text"]:  # the scorer's model input; computed again after a Kafka hop
             x = c.get("x")
             if x is None:
                 x = featurize(c["features"], c["text"])
-        d = self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed),
-                               x=x, label=c["shadow_label"] or c["predicted_label"])
-        task_id = task_id_of(c["event_id"]) if d.selected else None
-        decision = events.decision(
-            event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"], selected=int(d.selected),
-            reasons=d.reasons, selection_probability=d.probability, priority=d.priority, signals=c["signals"],
-            task_id=task_id, policy_version=self.policy.version, model_version=c["model_version"],
+        return self.policy.decide(c["kind"], c["signals"], c["ts"], draw=stable_draw(c["event_id"], self.seed),
+                                  x=x, label=c["shadow_label"] or c["predicted_label"])
+
+    def _row(self, c: Candidate, now_ms: int, selected: bool, reasons: list[str], probability: float,
+             priority: float, task_id: str | None, policy_version: str) -> Decision:
+        return events.decision(
+            event_id=c["event_id"], item_id=c["item_id"], ts=c["ts"], kind=c["kind"], selected=int(selected),
+            reasons=reasons, selection_probability=probability, priority=priority, signals=c["signals"],
+            task_id=task_id, policy_version=policy_version, model_version=c["model_version"],
             shadow_version=c["shadow_version"], decided_at=now_ms)
+
+    def preselect(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Candidate | None]:
+        """At the partition: ``(decision row, None)`` for an event not preselected,
+        ``(None, candidate)`` with its preselection filled in for one to send to
+        the owner, ``(None, None)`` for an event preselected already. An event whose
+        task was sent before a restart goes to the owner again, which keeps its decision."""
+        event_id = c["event_id"]
+        if event_id in self._preselected:
+            return None, None
+        sent = self._sent.get(event_id)
+        if sent is not None:
+            self._preselected.add(event_id)
+            return None, {**c, "selection_probability": sent["selection_probability"],
+                          "reasons": list(sent["reasons"]), "priority": sent["priority"],
+                          "policy_version": sent["policy_version"]}
+        self._learn_labels(c)
+        d = self._decide(c)
         if not d.selected:
-            return decision, None
+            return self._row(c, now_ms, False, d.reasons, d.probability, d.priority, None, self.policy.version), None
+        self._preselected.add(event_id)
+        return None, {**c, "selection_probability": d.probability, "reasons": d.reasons, "priority": d.priority,
+                      "policy_version": self.policy.version}
+
+    def admit(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
+        """At the owner: ``(decision_row, task)`` for a preselected candidate; task
+        is None when the caps refuse it, and both are None for a candidate already
+        decided. A candidate without a preselection (from a scorer that did not
+        preselect) is preselected here first."""
+        if not self._decided.add(c["event_id"]):
+            return None, None
+        sent = self._sent.get(c["event_id"])
+        if sent is not None:  # decided and sent before a restart: the same decision, no second task
+            return self._row(c, sent["created_ts"], True, list(sent["reasons"]), sent["selection_probability"],
+                             sent["priority"], sent["task_id"], sent["policy_version"]), None
+        if not c.get("reasons"):
+            self._preselected.pop(c["event_id"], None)
+            decision, c = self.preselect(c, now_ms)
+            if c is None:
+                return decision, None
+        else:
+            self._learn_labels(c)
+        if self.caps is not None and not self.caps.has_room(c["ts"]):  # the caps refuse it: never selected
+            return self._row(c, now_ms, False, [], 0.0, 0.0, None, c["policy_version"]), None
+        if self.caps is not None:
+            self.caps.spend(c["ts"])
+        task_id = task_id_of(c["event_id"])
+        decision = self._row(c, now_ms, True, c["reasons"], c["selection_probability"], c["priority"], task_id,
+                             c["policy_version"])
         suggested = c["user_label"] or c["shadow_label"] or c["predicted_label"]
         probabilities = c["probabilities"]
         if c["kind"] == "prediction" and c["shadow_label"] is None:
             suggested = top_label(probabilities) or suggested
         task = events.task(
             task_id=task_id, event_id=c["event_id"], item_id=c["item_id"], created_ts=now_ms, source_ts=c["ts"],
-            kind=c["kind"], reasons=d.reasons, signals=c["signals"], selection_probability=d.probability,
-            priority=d.priority, suggested_label=suggested,
+            kind=c["kind"], reasons=c["reasons"], signals=c["signals"],
+            selection_probability=c["selection_probability"], priority=c["priority"], suggested_label=suggested,
             confidence=probabilities.get(suggested, 0.0) if suggested else 0.0, label_set=sorted(self.labels),
             features=c["features"], text=c["text"], predicted_label=c["predicted_label"],
             user_label=c["user_label"], note=c["note"], model_name=c["model_name"],
             model_version=c["model_version"], shadow_version=c["shadow_version"],
-            policy_version=self.policy.version, context=c["context"])
+            policy_version=c["policy_version"], context=c["context"])
         return decision, task
+
+    def route(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
+        """Preselect and admit in one process: ``(decision_row, task)``; task is None
+        when not selected, and both are None for a candidate already decided."""
+        if c["event_id"] in self._decided:
+            return None, None
+        row, chosen = self.preselect(c, now_ms)
+        if chosen is None:
+            if row is not None:
+                self._decided.add(c["event_id"])
+            return row, None
+        return self.admit(chosen, now_ms)

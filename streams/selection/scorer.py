@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from streams.events import Candidate, candidate
 from streams.selection import signals
+from streams.learning.batch import BatchKNN, predict_proba_many
 from streams.learning.features import featurize
 from streams.learning.learner import ShadowModel
 from streams.recent import Recent
@@ -55,6 +56,7 @@ class Scorer:
         self.live = live
         self.n_classes = n_classes
         self._recent: Recent = Recent(memory)
+        self._batch: tuple = (None, None)  # (model version, its BatchKNN or None)
 
     def use(self, model: ShadowModel) -> bool:
         """Swap in ``model`` if it is newer than the current one."""
@@ -65,12 +67,44 @@ class Scorer:
 
     def prediction(self, event: dict, now_ms: int) -> Candidate:
         x = featurize(event["features"], event.get("text"))
+        return self._candidate(event, x, None if self.live else self.model.predict_proba(x), now_ms)
+
+    def predictions(self, events: list[dict], now_ms: int) -> list[Candidate]:
+        """Candidates for many predictions at once: the shadow model scores them all in one
+        call (:func:`~streams.learning.batch.predict_proba_many`), as :meth:`prediction` would one by one.
+
+        >>> from streams.learning.models import make
+        >>> model = make("knn")
+        >>> for v, y in [(0.0, "a"), (1.0, "b"), (0.2, "a")]:
+        ...     model.learn_one({"x": v}, y)
+        >>> one, many = Scorer(ShadowModel("s", 1, model, ["a", "b"])), Scorer(ShadowModel("s", 1, model, ["a", "b"]))
+        >>> events = [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": 1, "model_name": "", "model_version": "",
+        ...            "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4}, "features": {"x": i / 4},
+        ...            "text": None, "context": {}} for i in range(5)]
+        >>> pairs = list(zip([one.prediction(e, 2) for e in events], many.predictions(events, 2)))
+        >>> all(a["shadow_label"] == b["shadow_label"] and a["signals"].keys() == b["signals"].keys()
+        ...     and max(abs(a["signals"][k] - b["signals"][k]) for k in a["signals"]) < 1e-9 for a, b in pairs)
+        True
+        """
+        xs = [featurize(e["features"], e.get("text")) for e in events]
+        if self.live:
+            return [self._candidate(e, x, None, now_ms) for e, x in zip(events, xs)]
+        model = self.model
+        if model.model is None or not model.classes or len(events) < 2:
+            shadows = [model.predict_proba(x) for x in xs]
+        else:
+            if self._batch[0] is not model:  # a new version: its arrays, once
+                self._batch = (model, BatchKNN.of(model.model))
+            shadows = predict_proba_many(model.model, xs, self._batch[1])
+        return [self._candidate(e, x, shadow, now_ms) for e, x, shadow in zip(events, xs, shadows)]
+
+    def _candidate(self, event: dict, x: dict[str, float], shadow: dict[str, float] | None,
+                   now_ms: int) -> Candidate:
         if self.live:
             probabilities, scored = self._live(x)
             predicted, shadow = signals.top_label(probabilities), {}
         else:
             probabilities, predicted = event["probabilities"], event["predicted_label"]
-            shadow = self.model.predict_proba(x)
             classes = set(probabilities) | set(self.model.classes)
             scored = signals.score(probabilities, shadow, self.n_classes or len(classes))
         c = candidate(
@@ -81,6 +115,31 @@ class Scorer:
             shadow_version=self.model.version, signals=scored, user_label=None, note=None, scored_ts=now_ms, x=x)
         self._recent[event["item_id"]] = c
         return c
+
+    def columns(self, record: dict, now_ms: int) -> list[Candidate]:
+        """Candidates for a ``PredictionColumns`` message (one array per field, see
+        ``schemas/prediction_columns.avsc``), in order.
+
+        >>> cols = {"event_id": ["e1", "e2"], "item_id": ["i1", "i2"], "ts": [5, 6], "model_name": ["m", "m"],
+        ...         "model_version": ["1", "1"], "predicted_label": ["a", "b"], "classes": ["a", "b"],
+        ...         "probabilities": [0.6, 0.4, 0.1, 0.9], "feature_names": ["x"], "features": [1.0, 2.0],
+        ...         "text": [], "context": []}
+        >>> [(c["event_id"], c["probabilities"], c["features"], c["text"]) for c in Scorer().columns(cols, 7)]
+        [('e1', {'a': 0.6, 'b': 0.4}, {'x': 1.0}, None), ('e2', {'a': 0.1, 'b': 0.9}, {'x': 2.0}, None)]
+        """
+        classes, names = record["classes"], record["feature_names"]
+        n, k, f = len(record["event_id"]), len(classes), len(names)
+        p, x = record["probabilities"], record["features"]
+        texts = record["text"] or [None] * n
+        contexts = record["context"] or [{}] * n
+        events = [{"event_id": event_id, "item_id": item_id, "ts": ts, "model_name": model_name,
+                   "model_version": model_version, "predicted_label": predicted,
+                   "probabilities": dict(zip(classes, p[i * k:i * k + k])),
+                   "features": dict(zip(names, x[i * f:i * f + f])), "text": text, "context": dict(context)}
+                  for i, (event_id, item_id, ts, model_name, model_version, predicted, text, context)
+                  in enumerate(zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
+                                   record["model_version"], record["predicted_label"], texts, contexts))]
+        return self.predictions(events, now_ms)
 
     def _live(self, x: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """The live model's probabilities for ``x`` and their signals (none before it knows two classes)."""
