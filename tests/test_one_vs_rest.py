@@ -85,3 +85,19 @@ def test_set_disagreement_of_two_models(yeast, trained):
     gaps = [set_disagreement(ovr.proba(trained, x, classes), ovr.proba(early, x, classes)) for x, _ in test[:100]]
     same = [set_disagreement(ovr.proba(trained, x, classes), ovr.proba(trained, x, classes)) for x, _ in test[:100]]
     assert min(gaps) > 0.0 and max(same) == 0.0 and 0.0 < np.mean(gaps) < 1.0
+
+
+def test_batch_scoring_equals_one_at_a_time(yeast, trained):
+    _, test, classes = yeast
+    items = [x for x, _ in test[:300]]
+    items[0] = {k: v for k, v in list(items[0].items())[:10]}  # an item with most features missing
+    items[1] = {**items[1], "never seen": 3.0}
+    fast = ovr.proba_many(trained, items, classes + ["Class99"])
+    slow = [ovr.proba(trained, x, classes + ["Class99"]) for x in items]
+    assert max(abs(f[c] - s[c]) for f, s in zip(fast, slow) for c in s) < 1e-9
+    assert all(f.keys() == s.keys() for f, s in zip(fast, slow))
+    assert ovr.BatchLinear.of(ovr.make("tree")) is None
+    tree = ovr.make("tree")
+    for x, y in test[:50]:
+        ovr.learn(tree, x, y, classes)
+    assert ovr.proba_many(tree, items[:5], classes) == [ovr.proba(tree, x, classes) for x in items[:5]]
