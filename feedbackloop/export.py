@@ -103,7 +103,8 @@ def read_rows(client, version: int | None = None) -> list[dict]:
         GROUP BY task_id ORDER BY task_id""").result_rows
     if not consensus:
         return []
-    ids = [task_id for task_id, _ in consensus]
+    # the tasks of the set, as a subquery: the server filters by it, however many they are
+    ids = f"(SELECT task_id FROM consensus_labels {cutoff})"
     task_columns = _columns(client, "labeling_tasks")
     label_columns = _columns(client, "labels")
     guideline = ("toString(guideline_version)" if "guideline_version" in task_columns else "NULL")
@@ -112,23 +113,21 @@ def read_rows(client, version: int | None = None) -> list[dict]:
     tasks = {r[0]: r[1:] for r in client.query(f"""
         SELECT task_id, event_id, kind, reasons, selection_probability, model_version, predicted_label,
                {features}, {text}, {guideline}
-        FROM labeling_tasks FINAL WHERE task_id IN {{ids:Array(String)}} AND kind != 'gold'""",
-                                                parameters={"ids": ids}).result_rows}
+        FROM labeling_tasks FINAL WHERE task_id IN {ids} AND kind != 'gold'""").result_rows}
     label_guideline = "toString(guideline_version)" if "guideline_version" in label_columns else "NULL"
     label_cutoff = "" if version is None else f"AND learned_by_version < {int(version)}"
     votes: dict[str, list[tuple]] = defaultdict(list)
     label_guidelines: dict[str, str] = {}
     for task_id, annotator, label, tier, guideline_version in client.query(f"""
             SELECT task_id, annotator_id, label, tier, {label_guideline}
-            FROM labels FINAL WHERE task_id IN {{ids:Array(String)}} {label_cutoff}
-            ORDER BY task_id, annotator_id, ts, event_id""", parameters={"ids": ids}).result_rows:
+            FROM labels FINAL WHERE task_id IN {ids} {label_cutoff}
+            ORDER BY task_id, annotator_id, ts, event_id""").result_rows:
         votes[task_id].append({"annotator_id": annotator, "label": label, "tier": tier})
         if guideline_version is not None:
             label_guidelines.setdefault(task_id, guideline_version)
-    events = sorted({task[0] for task in tasks.values()})
     model_names = dict(client.query(  # the table is ordered by event id: a lookup, not a scan
-        "SELECT event_id, min(model_name) FROM predictions WHERE event_id IN {ids:Array(String)} GROUP BY event_id",
-        parameters={"ids": events}).result_rows)
+        f"SELECT event_id, min(model_name) FROM predictions WHERE event_id IN "
+        f"(SELECT event_id FROM labeling_tasks WHERE task_id IN {ids}) GROUP BY event_id").result_rows)
     rows = []
     for task_id, (item_id, label, confidence, method, learned_by) in consensus:
         task = tasks.get(task_id)
