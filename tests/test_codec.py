@@ -566,6 +566,21 @@ def test_the_times_of_columns_fall_in_the_window():
                         limits=codec.Limits(past_ms=400 * DAY))[0] == "PredictionColumns"
 
 
+def test_candidates_written_before_they_carried_a_preselection_still_decode():
+    """In flight across the upgrade: Avro resolution fills the preselection with its defaults."""
+    old = fastavro.parse_schema(json.loads((codec.SCHEMA_DIR / "history" / "candidate_batch.1.avsc").read_text()))
+    header = codec.MARKER + bytes.fromhex(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(old), "CRC-64-AVRO"))
+    before = {k: v for k, v in {**CANDIDATE, **CANDIDATE_DEFAULTS}.items()
+              if k not in ("selection_probability", "reasons", "priority", "policy_version")}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old, {"candidates": [before]})
+    name, record = codec.decode(header + body.getvalue(), ("CandidateBatch",), check=False)
+    assert header[2:] != codec.fingerprint("CandidateBatch")
+    assert (name, record["candidates"]) == ("CandidateBatch", [
+        {**before, "selection_probability": 0.0, "reasons": [], "priority": 0.0, "policy_version": ""}])
+
+
 def test_an_empty_batch_has_nothing_to_refuse():
     assert codec.decode(codec.encode("PredictionBatch", {"events": []}), accept=INPUTS) == (
         "PredictionBatch", {"events": []})

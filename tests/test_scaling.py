@@ -190,3 +190,14 @@ def test_a_re_delivered_event_is_not_decided_again_even_after_a_restart():
     admitted = again.admit(forwarded, now_ms=10)
     [(table, row)] = [(t, r) for t, r in admitted.rows if t == "routing_decisions"]
     assert (row["selected"], row["task_id"], admitted.tasks) == (1, task["task_id"], [])
+
+
+def test_a_candidate_from_a_scorer_that_did_not_preselect_is_decided_at_the_owner():
+    """A candidate with no preselection (in flight across the upgrade) is decided once, as before."""
+    owner, reference = (Loop.build(budget_fraction=0.5, model_kind="linear", seed=2) for _ in range(2))
+    for i in range(300):
+        [c] = owner.score("Prediction", prediction(i), now_ms=5).candidates
+        [same] = reference.score("Prediction", prediction(i), now_ms=5).candidates
+        assert c["reasons"] == [] and c["selection_probability"] == 0.0
+        assert owner.admit(c, now_ms=6).rows == reference.route(same, now_ms=6).rows
+        assert owner.admit(c, now_ms=7).rows == []
