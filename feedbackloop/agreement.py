@@ -132,13 +132,30 @@ def _records(text: str, name: str) -> Iterator[tuple[int, dict]]:
         yield reader.line_num, dict(zip(header, fields))
 
 
-def parse_export(text: str, name: str = "<export>", gold_column: str | None = None
+def _label_set(value, column: str, where: str, required: bool = True) -> str | None:
+    """A multi-label answer as its classes sorted and joined by ``|``: from a
+    ``|``-joined string, or in JSONL a list of classes (``[]`` is the empty set)."""
+    if isinstance(value, list):
+        return set_agreement.SEPARATOR.join(sorted(_text(v, column, where) for v in value))
+    text = _text(value, column, where, required)
+    return None if text is None else set_agreement.SEPARATOR.join(sorted(set_agreement.label_set(text)))
+
+
+def parse_export(text: str, name: str = "<export>", gold_column: str | None = None, multi_label: bool = False
                  ) -> tuple[list[Annotation], dict[str, str]]:
     """The annotations and gold answers ``{item_id: label}`` of an export's text.
 
     ``gold_column`` defaults to ``gold`` where present; named explicitly, it
     must exist. Ids and labels are strings (JSON numbers are written as JSON).
+    With ``multi_label`` a label is a set of classes, written back sorted and
+    joined by ``|`` (so ``b|a`` is ``a|b``); JSONL may give it as a list.
+
+    >>> rows, gold = parse_export('{"item_id": 1, "annotator_id": "x", "label": ["b", "a"], "gold": "b|a"}',
+    ...                           "x.jsonl", multi_label=True)
+    >>> [r.label for r in rows], gold
+    (['a|b'], {'1': 'a|b'})
     """
+    label_of = _label_set if multi_label else _text
     if not text.strip():
         raise ValueError(f"{name}:1: empty file")
     rows: list[Annotation] = []
@@ -148,11 +165,12 @@ def parse_export(text: str, name: str = "<export>", gold_column: str | None = No
     seen_gold = False
     for n, row in _records(text, name):
         where = f"{name}:{n}"
-        item, annotator, label = (_text(row[c], c, where) for c in REQUIRED)
+        item, annotator = (_text(row[c], c, where) for c in REQUIRED[:2])
+        label = label_of(row["label"], "label", where)
         rows.append(Annotation(item, annotator, label, _ts(row.get("ts"), where),
                                _duration(row.get("duration_ms"), where)))
         seen_gold = seen_gold or column in row
-        answer = _text(row.get(column), column, where, required=False)
+        answer = label_of(row.get(column), column, where, required=False)
         if answer is not None:
             if gold.setdefault(item, answer) != answer:
                 raise ValueError(f"{where}: gold for item {item!r} is {answer!r} here but "
@@ -167,13 +185,14 @@ def parse_export(text: str, name: str = "<export>", gold_column: str | None = No
     return rows, gold
 
 
-def read_export(path: str, gold_column: str | None = None) -> tuple[list[Annotation], dict[str, str]]:
+def read_export(path: str, gold_column: str | None = None, multi_label: bool = False
+                ) -> tuple[list[Annotation], dict[str, str]]:
     """:func:`parse_export` of a file."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
-    return parse_export(text, path, gold_column)
+    return parse_export(text, path, gold_column, multi_label)
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -264,8 +283,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args, settings=None) -> int:
     """``feedbackloop agreement``: read ``args.file``, print the summary, write ``args.out`` if given
     (no settings needed: it reads a file)."""
-    rows, gold = read_export(args.file, args.gold_column)
-    if getattr(args, "multi_label", False):
+    multi_label = getattr(args, "multi_label", False)
+    rows, gold = read_export(args.file, args.gold_column, multi_label)
+    if multi_label:
         rep = set_agreement.report(rows, gold=gold)
         print(multi_label_summary(rep))
     else:

@@ -93,3 +93,22 @@ def test_without_the_flag_sets_are_plain_labels(tmp_path):
     rows, _ = cli.read_export(str(path))
     assert cli.report(rows)["percent_agreement"] == 0.0
     assert sa.report(rows)["exact_agreement"] == 0.5
+
+
+def test_jsonl_lists_and_orderless_sets(tmp_path):
+    """In JSONL a set may be a list; 'b|a' and ['a', 'b'] are the same answer, gold included."""
+    lines = [{"item_id": 1, "annotator_id": "x", "label": ["b", "a"], "gold": "a|b"},
+             {"item_id": 1, "annotator_id": "y", "label": "a|b", "gold": ["a", "b"]},
+             {"item_id": 2, "annotator_id": "x", "label": ["a"]},
+             {"item_id": 2, "annotator_id": "y", "label": []}]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    rows, gold = cli.read_export(str(path), multi_label=True)
+    assert [r.label for r in rows] == ["a|b", "a|b", "a", ""] and gold == {"1": "a|b"}
+    rep = sa.report(rows, gold=gold)
+    assert rep["exact_agreement"] == 0.5 and rep["per_annotator"]["y"]["gold_exact"] == 1.0
+    # the empty answer is the empty set, at MASI distance 1 from {a}: by hand, observed 2 (item 2's
+    # ordered pair), expected 2 * (2 * 1 * 2/3 + 2 * 1 * 1 + 1 * 1 * 1) = 26/3 over n = 4 answers
+    assert rep["krippendorff_alpha"] == pytest.approx(1 - 3 * 2 / (26 / 3), abs=1e-12)
+    with pytest.raises(ValueError, match="gold for item"):
+        cli.parse_export("item_id,annotator_id,label,gold\ni1,x,a,a|b\ni1,y,a,a|c\n", "x.csv", multi_label=True)
