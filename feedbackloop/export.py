@@ -17,8 +17,9 @@ label, confidence,     the consensus label, its posterior under the weighted vot
 consensus_method       was settled
 annotator_labels       every annotator's label: a list of (annotator_id, label, tier)
 reasons, control       why the item was selected; True for the random control slice
-selection_probability  the probability it was selected with: weight a row by its inverse
-                       (``weight``) and the set stands for the stream, unbiased
+selection_probability  the probability it was selected with: weight a prediction row by its
+                       inverse (``weight``) and those rows stand for the stream of predictions,
+                       unbiased (override and appeal rows are events of their own)
 model_name,            the production model, its version and its answer for the item
 model_version,
 predicted_label
@@ -167,17 +168,20 @@ def content_hash(data: bytes) -> str:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Counts of the consensus labels, plain and weighted by 1 / selection_probability.
+    """Counts of the consensus labels, and each label's share of the prediction stream: the
+    prediction rows weighted by 1 / selection_probability (an override or an appeal is an
+    event of its own, outside that population).
 
-    >>> s = summary([{"label": "a", "selection_probability": 0.5, "control": True},
-    ...              {"label": "b", "selection_probability": 1.0, "control": False}])
+    >>> s = summary([{"label": "a", "selection_probability": 0.5, "control": True, "kind": "prediction"},
+    ...              {"label": "b", "selection_probability": 1.0, "control": False, "kind": "prediction"},
+    ...              {"label": "b", "selection_probability": 1.0, "control": False, "kind": "override"}])
     >>> s["label_counts"], s["weighted_label_shares"]["a"]
-    ({'a': 1, 'b': 1}, 0.6666666666666666)
+    ({'a': 1, 'b': 2}, 0.6666666666666666)
     """
     counts = Counter(r["label"] for r in rows)
     weights = Counter()
     for r in rows:
-        if r["selection_probability"] > 0:
+        if r["kind"] == "prediction" and r["selection_probability"] > 0:
             weights[r["label"]] += 1.0 / r["selection_probability"]
     total = sum(weights.values())
     return {"rows": len(rows), "control_rows": sum(bool(r["control"]) for r in rows),

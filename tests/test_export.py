@@ -158,8 +158,9 @@ def test_rows_carry_what_a_trainer_needs(labeled, tmp_path):
 
 def test_weighting_by_the_inverse_selection_probability_recovers_the_stream_class_balance(labeled, tmp_path):
     dsn, run = labeled
-    export_cli(dsn, "--out", str(tmp_path / "now.parquet"))
+    recorded = export_cli(dsn, "--out", str(tmp_path / "now.parquet"))
     rows = pq.read_table(tmp_path / "now.parquet").to_pylist()
+    assert {r["kind"] for r in rows} == {"prediction"}
     stream_share = Counter(run["truths"])
     plain = Counter(r["label"] for r in rows)
     for c in CLASSES:
@@ -167,6 +168,7 @@ def test_weighting_by_the_inverse_selection_probability_recovers_the_stream_clas
         e = weighted_proportion([r["label"] == c for r in rows], [r["selection_probability"] for r in rows])
         se = (e["ci_high"] - e["ci_low"]) / (2 * 1.96)
         assert abs(e["value"] - truth) < 3 * se + 0.01, (c, e, truth)
+        assert recorded["weighted_label_shares"][c] == pytest.approx(e["value"])  # as dataset_versions has it
     # the policy chose the rare, doubtful class far above its share: unweighted counts would mislead
     assert plain["c"] / len(rows) > 1.5 * stream_share["c"] / len(run["truths"])
 
