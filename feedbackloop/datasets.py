@@ -205,3 +205,17 @@ def label_sets(dataset: Dataset) -> list[frozenset] | None:
     if not any(SEPARATOR in y for _, y in dataset.rows):
         return None
     return [label_set(y) for _, y in dataset.rows]
+
+
+def yeast() -> Dataset:
+    """Yeast (Elisseeff and Weston 2001), multi-label, inside River's wheel: 2,417 genes,
+    103 numeric features, 14 functional classes, each label the classes joined by ``|``.
+
+    >>> d = yeast()
+    >>> len(d.rows), len(d.rows[0][0]), len(set().union(*label_sets(d)))
+    (2417, 103, 14)
+    """
+    from river import datasets
+
+    return Dataset("yeast", [({k: float(v) for k, v in x.items()}, SEPARATOR.join(c for c, on in y.items() if on))
+                             for x, y in datasets.Yeast()])

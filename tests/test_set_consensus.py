@@ -89,3 +89,15 @@ def test_loader_reads_a_multi_label_csv(tmp_path):
     assert label_sets(d) == [{"billing", "refund"}, {"refund"}, {"billing", "login"}]
     assert label_sets(Dataset("single", [({}, "a"), ({}, "b")])) is None
     assert label_sets(load("phishing")) is None
+
+
+def test_yeast_is_a_multi_label_dataset_from_rivers_wheel():
+    from river import datasets
+
+    from feedbackloop.datasets import yeast
+
+    d = yeast()
+    sets = label_sets(d)
+    truth = [frozenset(c for c, on in y.items() if on) for _, y in datasets.Yeast()]
+    assert sets == truth and all(sets) and d.text is False
+    assert 3.5 < np.mean([len(s) for s in sets]) < 4.5  # Yeast's label cardinality, 4.24
