@@ -53,6 +53,21 @@ TASKS = [
 ]
 
 
+GUIDELINE = """# Spam or ham
+Spam sells something nobody asked for.
+
+## spam
+unsolicited selling
+
+### Examples
+- Cheap meds, no prescription
+- You have won a cruise, reply YES
+
+## ham
+anything else
+"""
+
+
 @pytest.fixture
 def service(kafka, tmp_path):
     run = uuid.uuid4().hex[:8]
@@ -62,10 +77,11 @@ def service(kafka, tmp_path):
     for t in TASKS:
         producer.produce(settings.topic("labeling.tasks"), codec.encode("LabelingTask", t), key=t["task_id"].encode())
     assert producer.flush(10) == 0
-    guidelines = {"text": "Spam sells something nobody asked for.",
-                  "labels": {"spam": "unsolicited selling", "ham": "anything else"}}
+    (tmp_path / "guidelines").mkdir()
+    (tmp_path / "guidelines" / "spam.md").write_text(GUIDELINE)
+    settings = settings.replace(guidelines_path=str(tmp_path / "guidelines"))
     svc = LabelingService(settings, Tokens.parse(f"{ANN}:ann:annotator,{REV}:rev:reviewer"), port=0,
-                          db=tmp_path / "queue.sqlite3", guidelines=guidelines).start()
+                          db=tmp_path / "queue.sqlite3").start()
     try:
         deadline = time.monotonic() + 30
         while svc.store.counts()["pending"] < len(TASKS):
@@ -127,6 +143,11 @@ def test_label_three_tasks_with_the_keyboard(service, browser, tmp_path):
     expect(page.locator("#confidence")).to_contain_text("52%")
     expect(page.locator("#guideline")).to_have_text("Spam sells something nobody asked for.")
     expect(page.locator("#label-guidelines")).to_contain_text("unsolicited selling")
+    expect(page.locator("#guideline-title")).to_have_text("Spam or ham")
+    expect(page.locator("#guideline-version")).to_contain_text("version 1-")
+    # the suggested class's worked examples
+    expect(page.locator("#examples-label")).to_have_text("spam")
+    expect(page.locator("#examples li")).to_have_text(["Cheap meds, no prescription", "You have won a cruise, reply YES"])
     expect(page.locator(".choice")).to_have_count(2)
     page.screenshot(path=str(tmp_path / "text-task.png"))
     page.keyboard.press("2")
@@ -141,6 +162,7 @@ def test_label_three_tasks_with_the_keyboard(service, browser, tmp_path):
     expect(page.locator("#why")).to_contain_text("a user overrode the model: it said 'versicolor'")
     expect(page.locator("#confidence")).to_contain_text("31%")
     expect(page.locator(".choice")).to_have_count(3)
+    expect(page.locator("#examples-box")).to_be_hidden()  # no guideline names these labels
     page.screenshot(path=str(tmp_path / "table-task.png"))
     page.keyboard.press("3")
     page.keyboard.press("Enter")
@@ -163,6 +185,8 @@ def test_label_three_tasks_with_the_keyboard(service, browser, tmp_path):
     labels = read_labels(settings, expect=3)
     assert {l["task_id"]: l["label"] for l in labels} == {"text": "spam", "table": "virginica", "control": "ham"}
     assert len(labels) == 3 and all(l["annotator_id"] == "ann" and l["duration_ms"] > 0 for l in labels)
+    shown = {l["task_id"]: l["guideline_version"] for l in labels}  # inherited from the task as shown
+    assert shown["text"] == shown["control"] != "" and shown["text"].startswith("1-") and shown["table"] == ""
     assert svc.store.counts()["pending"] == 1, "the skipped task is back in the queue for others"
     assert errors == [], errors  # nor anything the security headers refused
     outside = [u for u in requests if not u.startswith(svc.url)]

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from consumers.labeling import audit
 from consumers.labeling.gating import Gate
+from consumers.labeling.guidelines import Guidebook
 from consumers.labeling.guard import Guard
 from consumers.labeling.outbox import DeliveryError, Outbox
 from consumers.labeling.store import Store, TaskError
@@ -95,6 +96,11 @@ class Task(BaseModel):
     notes: list[Note] = Field(description="Ambiguity notes: the user's own words, flags and reviewers' notes.")
     guideline: str
     label_guidelines: dict[str, str] = Field(description="What each label means, where the guideline says.")
+    guideline_title: str = Field("", description="The title of the guideline for this label set.")
+    guideline_version: str = Field("", description="The guideline version shown (sequence-hash); the label "
+                                                   "inherits it. Empty: no versioned guideline.")
+    examples: dict[str, list[str]] = Field(default_factory=dict,
+                                           description="Worked examples of each label, where the guideline has some.")
     context: dict[str, str]
 
 
@@ -190,16 +196,15 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
     """The labeling API and UI over ``store`` behind its :class:`~consumers.labeling.guard.Guard`;
     labels leave through ``outbox``.
 
-    ``guidelines`` is ``{"text": ..., "labels": {label: meaning}}``; ``guard`` holds
+    ``guidelines`` is a :class:`~consumers.labeling.guidelines.Guidebook` (versioned
+    markdown) or a fixed ``{"text": ..., "labels": {label: meaning}}``; ``guard`` holds
     ``gate`` calibrates and pauses annotators on gold items (none: no gating);
     the guard's options (``allowed_hosts``, ``limits``, ``max_body``, ``body_timeout``;
     by default ``localhost`` and this machine's name, and the defaults of
     :mod:`~consumers.labeling.guard`). The FastAPI app is the guard's ``app``.
     """
-    guidelines = guidelines or {}
+    book = guidelines if isinstance(guidelines, Guidebook) else Guidebook(None, store, static=guidelines)
     gate = gate or Gate(store, None)
-    guideline = guidelines.get("text") or DEFAULT_GUIDELINE
-    label_guidelines = dict(guidelines.get("labels") or {})
     app = FastAPI(title="feedbackloop labeling", version="1", docs_url=None, redoc_url=None,
                   description="Pull the next task, label it, skip it or flag it as ambiguous. "
                               "Every /api request needs `Authorization: Bearer <token>`.")
@@ -229,6 +234,8 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
 
     def view(v: dict) -> Task:
         t = v["task"]
+        g, version = book.for_labels(t["label_set"])
+        meanings, examples = (g.meanings, g.examples) if g else ({}, {})
         notes = list(v["notes"])
         if t.get("note"):
             notes.insert(0, {"annotator_id": "user", "kind": t["kind"], "note": t["note"], "ts": t["source_ts"]})
@@ -238,8 +245,11 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
                     why=explain(t).splitlines(), reasons=t["reasons"], predicted_label=t.get("predicted_label"),
                     user_label=t.get("user_label"), model_version=t["model_version"],
                     shadow_version=t["shadow_version"], priority=v["priority"], state=v["state"],
-                    lease_until_ms=v["lease_until_ms"], notes=notes, guideline=guideline,
-                    label_guidelines={k: label_guidelines[k] for k in t["label_set"] if k in label_guidelines},
+                    lease_until_ms=v["lease_until_ms"], notes=notes,
+                    guideline=(g.text if g and g.text else DEFAULT_GUIDELINE),
+                    label_guidelines={k: meanings[k] for k in t["label_set"] if meanings.get(k)},
+                    guideline_title=g.title if g else "", guideline_version=version,
+                    examples={k: examples[k] for k in t["label_set"] if examples.get(k)},
                     context=t.get("context") or {})
 
     def deliver(record: dict, new: bool) -> LabelOut:
@@ -277,7 +287,9 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
             if leased is None:
                 return Response(status_code=204)
             note("lease", who, request, leased["task"]["task_id"])
-        return view(leased)
+            shown = view(leased)
+            store.shown(shown.task_id, shown.guideline_version)  # its label inherits the version
+        return shown
 
     @app.post("/api/tasks/{task_id}/label", tags=["annotators"], responses=_responses(400, 401, 404, 409, 503))
     def label(task_id: TaskId, body: LabelIn, who: Annotating, request: Request) -> LabelOut:

@@ -1,7 +1,8 @@
 """The audit log: who leased, labeled, skipped, flagged, resolved or requeued
 which task, when, and from where; which addresses were locked out; which
 annotators were paused by the gate or re-admitted by a reviewer
-(:mod:`~consumers.labeling.gating`).
+(:mod:`~consumers.labeling.gating`); which guideline versions the service began
+to show (:mod:`~consumers.labeling.guidelines`).
 
 The API keeps each :func:`event` in the queue's store in the same transaction
 as the action it records, so an action and its audit event are written
@@ -36,7 +37,8 @@ from schemas import codec
 
 log = logging.getLogger("feedbackloop.labeling")
 
-ACTIONS = ("lease", "label", "skip", "flag", "resolve", "requeue", "lockout", "pause", "readmit")
+ACTIONS = ("lease", "label", "skip", "flag", "resolve", "requeue", "lockout", "pause", "readmit",
+           "guideline")
 
 
 def event(action: str, annotator_id: str, role: str, client: str, task_id: str | None = None,

@@ -36,7 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--db", help="the queue's SQLite file (default: under the state directory)")
     p.add_argument("--lease-seconds", type=float, default=600.0, help="how long a pulled task stays yours")
     p.add_argument("--guidelines", metavar="PATH",
-                   help='the labeling guideline: a text file, or JSON {"text": ..., "labels": {label: meaning}}')
+                   help="the labeling guidelines, versioned: a markdown file, or a directory of them, one per label "
+                        "set (FEEDBACKLOOP_GUIDELINES_PATH); or a fixed JSON {\"text\": ..., \"labels\": "
+                        "{label: meaning}}")
     p.add_argument("--mint", action="append", default=[], metavar="ANNOTATOR[:ROLE]",
                    help="mint a token for an annotator and print its link (repeatable; role: annotator)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -75,8 +77,13 @@ def run(args, settings: Settings) -> int:
         minted[who] = tokens.mint(who, role or "annotator")
     hosts = args.allowed_host + [h.strip() for h in env.get("FEEDBACKLOOP_LABELING_ALLOWED_HOSTS", "").split(",")
                                  if h.strip()]
+    fixed = None
+    if args.guidelines and args.guidelines.endswith(".json"):
+        fixed = load_guidelines(args.guidelines)
+    elif args.guidelines:
+        settings = settings.replace(guidelines_path=args.guidelines)
     return serve(settings, args.host, args.port, tokens, args.db, args.lease_seconds,
-                 load_guidelines(args.guidelines), announce=minted, allowed_hosts=hosts)
+                 fixed, announce=minted, allowed_hosts=hosts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ from consumers.labeling.api import create_app
 from consumers.labeling.audit import AuditShipper
 from consumers.labeling.feed import Feed
 from consumers.labeling.gating import Gate
+from consumers.labeling.guidelines import Guidebook
 from consumers.labeling.guard import BODY_TIMEOUT, HEADER_TIMEOUT, default_hosts, http_protocol
 from consumers.labeling.outbox import DeliveryError, KafkaLabels, Outbox
 from consumers.labeling.ratelimit import Limits
@@ -84,6 +85,9 @@ class LabelingService:
     (``["*"]``: any); ``limits`` are the guard's rate limits. With a gold set
     (``settings.gold_path``), annotators are calibrated and paused on it
     (:mod:`~consumers.labeling.gating`, ``settings.gate_gold_tasks`` and ``gate_threshold``).
+    The guidelines shown come from ``settings.guidelines_path``, versioned
+    (:mod:`~consumers.labeling.guidelines`), or else from ``guidelines``, a fixed
+    ``{"text": ..., "labels": {label: meaning}}``.
     """
 
     def __init__(self, settings: Settings, tokens: Tokens, host: str = "127.0.0.1", port: int = 8000,
@@ -100,7 +104,8 @@ class LabelingService:
         self.feed = Feed(settings, self.store, self.outbox)
         self.audit = AuditShipper(settings, self.store)
         self.gate = Gate(self.store, load_gold(settings.gold_path), settings.gate_gold_tasks, settings.gate_threshold)
-        self.app = create_app(self.store, self.outbox, tokens, guidelines, lease_seconds, gate=self.gate,
+        self.guidebook = Guidebook(settings.guidelines_path or None, self.store, static=guidelines)
+        self.app = create_app(self.store, self.outbox, tokens, self.guidebook, lease_seconds, gate=self.gate,
                               allowed_hosts=default_hosts(host) + list(allowed_hosts or []), limits=limits,
                               body_timeout=body_timeout)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",

@@ -91,6 +91,10 @@ CREATE TABLE IF NOT EXISTS gating (
     annotator_id TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms INTEGER NOT NULL,
     admitted_ms INTEGER NOT NULL DEFAULT 0, by TEXT NOT NULL, reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS guideline_versions (
+    key TEXT NOT NULL, sequence INTEGER NOT NULL, digest TEXT NOT NULL, content TEXT NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (key, sequence)
+);
 CREATE TABLE IF NOT EXISTS gold_checks (
     task_id TEXT NOT NULL, annotator_id TEXT NOT NULL, item_id TEXT NOT NULL, correct INTEGER NOT NULL,
     ts INTEGER NOT NULL, PRIMARY KEY (task_id, annotator_id)
@@ -126,6 +130,7 @@ _ADDED_COLUMNS = {
     "round": "INTEGER NOT NULL DEFAULT 0",       # adjudication round of the newest version of the task
     "assignee": "TEXT",                          # only this annotator may take it (a calibration task)
     "calibration": "INTEGER NOT NULL DEFAULT 0",  # 1: a gold item made here; its labels never leave
+    "guideline_version": "TEXT NOT NULL DEFAULT ''",  # the guideline version it was last shown with
 }
 
 
@@ -334,7 +339,8 @@ class Store:
             started = row["leased_ms"] if check_lease and row["leased_ms"] is not None else now_ms
             record = events.label(event_id=eid, task_id=task_id, item_id=task["item_id"], label=label,
                                   annotator_id=annotator_id, ts=now_ms, duration_ms=max(0, now_ms - started),
-                                  note=note, tier=task.get("tier") or "annotator")
+                                  note=note, tier=task.get("tier") or "annotator",
+                                  guideline_version=row["guideline_version"])
             # a calibration task's label is an exam answer: kept here, never sent (no worker knows the task)
             db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts, sent) "
                        "VALUES (?, ?, ?, ?, ?, ?)",
@@ -401,6 +407,25 @@ class Store:
             if done is None and self._get(db, task_id)["state"] != "flagged":
                 raise TaskError(409, f"task {task_id!r} is not flagged")
             return self.label(task_id, reviewer, label, note, now_ms, check_lease=False)
+
+    # ------------------------------------------------------------------ guidelines
+
+    def shown(self, task_id: str, version: str) -> None:
+        """Remember the guideline version a task is shown with: its label inherits it."""
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET guideline_version = ? WHERE task_id = ?", (version, task_id))
+
+    def guideline_history(self, key: str) -> list[tuple[int, str]]:
+        """``(sequence, digest)`` of every version recorded for label set ``key``."""
+        with self._tx() as db:
+            return [(r[0], r[1]) for r in db.execute(
+                "SELECT sequence, digest FROM guideline_versions WHERE key = ? ORDER BY sequence", (key,))]
+
+    def record_guideline(self, key: str, sequence: int, digest: str, content: str, now_ms: int | None = None) -> None:
+        """Record a new guideline version (its text too: what annotators saw is kept)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO guideline_versions (key, sequence, digest, content, ts) "
+                       "VALUES (?, ?, ?, ?, ?)", (key, sequence, digest, content, _now() if now_ms is None else now_ms))
 
     # ------------------------------------------------------------------ gating
 

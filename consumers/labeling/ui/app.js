@@ -95,6 +95,14 @@ function render(task) {
     el("li", {}, el("b", {textContent: `${n.annotator_id} (${n.kind}): `}), n.note)));
 
   $("guideline").textContent = task.guideline;
+  $("guideline-title").textContent = task.guideline_title;
+  $("guideline-title").hidden = !task.guideline_title;
+  $("guideline-version").textContent = task.guideline_version ? `version ${task.guideline_version}` : "";
+  // the worked examples of the class the model suggests: what that label looks like
+  const examples = (task.suggested_label !== null && task.examples[task.suggested_label]) || [];
+  $("examples-label").textContent = task.suggested_label || "";
+  $("examples").replaceChildren(...examples.map((text) => el("li", {textContent: text})));
+  $("examples-box").hidden = examples.length === 0;
   const meanings = Object.entries(task.label_guidelines);
   $("label-guidelines").replaceChildren(...meanings.flatMap(([label, meaning]) =>
     [el("dt", {textContent: label}), el("dd", {textContent: meaning})]));
@@ -133,13 +141,19 @@ async function next() {
     const task = await api("POST", "/api/tasks/next");
     if (task === null) {
       state.task = null;
+      $("empty-text").textContent = "No task is waiting. Checking again every few seconds.";
       show("empty");
       state.retry = setTimeout(next, 3000);
     } else {
       render(task);
     }
   } catch (error) {
-    if (error.message !== "unauthorized") {
+    if (error.status === 423) {  // paused by the gold checks until a reviewer re-admits
+      state.task = null;
+      $("empty-text").textContent = `Paused: ${error.message}. Checking again every 30 seconds.`;
+      show("empty");
+      state.retry = setTimeout(next, 30000);
+    } else if (error.message !== "unauthorized") {
       say(`Could not get a task: ${error.message}. Trying again.`, "error");
       state.retry = setTimeout(next, 3000);
     }
