@@ -201,3 +201,25 @@ def test_a_candidate_from_a_scorer_that_did_not_preselect_is_decided_at_the_owne
         assert c["reasons"] == [] and c["selection_probability"] == 0.0
         assert owner.admit(c, now_ms=6).rows == reference.route(same, now_ms=6).rows
         assert owner.admit(c, now_ms=7).rows == []
+
+
+def test_a_batch_is_scored_as_its_events_one_by_one():
+    """The batch scorer (numpy kNN, vectorised signals) gives each event the one-item scorer's signals."""
+    import random
+
+    from streams.learning.learner import ShadowModel
+    from streams.learning.models import make
+    from streams.selection.scorer import Scorer
+
+    rng, model = random.Random(5), make("knn")
+    for _ in range(200):
+        x = {"x": rng.gauss(0, 1), "y": rng.gauss(0, 1)}
+        model.learn_one(x, rng.choice("abc") if x["x"] > 0 else "a")
+    events = [{**prediction(i), "probabilities": dict(zip("abc", (lambda w: [v / sum(w) for v in w])(
+        [rng.random() for _ in range(3)]))), "predicted_label": "a",
+        "features": {"x": rng.gauss(0, 1), "y": rng.gauss(0, 1)} if i % 9 else {"x": 0.0}} for i in range(300)]
+    for shadow in (ShadowModel("s", 0), ShadowModel("s", 3, model, ["a", "b", "c"])):
+        one, many = Scorer(shadow), Scorer(shadow)
+        for a, b in zip([one.prediction(e, 1) for e in events], many.predictions(events, 1)):
+            assert a["shadow_label"] == b["shadow_label"] and a["signals"].keys() == b["signals"].keys()
+            assert max(abs(a["signals"][k] - b["signals"][k]) for k in a["signals"]) < 1e-9

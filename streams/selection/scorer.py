@@ -96,17 +96,21 @@ class Scorer:
             if self._batch[0] is not model:  # a new version: its arrays, once
                 self._batch = (model, BatchKNN.of(model.model))
             shadows = predict_proba_many(model.model, xs, self._batch[1])
-        return [self._candidate(e, x, shadow, now_ms) for e, x, shadow in zip(events, xs, shadows)]
+        known = set(model.classes)
+        counts = [self.n_classes or len(known.union(e["probabilities"])) for e in events]
+        scored = signals.score_many([e["probabilities"] for e in events], shadows, counts)
+        return [self._candidate(e, x, shadow, now_ms, s) for e, x, shadow, s in zip(events, xs, shadows, scored)]
 
     def _candidate(self, event: dict, x: dict[str, float], shadow: dict[str, float] | None,
-                   now_ms: int) -> Candidate:
+                   now_ms: int, scored: dict[str, float] | None = None) -> Candidate:
         if self.live:
             probabilities, scored = self._live(x)
             predicted, shadow = signals.top_label(probabilities), {}
         else:
             probabilities, predicted = event["probabilities"], event["predicted_label"]
-            classes = set(probabilities) | set(self.model.classes)
-            scored = signals.score(probabilities, shadow, self.n_classes or len(classes))
+            if scored is None:
+                classes = set(probabilities) | set(self.model.classes)
+                scored = signals.score(probabilities, shadow, self.n_classes or len(classes))
         c = candidate(
             event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind="prediction",
             model_name=event["model_name"], model_version=event["model_version"],

@@ -148,3 +148,60 @@ def score(production: Proba, shadow: Proba | None = None, n_classes: int | None 
         uncertainty = max(uncertainty, out["committee"])
     out["uncertainty"] = uncertainty
     return out
+
+
+# --------------------------------------------------------------------------- many items at once
+# The scorer's batch entry point: the signals of :func:`score` for a whole message of
+# items in a few numpy passes (to 1e-12 of the one-item functions, which sum in another order).
+
+
+def score_many(production: list[Proba], shadow: list[Proba] | None, n_classes: list[int]) -> list[dict[str, float]]:
+    """:func:`score` of each item (no committee): its production and shadow probabilities, its class count.
+
+    >>> prods = [{"a": 0.9, "b": 0.1}, {"a": 0.5, "b": 0.3, "c": 0.2}, {"a": 1.0}]
+    >>> shadows = [{"a": 0.2, "b": 0.8}, {}, {"b": 1.0}]
+    >>> many = score_many(prods, shadows, [2, 3, 2])
+    >>> one = [score(p, s, k) for p, s, k in zip(prods, shadows, [2, 3, 2])]
+    >>> all(m.keys() == o.keys() and max(abs(m[k] - o[k]) for k in o) < 1e-12 for m, o in zip(many, one))
+    True
+    """
+    import numpy as np
+
+    n = len(production)
+    if not n:
+        return []
+    shadow = shadow or [{}] * n
+    labels = sorted(set().union(*production, *shadow))
+    index = {c: i for i, c in enumerate(labels)}
+    width = max(len(labels), 2)  # a missing class is a probability of 0, as _top2 starts from 0
+    P, Q = np.zeros((n, width)), np.zeros((n, width))
+    for row, (p, q) in enumerate(zip(production, shadow)):
+        for c, v in p.items():
+            P[row, index[c]] = v
+        for c, v in q.items():
+            Q[row, index[c]] = v
+    k = np.maximum(np.asarray(n_classes, dtype=float), 2.0)
+
+    def measures(M):
+        top = -np.partition(-M, 1, axis=1)[:, :2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -np.where(M > 0.0, M * np.log(np.where(M > 0.0, M, 1.0)), 0.0).sum(1)
+        return (np.clip((1.0 - top[:, 0]) / (1.0 - 1.0 / k), 0.0, 1.0), top[:, 0] - top[:, 1],
+                np.clip(h / np.log(k), 0.0, 1.0))
+
+    lc, m, e = measures(P)
+    uncertainty = 1.0 - m
+    has = np.array([bool(q) for q in shadow])
+    out = [{"least_confidence": a, "margin": b, "entropy": c} for a, b, c in zip(lc.tolist(), m.tolist(), e.tolist())]
+    if has.any():
+        slc, sm, se = measures(Q)
+        dis = 0.5 * np.abs(P - Q).sum(1)
+        label_dis = (P.argmax(1) != Q.argmax(1)).astype(float)
+        uncertainty = np.where(has, np.maximum(0.5 * (uncertainty + 1.0 - sm), dis), uncertainty)
+        for row, values in enumerate(zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
+            if has[row]:
+                out[row].update(zip(("shadow_least_confidence", "shadow_margin", "shadow_entropy", "disagreement",
+                                     "label_disagreement"), values))
+    for row, u in zip(out, uncertainty.tolist()):
+        row["uncertainty"] = u
+    return out
