@@ -82,16 +82,9 @@ class BatchKNN:
         n, classes = len(self.y), self.classes
         if not n:
             return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in items]
-        X = np.zeros((len(items), len(self.keys)))
-        present = np.zeros_like(X, dtype=bool)
-        keys = self.keys
-        for row, x in enumerate(items):
-            for key, value in x.items():
-                i = keys.get(key)
-                if i is not None:
-                    X[row, i] = value
-                    present[row, i] = True
-        Q = np.where(present, (X - self.mean) * self.inv, 0.0)
+        order, nan = list(self.keys), float("nan")  # a feature an item lacks is NaN here, 0 once scaled
+        X = np.array([[x.get(key, nan) for key in order] for x in items], dtype=float).reshape(len(items), len(order))
+        Q = np.nan_to_num((X - self.mean) * self.inv, nan=0.0)
         d2 = np.maximum((Q * Q).sum(1)[:, None] - 2.0 * Q @ self.S.T + self.s2[None, :], 0.0)
         k = min(self.k, n)
         idx = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(items), 1))
