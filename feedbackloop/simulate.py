@@ -60,7 +60,7 @@ from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATAS
 from streams.events import label as label_event
 from streams.evaluation.stopping import StoppingSignal
 from streams.learning.committee import Committee
-from streams.learning.models import KNN, make
+from streams.learning.models import KNN, TextLogistic, make
 from streams.loop import Loop
 from streams.selection import signals
 
@@ -119,6 +119,11 @@ def _predictions(model, test, cache: dict | None = None) -> list:
         if proba.shape[1] == 0:
             return [None] * len(test)
         return np.array(model.classes)[proba.argmax(1)].tolist()
+    if isinstance(model, TextLogistic) and len(model.classes) > 1:
+        cache = {} if cache is None else cache
+        if "encoded" not in cache:
+            cache["encoded"] = model.encode([x for x, _ in test])
+        return np.array(model.classes)[model.predict_proba_many(cache["encoded"]).argmax(1)].tolist()
     return [signals.top_label(model.predict_proba_one(x)) for x, _ in test]
 
 

@@ -273,3 +273,73 @@ def test_the_replay_drives_the_live_loop(bananas, monkeypatch):
                                   "context": {}}, now_ms=0).candidates[0]
     proba = learner.model.predict_proba_one(x)
     assert c["probabilities"] == proba and c["signals"] == simulate.signals.score(proba, None, 2)
+
+
+# -- the text model and the synthetic text stream ----------------------------------
+
+
+def _text_split(n_train=400):
+    from feedbackloop.datasets import load
+
+    rows = list(load("smsspam").rows)
+    random.Random(0).shuffle(rows)
+    return rows[1000:1000 + n_train], rows[:1000]
+
+
+def test_tfidf_model_is_accurate_and_its_doubt_points_at_its_errors():
+    from streams.learning.models import NB, TextLogistic
+
+    train, test = _text_split()
+    models = {"tfidf": TextLogistic(), "nb": NB()}
+    for model in models.values():
+        for x, y in train:
+            model.learn_one(x, y)
+    gaps = {}
+    for name, model in models.items():
+        probas = [model.predict_proba_one(x) for x, _ in test]
+        wrong = np.array([simulate.signals.top_label(p) != y for p, (_, y) in zip(probas, test)])
+        doubt = np.array([1.0 - simulate.signals.margin(p) for p in probas])
+        unsure = doubt >= np.quantile(doubt, 0.9)
+        gaps[name] = (wrong[unsure].mean(), wrong[~unsure].mean(), wrong.mean())
+    # the tenth it doubts most holds many times its error rate elsewhere ...
+    assert gaps["tfidf"][2] < 0.06 and gaps["tfidf"][0] > 5 * gaps["tfidf"][1]
+    # ... and more of its errors than naive Bayes's most-doubted tenth holds of its own
+    assert gaps["tfidf"][0] / gaps["tfidf"][2] > gaps["nb"][0] / gaps["nb"][2]
+
+
+def test_tfidf_batch_predictions_match_one_at_a_time_and_weights_count():
+    from streams.learning.models import TextLogistic
+
+    train, test = _text_split(200)
+    model = TextLogistic()
+    for x, y in train:
+        model.learn_one(x, y)
+    many = model.predict_proba_many(model.encode([x for x, _ in test[:50]]))
+    one = np.array([[model.predict_proba_one(x)[c] for c in model.classes] for x, _ in test[:50]])
+    assert np.allclose(many, one)
+    x, y = test[0]
+    flip = next(c for c in model.classes if c != y)
+    light, heavy = TextLogistic(refit=0.0), TextLogistic(refit=0.0)  # refitted after every label
+    for m, w in ((light, 0.05), (heavy, 5.0)):
+        for xi, yi in train[:60]:
+            m.learn_one(xi, yi)
+        m.learn_one(x, flip, w=w)
+    assert heavy.predict_proba_one(x)[flip] > light.predict_proba_one(x)[flip] + 0.1
+
+
+def test_synthetic_text_stream_is_imbalanced_and_its_ambiguous_texts_are_hard():
+    from collections import Counter
+
+    from feedbackloop.datasets import topics
+    from streams.learning.models import TextLogistic
+
+    clear, mixed = topics(n=1200, ambiguous=0.0), topics(n=1200, ambiguous=1.0)
+    counts = Counter(y for _, y in clear.rows)
+    assert counts.most_common()[0][1] > 3 * counts.most_common()[-1][1]
+    accuracy = {}
+    for name, d in (("clear", clear), ("mixed", mixed)):
+        model = TextLogistic(refit=0.5)
+        for x, y in d.rows[:800]:
+            model.learn_one(x, y)
+        accuracy[name] = np.mean([model.predict_one(x) == y for x, y in d.rows[800:]])
+    assert accuracy["clear"] > accuracy["mixed"] + 0.1
