@@ -31,10 +31,11 @@ Krippendorff, K. (2004). Content Analysis: An Introduction to Its Methodology, 2
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from streams.labels.agreement import _Pooled, _confusions, _multi_kappa, _sorted, annotations, table
+import numpy as np
+
+from streams.labels.agreement import _sorted, annotations, table
 
 __all__ = ["SEPARATOR", "label_set", "set_table", "masi_distance", "jaccard_distance", "krippendorff_alpha",
            "binarize", "classes", "per_class_kappa", "report"]
@@ -64,7 +65,19 @@ def set_table(data) -> dict[Hashable, dict[Hashable, frozenset]]:
     >>> sorted(set_table([("i1", "ann", "b|a"), ("i1", "ann", "c")])["i1"]["ann"])
     ['c']
     """
-    return {item: {a: label_set(labels) for a, labels in answers.items()} for item, answers in table(data).items()}
+    parsed: dict[Hashable, frozenset] = {}  # an export repeats the same few answers
+
+    def parse(labels) -> frozenset:
+        if isinstance(labels, frozenset):
+            return labels
+        key = labels if isinstance(labels, str) else None
+        if key is None:
+            return label_set(labels)
+        if key not in parsed:
+            parsed[key] = label_set(key)
+        return parsed[key]
+
+    return {item: {a: parse(labels) for a, labels in answers.items()} for item, answers in table(data).items()}
 
 
 def masi_distance(a: frozenset, b: frozenset) -> float:
@@ -98,28 +111,120 @@ def jaccard_distance(a: frozenset, b: frozenset) -> float:
     return 1.0 - len(a & b) / union if union else 0.0
 
 
-def _values(tab: Mapping[Hashable, Mapping[Hashable, frozenset]]) -> tuple[list[Counter], Counter]:
-    """Per item labeled at least twice, the count of each answer; and those counts pooled."""
-    items, pooled = [], Counter()
-    for answers in tab.values():
-        if len(answers) >= 2:
-            counts = Counter(answers.values())
-            items.append(counts)
-            pooled.update(counts)
-    return items, pooled
+def _masi_of_counts(inter: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`masi_distance` from the sizes of the intersections and of the two sets."""
+    union = a + b - inter
+    m = np.where((a == b) & (a == inter), 1.0, np.where(inter == np.minimum(a, b), 2 / 3,
+                                                        np.where(inter > 0, 1 / 3, 0.0)))
+    return np.where(union > 0, 1.0 - np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0) * m, 0.0)
 
 
-def _pair_sum(counts: Mapping[frozenset, int], distance: Callable, cache: dict) -> float:
-    """``sum_{u, v} n_u n_v d(u, v)`` over ordered pairs of the distinct answers."""
-    values = list(counts)
-    total = []
-    for i, u in enumerate(values):
-        for v in values[i + 1:]:
-            key = (u, v)
+def _jaccard_of_counts(inter: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`jaccard_distance` from the sizes of the intersections and of the two sets."""
+    union = a + b - inter
+    return np.where(union > 0, 1.0 - np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0), 0.0)
+
+
+#: Distances computed for whole arrays of set pairs at once (any other is called pair by pair).
+_VECTORISED = {masi_distance: _masi_of_counts, jaccard_distance: _jaccard_of_counts}
+
+
+class _Answers:
+    """A set table as arrays: the distinct answers as rows of a class-membership
+    matrix, and every pair of annotators on an item labeled at least twice
+    (``u``/``v`` their answers, ``a``/``b`` the annotators in sorted order,
+    ``item``, and ``m`` the item's number of answers)."""
+
+    def __init__(self, tab: Mapping[Hashable, Mapping[Hashable, frozenset]]):
+        self.tab = tab
+        self.classes = _sorted({c for answers in tab.values() for s in answers.values() for c in s})
+        self.annotators = _sorted({a for answers in tab.values() for a in answers})
+        values: dict[frozenset, int] = {}
+        ann = {a: k for k, a in enumerate(self.annotators)}
+        cols = {c: k for k, c in enumerate(self.classes)}
+        pairs = []
+        self.multi = []  # per item labeled at least twice: the value index of each answer
+        for i, answers in enumerate(tab.values()):
+            idx = [(ann[a], values.setdefault(s, len(values))) for a, s in answers.items()]
+            if len(idx) < 2:
+                continue
+            idx.sort()
+            self.multi.append([v for _, v in idx])
+            pairs += [(i, len(idx), a, u, b, v) for k, (a, u) in enumerate(idx) for b, v in idx[k + 1:]]
+        self.values = list(values)
+        self.B = np.zeros((len(values), len(self.classes)), dtype=bool)
+        for k, s in enumerate(self.values):
+            self.B[k, [cols[c] for c in s]] = True
+        self.size = self.B.sum(1)
+        self.item, self.m, self.a, self.u, self.b, self.v = (np.array(col, dtype=int).reshape(-1)
+                                                           for col in (zip(*pairs) if pairs else [()] * 6))
+        counts = np.bincount([v for item in self.multi for v in item], minlength=len(values))
+        self.pooled = counts  # answers of each distinct value, over items labeled at least twice
+
+    def distances(self, u: np.ndarray, v: np.ndarray, distance: Callable) -> np.ndarray:
+        """``distance`` between the answers ``u[k]`` and ``v[k]`` (value indices)."""
+        vectorised = _VECTORISED.get(distance)
+        if vectorised is not None:
+            return vectorised((self.B[u] & self.B[v]).sum(1), self.size[u], self.size[v])
+        cache: dict[tuple[int, int], float] = {}
+        out = np.empty(len(u))
+        for k, key in enumerate(zip(u.tolist(), v.tolist())):
             if key not in cache:
-                cache[key] = cache[(v, u)] = float(distance(u, v))
-            total.append(2.0 * counts[u] * counts[v] * cache[key])
-    return math.fsum(total)
+                cache[key] = float(distance(self.values[key[0]], self.values[key[1]]))
+            out[k] = cache[key]
+        return out
+
+    def expected(self, distance: Callable) -> float:
+        """``sum_{u,v} n_u n_v d(u, v)`` over ordered pairs of the pooled answers."""
+        present = np.flatnonzero(self.pooled)
+        n = self.pooled[present].astype(float)
+        total = 0.0
+        step = max(1, 2_000_000 // max(len(present), 1))
+        for start in range(0, len(present), step):
+            rows = np.repeat(np.arange(start, min(start + step, len(present))), len(present))
+            cols = np.tile(np.arange(len(present)), len(rows) // max(len(present), 1))
+            d = self.distances(present[rows], present[cols], distance)
+            total += float((n[rows] * n[cols] * d).sum())
+        return total
+
+    def per_class(self, classes_: Iterable[Hashable] | None = None) -> dict[Hashable, dict[str, Any]]:
+        """:func:`per_class_kappa`."""
+        column = {c: k for k, c in enumerate(self.classes)}
+        item = np.repeat(np.arange(len(self.multi)), [len(v) for v in self.multi])
+        value = np.array([v for answers in self.multi for v in answers], dtype=int)
+        m = np.array([len(v) for v in self.multi], dtype=float)
+        keys, pair = np.unique(self.a * max(len(self.annotators), 1) + self.b, return_inverse=True)
+        n_pair = np.bincount(pair, minlength=len(keys)).astype(float)
+        out = {}
+        for cls in (self.classes if classes_ is None else classes_):
+            yes = self.B[:, column[cls]] if cls in column else np.zeros(len(self.values), dtype=bool)
+            y = np.bincount(item, weights=yes[value], minlength=len(self.multi))
+            n, n_yes = float(m.sum()), float(y.sum())
+            percent = float((y * (y - 1) + (m - y) * (m - y - 1)).dot(1.0 / (m * (m - 1)))) / len(m) if len(m) else None
+            fleiss = None
+            if percent is not None and 0.0 < n_yes < n:
+                chance = (n_yes / n) ** 2 + (1.0 - n_yes / n) ** 2
+                fleiss = (percent - chance) / (1.0 - chance)
+            cohen = None
+            if len(keys):
+                yu, yv = yes[self.u].astype(float), yes[self.v].astype(float)
+                agree = np.bincount(pair, weights=(yu == yv).astype(float), minlength=len(keys)) / n_pair
+                su = np.bincount(pair, weights=yu, minlength=len(keys))
+                sv = np.bincount(pair, weights=yv, minlength=len(keys))
+                chance_k = (su * sv + (n_pair - su) * (n_pair - sv)) / (n_pair * n_pair)
+                ao, ae = float(agree.mean()), float(chance_k.mean())
+                cohen = None if ae >= 1.0 else (ao - ae) / (1.0 - ae)
+            out[cls] = {"prevalence": n_yes / n if n else None, "percent_agreement": percent,
+                        "fleiss_kappa": fleiss, "cohen_kappa": cohen}
+        return out
+
+    def alpha(self, distance: Callable) -> float | None:
+        n = int(self.pooled.sum())
+        expected = self.expected(distance) if n else 0.0
+        if not expected:
+            return None
+        observed = float((2.0 * self.distances(self.u, self.v, distance) / (self.m - 1)).sum())
+        return 1.0 - (n - 1) * observed / expected
 
 
 def krippendorff_alpha(data, distance: Callable[[frozenset, frozenset], float] = masi_distance) -> float | None:
@@ -136,14 +241,7 @@ def krippendorff_alpha(data, distance: Callable[[frozenset, frozenset], float] =
     >>> round(krippendorff_alpha({"i1": {"a": "x|y", "b": "x"}, "i2": {"a": "y", "b": "y"}}), 4)
     0.5
     """
-    items, pooled = _values(set_table(data))
-    n = sum(pooled.values())
-    cache: dict = {}
-    expected = _pair_sum(pooled, distance, cache)
-    if not expected:
-        return None
-    observed = math.fsum(_pair_sum(c, distance, cache) / (sum(c.values()) - 1) for c in items)
-    return 1.0 - (n - 1) * observed / expected
+    return _Answers(set_table(data)).alpha(distance)
 
 
 def binarize(data, cls: Hashable) -> dict[Hashable, dict[Hashable, bool]]:
@@ -169,7 +267,7 @@ def per_class_kappa(data, classes_: Iterable[Hashable] | None = None) -> dict[Ha
     """Per class, agreement on "is it in the set?" over items labeled at least twice.
 
     ``{class: {"prevalence", "percent_agreement", "fleiss_kappa", "cohen_kappa"}}``:
-    the share of answers that chose the class, the share of annotator pairs
+    the share of those items' answers that chose the class, the share of annotator pairs
     agreeing on it, Fleiss' kappa, and Cohen's kappa averaged over annotator
     pairs (Davies and Fleiss 1982). ``classes_`` defaults to every class chosen.
 
@@ -177,27 +275,11 @@ def per_class_kappa(data, classes_: Iterable[Hashable] | None = None) -> dict[Ha
     >>> k["x"]["percent_agreement"], k["y"]["fleiss_kappa"], k["x"]["cohen_kappa"]
     (1.0, -0.3333333333333333, 1.0)
     """
-    tab = set_table(data)
-    out = {}
-    for cls in (classes(tab) if classes_ is None else classes_):
-        yes_no = {item: {a: cls in labels for a, labels in answers.items()} for item, answers in tab.items()}
-        pooled = _Pooled.of(yes_no)
-        n = sum(pooled.labels.values())
-        out[cls] = {"prevalence": pooled.labels.get(True, 0) / n if n else None,
-                    "percent_agreement": pooled.percent(), "fleiss_kappa": pooled.fleiss(),
-                    "cohen_kappa": _multi_kappa(_confusions(yes_no))}
-    return out
+    return _Answers(set_table(data)).per_class(classes_)
 
 
 def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
-
-
-def _gold_row(tab, gold: Mapping[Hashable, frozenset], annotator: Hashable) -> dict[str, Any]:
-    mine = [(tab[item][annotator], answer) for item, answer in gold.items()
-            if annotator in tab.get(item, {})]
-    return {"n_gold": len(mine), "gold_exact": _mean([float(a == g) for a, g in mine]),
-            "gold_masi": _mean([1.0 - masi_distance(a, g) for a, g in mine])}
 
 
 def report(data, gold: Mapping[Hashable, Any] | None = None) -> dict[str, Any]:
@@ -223,29 +305,40 @@ def report(data, gold: Mapping[Hashable, Any] | None = None) -> dict[str, Any]:
     """
     rows = annotations(data)
     tab = set_table(rows)
+    arrays = _Answers(tab)
     gold = {item: label_set(labels) for item, labels in (gold or {}).items()}
-    exact, agreement, sizes = [], {}, {}
+    sizes: dict[Hashable, list[int]] = {}
     for answers in tab.values():
-        names = list(answers)
-        for a in names:
-            sizes.setdefault(a, []).append(len(answers[a]))
-        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-        if pairs:
-            exact.append(sum(answers[a] == answers[b] for a, b in pairs) / len(pairs))
-        for a in names:
-            others = [1.0 - masi_distance(answers[a], answers[b]) for b in names if b != a]
-            if others:
-                agreement.setdefault(a, []).append(_mean(others))
-    per_annotator = {a: {"n_labels": len(sizes[a]), "mean_set_size": _mean(sizes[a]),
-                         "items_shared": len(agreement.get(a, [])), "masi_agreement": _mean(agreement.get(a, [])),
-                         **_gold_row(tab, gold, a)}
-                     for a in _sorted(sizes)}
+        for a, labels in answers.items():
+            sizes.setdefault(a, []).append(len(labels))
+    k = len(arrays.annotators)
+    # per pair of annotators on an item: same set?, and 1 - MASI shared out over the item's other answers
+    per_item = np.bincount(arrays.item, minlength=len(tab))
+    same = np.bincount(arrays.item, weights=(arrays.u == arrays.v).astype(float), minlength=len(tab))
+    exact = same[per_item > 0] / per_item[per_item > 0]
+    share = (1.0 - arrays.distances(arrays.u, arrays.v, masi_distance)) / (arrays.m - 1)
+    agreement = np.bincount(arrays.a, weights=share, minlength=k) + np.bincount(arrays.b, weights=share, minlength=k)
+    index = {a: j for j, a in enumerate(arrays.annotators)}
+    shared = np.bincount([index[a] for answers in tab.values() if len(answers) >= 2 for a in answers],
+                         minlength=k)
+    golds: dict[Hashable, list[tuple[frozenset, frozenset]]] = {}
+    for item, answer in gold.items():
+        for a, labels in tab.get(item, {}).items():
+            golds.setdefault(a, []).append((labels, answer))
+    per_annotator = {}
+    for j, a in enumerate(arrays.annotators):
+        mine = golds.get(a, [])
+        per_annotator[a] = {"n_labels": len(sizes[a]), "mean_set_size": _mean(sizes[a]),
+                            "items_shared": int(shared[j]),
+                            "masi_agreement": float(agreement[j] / shared[j]) if shared[j] else None,
+                            "n_gold": len(mine), "gold_exact": _mean([float(x == g) for x, g in mine]),
+                            "gold_masi": _mean([1.0 - masi_distance(x, g) for x, g in mine])}
     return {
         "n_annotations": len(rows), "n_labels": sum(len(v) for v in tab.values()), "n_items": len(tab),
-        "n_items_multi": sum(len(v) >= 2 for v in tab.values()), "n_annotators": len(per_annotator),
-        "classes": classes(tab), "krippendorff_alpha": krippendorff_alpha(tab),
-        "krippendorff_alpha_jaccard": krippendorff_alpha(tab, jaccard_distance),
-        "exact_agreement": _mean(exact),
+        "n_items_multi": len(arrays.multi), "n_annotators": len(per_annotator),
+        "classes": arrays.classes, "krippendorff_alpha": arrays.alpha(masi_distance),
+        "krippendorff_alpha_jaccard": arrays.alpha(jaccard_distance),
+        "exact_agreement": float(exact.mean()) if len(exact) else None,
         "mean_set_size": _mean([s for v in sizes.values() for s in v]),
-        "per_class": per_class_kappa(tab), "per_annotator": per_annotator,
+        "per_class": arrays.per_class(), "per_annotator": per_annotator,
     }
