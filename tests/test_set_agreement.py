@@ -139,3 +139,15 @@ def test_report():
         mine = [1 - nltk_masi(t[a], t[b]) for t in tab.values() for b in t if b != a]
         assert row["masi_agreement"] == pytest.approx(np.mean(mine), abs=1e-12)  # same count of others per item
         assert row["n_labels"] == 60
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_any_distance_pair_by_pair_and_the_nominal_case(seed):
+    """A distance without an array form is called pair by pair; 0/1 on whole sets is nominal alpha."""
+    from streams.labels.agreement import krippendorff_alpha as nominal
+
+    rows = answers(seed, empty=True)
+    same_or_not = sa.krippendorff_alpha(rows, lambda a, b: float(a != b))
+    assert same_or_not == pytest.approx(nominal([(i, r, "|".join(sorted(s))) for i, r, s in rows]), abs=1e-9)
+    masi_by_pairs = sa.krippendorff_alpha(rows, lambda a, b: sa.masi_distance(a, b))
+    assert masi_by_pairs == pytest.approx(sa.krippendorff_alpha(rows), abs=1e-12)
