@@ -136,7 +136,7 @@ class Runtime:
         self.sink: ClickHouseSink | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one insert at a time
         self.router_ready = self.trainer_ready = False
-        self.follower = None
+        self.follower = self.task_follower = None
         self._started = asyncio.Lock()
 
     # -- start --------------------------------------------------------------------------
@@ -252,6 +252,25 @@ class Runtime:
                                   self.settings.model_name, self.key, above=self.loop.scorer.model.version)
         if found is not None:
             self.loop.follow(found[1])
+
+    def follow_tasks(self) -> None:
+        """Follow the tasks the owner of the budget sends (from the newest on), so this
+        scorer's novelty centers are every item chosen, not only those it preselected."""
+        if self.task_follower is None:
+            from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+            s = self.settings
+            self.task_follower = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-tasks-{uuid.uuid4()}",
+                                           "enable.auto.commit": False})
+            self.task_follower.assign([TopicPartition(s.topic("labeling.tasks"), 0, OFFSET_END)])
+        for message in self.task_follower.consume(500, timeout=0):
+            if message.error():
+                continue
+            try:
+                _, task = codec.decode(message.value(), ("LabelingTask",), check=False)
+            except codec.DecodeError:
+                continue
+            self.loop.follow_task(task)
 
     # -- decoding, sending, writing ---------------------------------------------------------
     async def each(self, events, handle) -> None:
@@ -457,6 +476,12 @@ def create_app(settings: Settings) -> faust.App:
     async def standing():
         """Agreement, annotators' standing and the budget; and whatever rows wait."""
         await rt.standing()
+
+    @app.timer(1.0)
+    async def follow_tasks():
+        """Every item chosen is a novelty center for this scorer too."""
+        if rt.sink is not None:
+            rt.follow_tasks()
 
     @app.timer(1.0)
     async def follow_models():

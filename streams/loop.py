@@ -209,6 +209,11 @@ class Loop:
         decision, task = self.router.route(candidate, now_ms)
         return self._routed(Effects(), candidate, decision, task)
 
+    def follow_task(self, task: Task) -> bool:
+        """A task on ``labeling.tasks``, as every scorer follows them: its item is a novelty
+        center here too (see :meth:`~streams.selection.router.Router.follow`)."""
+        return self.router.follow(task)
+
     def _routed(self, out: Effects, candidate: Candidate, decision, task) -> Effects:
         if decision is not None:
             out.rows.append(("routing_decisions", decision))

@@ -223,3 +223,19 @@ def test_a_batch_is_scored_as_its_events_one_by_one():
         for a, b in zip([one.prediction(e, 1) for e in events], many.predictions(events, 1)):
             assert a["shadow_label"] == b["shadow_label"] and a["signals"].keys() == b["signals"].keys()
             assert max(abs(a["signals"][k] - b["signals"][k]) for k in a["signals"]) < 1e-9
+
+
+def test_every_scorer_measures_novelty_against_every_item_chosen():
+    """A scorer follows the owner's tasks: items another partition preselected become its novelty centers."""
+    options = dict(budget_fraction=0.3, model_kind="linear", min_control=2, seed=6)
+    a, b, owner = (Loop.build(**options) for _ in range(3))
+    tasks = []
+    for i in range(400):
+        [c] = a.score("Prediction", prediction(i), now_ms=5).candidates
+        for chosen in a.preselect(c, now_ms=5).candidates:
+            tasks += owner.admit(chosen, now_ms=6).tasks
+    assert tasks and len(b.router.policy.novelty) == 0
+    assert all(b.follow_task(t) for t in tasks)  # none of them was B's
+    assert len(b.router.policy.novelty) == len(tasks)
+    assert not any(a.follow_task(t) for t in tasks), "A's own items are centers already"
+    assert len(a.router.policy.novelty) == len(tasks)

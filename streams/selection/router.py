@@ -15,7 +15,9 @@ So a :class:`Router` decides in two steps:
   already admitted or refused are skipped.
 
 :meth:`Router.route` does both in one process (the simulator, the benchmark's
-bare loop). Without ``caps`` the policy's own budget holds the caps.
+bare loop). Without ``caps`` the policy's own budget holds the caps. A scorer
+follows the tasks the owner sends (:meth:`Router.follow`), so its novelty
+centers are every item chosen, not only those it preselected.
 
 >>> from streams.selection.budget import Budget
 >>> from streams.selection.policy import Policy
@@ -134,6 +136,23 @@ class Router:
         internal topic): a re-delivered one is not decided again."""
         for event_id in event_ids:
             self._preselected.add(event_id)
+
+    def follow(self, task: Task) -> bool:
+        """A task the owner sent, seen on ``labeling.tasks`` by a scorer: its item becomes
+        one of this scorer's novelty centers, unless the scorer preselected it itself
+        (it is one already), so every scorer measures novelty against every item chosen.
+        Gold tasks and later rounds are left out. True if the item was added.
+
+        >>> router = Router(Policy(Budget(fraction=0.5)))
+        >>> task = {"task_id": task_id_of("e9"), "event_id": "e9", "features": {"x": 1.0}, "text": None, "round": 0}
+        >>> router.follow(task), len(router.policy.novelty), router.follow({**task, "task_id": "gold-1"})
+        (True, 1, False)
+        """
+        if task.get("round") or task["task_id"] != task_id_of(task["event_id"]) or \
+                task["event_id"] in self._preselected or not (task.get("features") or task.get("text")):
+            return False
+        self.policy.novelty.add(featurize(task.get("features") or {}, task.get("text")))
+        return True
 
     def decided(self, event_id: str) -> None:
         """Remember ``event_id`` as decided (its decision was recorded elsewhere)."""
