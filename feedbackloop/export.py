@@ -108,14 +108,15 @@ def read_rows(client, version: int | None = None) -> list[dict]:
     ids = f"(SELECT task_id FROM consensus_labels {cutoff})"
     task_columns = _columns(client, "labeling_tasks")
     label_columns = _columns(client, "labels")
-    guideline = ("toString(guideline_version)" if "guideline_version" in task_columns else "NULL")
+    # the guideline version, where tasks or labels record one (an empty one is not known: NULL)
+    guideline = "nullIf(toString(guideline_version), '')" if "guideline_version" in task_columns else "NULL"
     features = "features" if "features" in task_columns else "map()"
     text = "text" if "text" in task_columns else "NULL"
     tasks = {r[0]: r[1:] for r in client.query(f"""
         SELECT task_id, event_id, kind, reasons, selection_probability, model_version, predicted_label,
                {features}, {text}, {guideline}
         FROM labeling_tasks FINAL WHERE task_id IN {ids} AND kind != 'gold'""").result_rows}
-    label_guideline = "toString(guideline_version)" if "guideline_version" in label_columns else "NULL"
+    label_guideline = "nullIf(toString(guideline_version), '')" if "guideline_version" in label_columns else "NULL"
     label_cutoff = "" if version is None else f"AND learned_by_version < {int(version)}"
     votes: dict[str, list[tuple]] = defaultdict(list)
     label_guidelines: dict[str, str] = {}

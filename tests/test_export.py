@@ -78,7 +78,8 @@ def run_loop(dsn: str, n: int = 4000, seed: int = 0) -> dict:
                 effects.extend(loop.take("Label", {
                     "event_id": f"l-{task['task_id']}", "task_id": task["task_id"], "item_id": task["item_id"],
                     "label": event_truth(task, truths, seed), "annotator_id": "ann-1", "ts": now + 5,
-                    "duration_ms": 900, "note": None, "tier": "annotator"}, now + 6, offset=i))
+                    "duration_ms": 900, "note": None, "tier": "annotator",
+                    "guideline_version": "2" if i % 2 == 0 else ""}, now + 6, offset=i))
                 if loop.due:
                     published = loop.publish(now + 7, key)
                     versions.append(published.models[0]["version"])
@@ -152,7 +153,7 @@ def test_rows_carry_what_a_trainer_needs(labeled, tmp_path):
         assert 0 < r["selection_probability"] <= 1 and r["weight"] == pytest.approx(1 / r["selection_probability"])
         assert {k for k, _ in r["features"]} == {"x", "y"} and r["model_name"] == "prod"
         assert r["control"] == ("control" in r["reasons"]) and r["reasons"]
-        assert r["guideline_version"] is None or isinstance(r["guideline_version"], str)
+        assert r["guideline_version"] == ("2" if i % 2 == 0 else None)  # the labels' version; empty: not known
     assert {r["model_version"] for r in rows} == {"v1", "v2"}
 
 
