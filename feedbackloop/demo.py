@@ -42,12 +42,15 @@ from pathlib import Path
 from river import linear_model, multiclass, preprocessing
 from tqdm import tqdm
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from consumers.annotators import AnnotatorPool, SimulatedAnnotator
 from dashboards.sink import optimize
 from feedbackloop import datasets, stack, worker
 from dashboards.connection import connect_settings
 from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
+from streams import model_feed
 from streams.evaluation.production import wilson
 from streams.loop import Loop
 
@@ -113,6 +116,57 @@ def _end(process: subprocess.Popen) -> None:
     process.wait()
     if process.stdin:
         process.stdin.close()
+
+
+#: Tasks the annotators may take before the learner's first version (its cold start waits for
+#: ``min_control`` control labels), when the replay keeps pace with the learner; raised by as many
+#: each time the learner has published nothing after :data:`WARM_UP_STALL` seconds of waiting.
+WARM_UP_TASKS = 40
+WARM_UP_STALL = 5.0
+
+#: The longest the replay waits for the learner at once, in seconds.
+MAX_STALL = 20.0
+
+
+class LearnerWatch:
+    """How far the worker's learner is behind the annotators: the ``labels_seen`` of the newest
+    version it published on ``models`` (only that counter is read; the demo loads no model).
+
+    A worker that learns late scores with an old version: its policy then picks by a model that has
+    not seen the labels it already bought, and the run would measure the machine's load rather than
+    the loop. :meth:`keep_pace` lets the replay wait for it.
+    """
+
+    def __init__(self, settings: Settings, behind: int = 50):
+        self.consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-demo-watch",
+                                  "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(settings.topic("models"), 0, OFFSET_BEGINNING)])
+        self.behind = behind
+        self.warm_up = WARM_UP_TASKS
+        self.version = self.labels_seen = 0
+
+    def poll(self) -> int:
+        for _, record in model_feed.decoded(self.consumer.consume(100, timeout=0)):
+            if record["version"] > self.version:
+                self.version, self.labels_seen = record["version"], record["labels_seen"]
+        return self.labels_seen
+
+    def keep_pace(self, tasks) -> float:
+        """Wait while the annotators have taken (``tasks()``) more than ``behind`` tasks the learner has
+        not published yet (before its first version: ``warm_up``), at most :data:`MAX_STALL`
+        seconds; return the seconds waited."""
+        start = time.monotonic()
+        while (waited := time.monotonic() - start) < MAX_STALL:
+            if tasks() - self.poll() <= (self.behind if self.version else self.warm_up):
+                break
+            if not self.version and waited > WARM_UP_STALL:  # its first version needs more labels
+                self.warm_up += WARM_UP_TASKS
+                break
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def production_model(rows, sample: float, seed: int):
@@ -212,18 +266,39 @@ def team(truth, seed: int, annotators: int = 3, annotator_error: float = 0.05,
     return out
 
 
+@dataclass
+class Timing:
+    """When a live run's worker did things: ``order``, the item ids in the order it scored their
+    predictions (a partitioned topic is read partition by partition, not in the order it was
+    written; an override or appeal follows its prediction); ``served``,
+    the shadow version each event was scored with; ``learned``, per task id, the version that was
+    newest when its label was learned (read back from a run's ClickHouse with :meth:`from_clickhouse`)."""
+
+    order: list[str] = field(default_factory=list)
+    served: dict[str, int] = field(default_factory=dict)
+    learned: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_clickhouse(cls, client) -> "Timing":
+        scored = client.query("SELECT item_id FROM predictions ORDER BY scored_at, ts").result_rows
+        served = client.query("SELECT event_id, shadow_version FROM routing_decisions WHERE kind = 'prediction'")
+        learned = client.query("SELECT task_id, min(learned_by_version) FROM consensus_labels GROUP BY task_id")
+        return cls([item for item, in scored], dict(served.result_rows), dict(learned.result_rows))
+
+
 def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnnotator], key=None,
-             served: dict[str, int] | None = None) -> dict:
+             timing: Timing | None = None) -> dict:
     """The demo's run offline: ``traffic`` through the worker's own :class:`~streams.loop.Loop`
-    (built from the same settings, as the worker builds it), each task labeled at once by the
-    annotators the live pool would ask, versions published as the worker publishes them. Returns what
-    the live run's report holds of it: ``control_accuracy`` and ``control_labels`` per version, and the
-    newest ``savings`` and ``lift`` rows.
+    (built from the same settings, as the worker builds it), each task labeled by the annotators the
+    live pool would ask, versions published as the worker publishes them. Returns what the live
+    run's report holds of it: ``control_accuracy`` and ``control_labels`` per version, and the newest
+    ``savings`` and ``lift`` rows.
 
     Offline, a label is learned the moment its task is routed, and the scorer serves the newest
-    version at once. A live worker learns a little later, so its scorer serves an older version for a
-    while: with ``served`` (event id -> the shadow version a live run scored it with, from its
-    ``routing_decisions``), each event is scored with that version, as the live run did.
+    version at once. A live worker learns a little later and meanwhile scores with the version it has.
+    With a live run's ``timing`` the replay does as that run did: each event is scored with the
+    version the live worker scored it with, and a task's labels are learned once the stream has
+    reached the version that learned them live.
 
     >>> rows = [({"x": float(i % 40), "y": float(i % 7)}, "a" if i % 40 < 20 else "b") for i in range(400)]
     >>> traffic = stream(rows, seed=0, events=400)
@@ -242,6 +317,7 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
     pool = AnnotatorPool(settings, annotators)
     out = {"control_accuracy": {}, "control_labels": {}, "savings": None, "lift": None}
     versions = {0: loop.scorer.model}
+    pending: list[dict] = []  # routed tasks whose labels the live run learned later
 
     def label(tasks, now):
         while tasks:
@@ -260,12 +336,22 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
                     rows = dict(done.rows)
                     out["savings"], out["lift"] = rows.get("label_savings"), rows.get("policy_lift")
 
-    for name, record in traffic.events:
-        if served is not None and name == "Prediction":
-            version = served.get(record["event_id"], 0)
-            loop.scorer.model = versions.get(version) or versions[max(v for v in versions if v <= version)]
-        for candidate in loop.score(name, record, record["ts"]).candidates:
-            label(list(loop.route(candidate, record["ts"]).tasks), record["ts"])
+    events = traffic.events
+    if timing is not None:  # in the order the live worker decided them; any it did not, at the end
+        rank = {item_id: i for i, item_id in enumerate(timing.order)}
+        events = sorted(events, key=lambda e: rank.get(e[1]["item_id"], len(rank)))  # a stable sort
+    for name, record in events:
+        now = record["ts"]
+        if timing is not None and name == "Prediction":
+            served = timing.served.get(record["event_id"], 0)
+            due = [t for t in pending if timing.learned.get(t["task_id"], 0) <= served]
+            pending = [t for t in pending if timing.learned.get(t["task_id"], 0) > served]
+            label(due, now)
+            loop.scorer.model = versions.get(served) or versions[max(v for v in versions if v <= served)]
+        for candidate in loop.score(name, record, now).candidates:
+            tasks = list(loop.route(candidate, now).tasks)
+            pending.extend(tasks) if timing is not None else label(tasks, now)
+    label(pending, traffic.events[-1][1]["ts"] if traffic.events else 0)
     return out
 
 
@@ -397,7 +483,7 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
          override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
          annotator_errors: list[float] | None = None, gold_size: int = 50, drift_at: int | None = None,
          keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
-         progress: bool = True) -> dict:
+         progress: bool = True, learner_lag: int = 50) -> dict:
     """Play the demo end to end and return its report.
 
     The traffic is :func:`stream`'s, the annotators :func:`team`'s. With
@@ -407,7 +493,9 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
     stack, the worker (serving the dashboard) and the labeling service keep
     running until Ctrl-C, so a person can label in a browser. With
     ``drift_at``, the concept changes at that event: every label moves to the
-    next class, while the production model goes on as before.
+    next class, while the production model goes on as before. With
+    ``learner_lag`` (labels; 0: never), the replay waits whenever the learner
+    falls that far behind the annotators (:meth:`LearnerWatch.keep_pace`).
     """
     started = time.monotonic()
     rows = datasets.load(dataset, label_column).rows
@@ -453,9 +541,11 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
         worker.wait_ready(settings, proc)
         pool = AnnotatorPool(settings, labelers).start()
         children.callback(pool.stop, 2.0)
+        watch = LearnerWatch(settings, learner_lag)
+        children.callback(watch.close)
         producer = Producer(settings, batch_size=20)
         bar = tqdm(total=events, desc="replaying", unit="ev", disable=not progress)
-        t0, i = time.monotonic(), 0
+        t0, i, waited = time.monotonic(), 0, 0.0
         for name, record in traffic.events:
             if name == "Prediction":
                 producer.prediction(record["item_id"], record["probabilities"], record["predicted_label"],
@@ -474,6 +564,9 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
                 continue
             if i % 50 == 0:
                 bar.set_postfix(tasks=pool.tasks, labels=pool.labels)
+                if learner_lag > 0:
+                    stalled = watch.keep_pace(lambda: pool.tasks)
+                    waited, t0 = waited + stalled, t0 + stalled  # the replay's clock stops while it waits
                 ahead = i / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
@@ -494,7 +587,8 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
             serve_until_interrupted(settings, labeling_port, dashboard_port, run_dir, children)
     if pool.error:
         raise RuntimeError(f"annotators failed: {pool.error}")
-    sent = {**traffic.sent, "annotator_errors": {a.annotator_id: a.error_rate for a in labelers}}
+    sent = {**traffic.sent, "annotator_errors": {a.annotator_id: a.error_rate for a in labelers},
+            "waited_for_learner_s": round(waited, 1)}
     return report_from_clickhouse(settings, sent, time.monotonic() - started, run_dir)
 
 
@@ -614,6 +708,8 @@ def summary(report: dict) -> str:
           if report["agreement"].get("fleiss_kappa") is not None else []),
         *([f"flagged annotators {', '.join(report['flagged_annotators'])} (gold accuracy under threshold)"]
           if report["flagged_annotators"] else []),
+        *([f"waited           {report['sent']['waited_for_learner_s']:>7}   (seconds the replay paused for the "
+           "learner to catch up)"] if report["sent"].get("waited_for_learner_s") else []),
         f"seconds           {report['seconds']:>7}",
         f"clickhouse        {report['clickhouse_dsn']}",
     ])
@@ -658,6 +754,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--drift-at", type=int, metavar="N",
                    help="inject a concept drift at event N: every true label moves to the next class; "
                         "the summary shows the drift events the worker raised")
+    d.add_argument("--learner-lag", type=int, default=50, metavar="LABELS",
+                   help="pause the replay while the learner is this many labels behind the annotators "
+                        "(0: replay at the rate regardless)")
     d.add_argument("--report", metavar="PATH", help="write the report as JSON")
     d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
     d.add_argument("--serve", action="store_true",
@@ -677,7 +776,7 @@ def run(args, settings: Settings) -> int:
                   rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
                   override_rate=args.override_rate, appeal_rate=args.appeal_rate, annotator_errors=errors,
                   drift_at=args.drift_at, keep=args.keep, serve=args.serve, labeling_port=args.labeling_port,
-                  dashboard_port=args.dashboard_port)
+                  dashboard_port=args.dashboard_port, learner_lag=args.learner_lag)
     print(summary(report))
     write_report(report, args.report)
     return 0

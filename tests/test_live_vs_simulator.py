@@ -5,12 +5,16 @@ worker process, the annotator pool, ClickHouse) and offline through the
 worker's own :class:`~streams.loop.Loop` (:func:`feedbackloop.demo.rehearse`,
 no broker), with the same settings, model, policy, annotators and seed. The
 event ids fix the router's draws and the annotators' answers are fixed by the
-item, so the two runs differ only where a live run must: a live worker learns a
-label a little after its task was routed, and meanwhile scores with the version
-it has. The offline replay scores each event with the version the live worker
-scored it with (read back from ``routing_decisions``), so what is left to
+item, so the two runs differ only where a live run must: the worker reads a
+partitioned topic partition by partition, learns a label a little after its
+task was routed, and meanwhile scores with the version it has. The offline
+replay does as the live run did (:class:`feedbackloop.demo.Timing`, read back
+from its ClickHouse: the order it scored the predictions in, the version it
+scored each with, the version that learned each label), so what is left to
 differ is the code: featurising, consensus, learning, publishing, measuring.
-The control accuracy of the last version must agree within 3 points.
+The control accuracy of the last version both published must agree within 3
+points. (Without the live timing the two differ by up to 14 points: a worker
+whose learner lags scores with an old version, and its policy picks by it.)
 """
 
 from __future__ import annotations
@@ -31,20 +35,19 @@ def test_live_worker_and_offline_loop_end_at_the_same_control_accuracy(kafka, tm
                              publish_every=25, overlap=1, gold_rate=0.0)
     live = demo.play(settings, events=EVENTS, rate=RATE, seed=SEED, annotator_error=0.05, progress=False)
 
-    served = dict(connect(live["clickhouse_dsn"]).query(
-        "SELECT event_id, shadow_version FROM routing_decisions WHERE kind = 'prediction'").result_rows)
-    assert len(served) == EVENTS
+    timing = demo.Timing.from_clickhouse(connect(live["clickhouse_dsn"]))
+    assert len(timing.served) == len(timing.order) == EVENTS
 
     traffic = demo.stream(datasets.load("bananas").rows, SEED, events=EVENTS, rate=RATE)
     offline = demo.rehearse(settings.replace(seed=SEED), traffic,
-                            demo.team(traffic.truth.get, SEED, annotator_error=0.05), served=served)
+                            demo.team(traffic.truth.get, SEED, annotator_error=0.05), timing=timing)
 
     assert live["predictions"] == EVENTS and live["dead_letters"] == 0
-    last_live = list(live["control_accuracy"])[-1]
-    last_offline = list(offline["control_accuracy"])[-1]
-    n_live, n_offline = live["control_labels"][last_live], offline["control_labels"][last_offline]
+    last = max(set(live["control_accuracy"]) & set(offline["control_accuracy"]), key=int)
+    assert int(last) >= len(live["control_accuracy"]) - 1, (live["control_accuracy"], offline["control_accuracy"])
+    n_live, n_offline = live["control_labels"][last], offline["control_labels"][last]
     # the same control slice: the draws are fixed by the event ids
-    assert n_live >= 50 and abs(n_live - n_offline) <= 0.05 * n_offline, (n_live, n_offline)
-    acc_live, acc_offline = live["control_accuracy"][last_live], offline["control_accuracy"][last_offline]
+    assert n_live >= 50 and abs(n_live - n_offline) <= 0.1 * n_offline, (n_live, n_offline)
+    acc_live, acc_offline = live["control_accuracy"][last], offline["control_accuracy"][last]
     assert acc_offline > 0.7, offline["control_accuracy"]  # it learned: a coin scores about 0.5 here
     assert abs(acc_live - acc_offline) <= 0.03, (live["control_accuracy"], offline["control_accuracy"])
