@@ -216,3 +216,51 @@ def test_a_paused_annotator_gets_no_task_from_the_web_queue(fresh, tmp_path, cli
                         ("ann", "readmit", "rev", 0.0, 2, [])]
     finally:
         service.stop()
+
+
+# --------------------------------------------------------------------------- how often the gate pauses
+
+
+def paused_by(error: float, checks: int, k: int, threshold: float) -> float:
+    """Exactly: the chance an annotator who errs at ``error`` is paused within ``checks``
+    gold checks (judged from the k-th on, under ``threshold``): a walk over their record."""
+    alive, paused = {0: 1.0}, 0.0
+    for n in range(1, checks + 1):
+        step = {}
+        for right, p in alive.items():
+            for ok, q in ((1, 1 - error), (0, error)):
+                if n >= k and (right + ok) / n < threshold:
+                    paused += p * q
+                else:
+                    step[right + ok] = step.get(right + ok, 0.0) + p * q
+        alive = step
+    return paused
+
+
+@pytest.mark.parametrize("error", [0.05, 0.4])
+def test_the_gate_pauses_as_often_as_the_binomial_says(error):
+    """200 annotators through the real queue and gate, every task a gold item:
+    the share paused within 20 checks is the exact figure within 4 standard errors
+    (K=5, threshold 0.7: 3.5% of careful annotators at 5% error, 93% of careless ones at 40%)."""
+    import math
+    import random
+
+    rng, store = random.Random(int(error * 100)), Store(":memory:")
+    gate = Gate(store, GOLD, tasks=5, threshold=0.7, seed=0)
+    paused, n = 0, 200
+    for a in range(n):
+        who = f"a{a}"
+        store.add_tasks([task(10_000 * a + i, priority=0.5, item_id=f"g{i % 6}") for i in range(20)], {})
+        for _ in range(20):
+            gate.prepare(who)
+            leased = store.lease(who)
+            if leased is None:
+                break
+            t = leased["task"]
+            truth = GOLD[t["item_id"]]["label"]
+            answer = truth if rng.random() >= error else next(l for l in t["label_set"] if l != truth)
+            record, _ = store.label(t["task_id"], who, answer, note=None)
+            gate.judge(record, "test")
+        paused += store.gate(who)["state"] == "paused"
+    expected = paused_by(error, 20, 5, 0.7)
+    assert abs(paused / n - expected) <= 4 * math.sqrt(expected * (1 - expected) / n) + 1 / n, (paused / n, expected)
