@@ -3,7 +3,9 @@
 Tasks go on ``labeling.tasks``; the page, opened with a token link, shows each
 one (text, or a table of features; the suggestion, the model's confidence and
 why it was chosen, the guideline); an annotator labels three of them and skips
-a fourth with the keyboard only, and the labels are read back from ``labels``.
+a fourth with the keyboard only, and the labels are read back from ``labels``
+(each with the guideline version its task was shown with); paused by a
+reviewer, the annotator is told why no task comes.
 An item flagged as ambiguous (with a note) reaches a reviewer, whose decision
 is a label too. The page asks nothing of any host but the service.
 """
@@ -181,6 +183,17 @@ def test_label_three_tasks_with_the_keyboard(service, browser, tmp_path):
     page.keyboard.press("s")
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#pace")).to_contain_text("3 labeled")
+
+    # a reviewer pauses the annotator: the page, still asking for work, says why none comes
+    import json
+    import urllib.request
+    request = urllib.request.Request(f"{svc.url}/api/review/annotators/ann/pause", method="POST",
+                                     data=json.dumps({"note": "spot check"}).encode(),
+                                     headers={"Authorization": f"Bearer {REV}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert json.loads(r.read())["state"] == "paused"
+    expect(page.locator("#empty-text")).to_contain_text("Paused", timeout=10_000)
+    expect(page.locator("#empty-text")).to_contain_text("re-admit")
 
     labels = read_labels(settings, expect=3)
     assert {l["task_id"]: l["label"] for l in labels} == {"text": "spam", "table": "virginica", "control": "ham"}
