@@ -238,7 +238,11 @@ class TextLogistic:
     def __init__(self, C: float = 10.0, refit: float = 0.05):
         self.C = C
         self.refit = refit
-        self.rows: list[tuple[dict, int, float]] = []
+        self._cols: list[int] = []
+        self._vals: list[float] = []
+        self._indptr: list[int] = [0]
+        self._y: list[int] = []
+        self._w: list[float] = []
         self.classes: list[str] = []
         self._class_index: dict[str, int] = {}
         self.vocab: dict[str, int] = {}
@@ -246,30 +250,35 @@ class TextLogistic:
         self.W = np.zeros((0, 0))
         self.b = np.zeros(0)
         self._next_fit = 0
-        self._in_vocab = 0
 
     def clone(self) -> "TextLogistic":
         return TextLogistic(self.C, self.refit)
 
     @property
     def n_seen(self) -> int:
-        return len(self.rows)
+        return len(self._y)
 
     def learn_one(self, x: dict, y, w: float = 1.0, **kwargs) -> None:
         label = str(y) if not isinstance(y, str) else y
         if label not in self._class_index:
             self._class_index[label] = len(self.classes)
             self.classes.append(label)
-        self.rows.append((x, self._class_index[label], float(w)))
-        if len(self.rows) >= self._next_fit:
+        for key, value in x.items():  # the row, kept in the vocabulary's columns (they never move)
+            if value > 0.0:
+                self._cols.append(self.vocab.setdefault(key, len(self.vocab)))
+                self._vals.append(1.0 + math.log(value))
+        self._indptr.append(len(self._cols))
+        self._y.append(self._class_index[label])
+        self._w.append(float(w))
+        if len(self._y) >= self._next_fit:
             self._fit()
-            self._next_fit = len(self.rows) + max(1, int(len(self.rows) * self.refit))
+            self._next_fit = len(self._y) + max(1, int(len(self._y) * self.refit))
 
     def _tf(self, x: dict) -> tuple[list[int], np.ndarray]:
         cols, vals = [], []
         for key, value in x.items():
             j = self.vocab.get(key)
-            if j is not None and value > 0.0:
+            if j is not None and j < len(self.idf) and value > 0.0:  # a word learned since the last fit waits for the next
                 cols.append(j)
                 vals.append(1.0 + math.log(value))
         return cols, np.asarray(vals)
@@ -277,26 +286,17 @@ class TextLogistic:
     def _fit(self) -> None:
         from scipy import sparse  # River's own dependency
 
-        for x, _, _ in self.rows[self._in_vocab:]:
-            for key in x:
-                self.vocab.setdefault(key, len(self.vocab))
-        self._in_vocab = len(self.rows)
-        n, d, k = len(self.rows), len(self.vocab), len(self.classes)
-        indptr, cols, vals = [0], [], []
-        for x, _, _ in self.rows:
-            c, v = self._tf(x)
-            cols += c
-            vals += v.tolist()
-            indptr.append(len(cols))
-        X = sparse.csr_matrix((vals, cols, indptr), shape=(n, d))
+        n, d, k = len(self._y), len(self.vocab), len(self.classes)
+        X = sparse.csr_matrix((self._vals, self._cols, self._indptr), shape=(n, d))
         df = np.bincount(X.indices, minlength=d)
         self.idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
         X = X @ sparse.diags(self.idf)
         norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
-        X = sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ X
+        X = (sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ X).tocsr()
+        Xt = X.T.tocsr()
         Y = np.zeros((n, k))
-        Y[np.arange(n), [r[1] for r in self.rows]] = 1.0
-        sw = np.array([r[2] for r in self.rows])
+        Y[np.arange(n), self._y] = 1.0
+        sw = np.asarray(self._w)
         start = np.zeros((d + 1, k))
         start[:self.W.shape[0], :self.W.shape[1]] = self.W
         start[d, :len(self.b)] = self.b
@@ -309,10 +309,10 @@ class TextLogistic:
             P /= P.sum(1, keepdims=True)
             nll = -(sw * np.log(np.maximum((P * Y).sum(1), 1e-300))).sum()
             G = (P - Y) * sw[:, None]
-            grad = np.vstack([X.T @ G + theta[:d] / self.C, G.sum(0)])
+            grad = np.vstack([Xt @ G + theta[:d] / self.C, G.sum(0)])
             return nll + 0.5 * (theta[:d] ** 2).sum() / self.C, grad.ravel()
 
-        theta = lbfgs(loss, start.ravel()).reshape(d + 1, k)
+        theta = lbfgs(loss, start.ravel(), iterations=40).reshape(d + 1, k)
         self.W, self.b = theta[:d], theta[d]
 
     def predict_proba_one(self, x: dict) -> dict[str, float]:
@@ -358,7 +358,7 @@ class TextLogistic:
         if len(self.classes) < 2 or not len(self.b):
             return np.full((X.shape[0], len(self.classes)), 1.0 / max(1, len(self.classes)))
         index = np.array([self.vocab.get(k, -1) for k in keys] or [-1])
-        known = np.flatnonzero(index >= 0)
+        known = np.flatnonzero((index >= 0) & (index < len(self.idf)))
         X = X[:, known] @ sparse.diags(self.idf[index[known]])
         norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
         Z = (sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ X) @ self.W[index[known]] + self.b
