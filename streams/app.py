@@ -162,10 +162,12 @@ class Runtime:
 
     # -- the agents' work -----------------------------------------------------------------
     async def score(self, events) -> None:
-        now, out, sources, decisions, started = now_ms(), [], [], [], time.perf_counter()
+        now, out, sources, decisions, started, scored = now_ms(), [], [], [], time.perf_counter(), 0
 
         async def handle(name, record, message):
+            nonlocal scored
             effects = self.loop.score(name, record, now)
+            scored += len(effects.candidates)
             self.add_rows(effects.rows)
             remembers = self.sink.remembers
             for c in effects.candidates:  # preselected here; the rest have their decision row at once
@@ -181,7 +183,7 @@ class Runtime:
             for value in await self.encode_candidates(out[part], sources[part]):
                 await self.topics.candidates.send(value=value)
         self.add_rows(decisions)
-        self.agent_stats("score", len(decisions) + len(out), started)
+        self.agent_stats("score", scored, started)
         await self.write_due()
 
     async def route(self, events) -> None:
