@@ -117,7 +117,8 @@ def label_tasks(settings: Settings, annotator: str | None = None, limit: int = 0
             if label is not None:
                 record = events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
                                       label=label, annotator_id=annotator, ts=int(time.time() * 1000),
-                                      duration_ms=int((time.monotonic() - started) * 1000), note=None)
+                                      duration_ms=int((time.monotonic() - started) * 1000), note=None,
+                                      guideline_version=task["guideline_version"])
                 producer.produce(settings.topic("labels"), codec.encode("Label", record), key=task["task_id"].encode())
                 producer.flush(10)
                 done += 1

@@ -226,3 +226,21 @@ def test_versions_and_labels_reach_clickhouse_and_agreement_splits_by_version(ka
     split = dict(db.query("SELECT guideline_version, value FROM annotator_agreement FINAL "
                           "WHERE metric = 'percent_agreement' AND window_seconds = 0").result_rows)
     assert split == {"": 0.5, versions[0]: 1.0, versions[1]: 0.0}
+
+
+@pytest.mark.kafka
+def test_the_terminal_labelers_label_inherits_its_tasks_guideline_version(kafka, monkeypatch):
+    import uuid
+
+    from consumers import terminal
+    from feedbackloop import stack
+    from tests.test_service import produce, read, task
+
+    run = uuid.uuid4().hex[:8]
+    settings = kafka.replace(topic_prefix=f"{kafka.topic_prefix}term-{run}.", app_id=f"term-{run}")
+    stack.ensure_topics(settings.kafka_config(), settings)
+    produce(settings, [task(1, guideline_version="4-0123456789ab"), task(2)])
+    monkeypatch.setattr(terminal.ask, "__defaults__", (lambda prompt="": "2",))  # the annotator types 2
+    assert terminal.label_tasks(settings, "ann", limit=2) == 0  # its exit status
+    got = {l["task_id"]: (l["label"], l["guideline_version"]) for l in read(settings, "labels", expect=2)}
+    assert got == {"t-1": ("spam", "4-0123456789ab"), "t-2": ("spam", "")}
