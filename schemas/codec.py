@@ -354,7 +354,12 @@ def _check_task(r: dict) -> None:
 
 
 def _check_label(r: dict) -> None:
-    _nonempty(r, "event_id", "task_id", "item_id", "label", "annotator_id")
+    _nonempty(r, "event_id", "task_id", "item_id", "annotator_id")
+    labels = r.get("labels")
+    if labels is None:
+        _nonempty(r, "label")
+    elif any(not c or "|" in c for c in labels) or labels != sorted(set(labels)) or r["label"] != "|".join(labels):
+        raise InvalidEvent(f"labels {labels!r} are not distinct sorted classes joined as label {r['label']!r}")
     if r.get("duration_ms", 0) < 0:
         raise InvalidEvent(f"duration_ms is negative ({r['duration_ms']})")
 
@@ -648,7 +653,7 @@ def _within(records: list, flat: _Flat, c: Limits, lengths: bool, low: int, high
         if flat.text_maps is not None:
             strings.append(chain.from_iterable(map(dict.values, chain.from_iterable(map(flat.text_maps, records)))))
         if flat.arrays is not None:
-            arrays = list(chain.from_iterable(map(flat.arrays, records)))
+            arrays = list(filter(None, chain.from_iterable(map(flat.arrays, records))))  # optional arrays: None
             if max(map(len, arrays), default=0) > c.max_items:
                 return False
             strings.append(chain.from_iterable(arrays))

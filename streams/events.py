@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 __all__ = ["IN_PROCESS", "Candidate", "Decision", "Label", "Task", "candidate", "decision", "label", "replace_task",
-           "task"]
+           "set_label", "task"]
 
 #: Fields an event may carry within one process, never on the wire: a candidate's
 #: model input ``x`` (:func:`~streams.learning.features.featurize` of its features and
@@ -134,6 +134,8 @@ class Task(TypedDict):
     tier: str
     round: int
     guideline_version: str
+    multi_label: bool
+    suggested_labels: list[str] | None
 
 
 def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_ts: int, kind: str,
@@ -143,7 +145,7 @@ def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_t
          text: str | None = None, predicted_label: str | None = None, user_label: str | None = None,
          note: str | None = None, context: dict[str, str] | None = None, overlap: int = 1,
          exclude_annotators: list[str] | None = None, tier: str = "annotator", round: int = 0,
-         guideline_version: str = "") -> Task:
+         guideline_version: str = "", multi_label: bool = False, suggested_labels: list[str] | None = None) -> Task:
     """A :class:`Task` (a new one asks ``overlap`` annotators; later rounds, see :func:`replace_task`)."""
     return {
         "task_id": task_id, "event_id": event_id, "item_id": item_id, "created_ts": created_ts,
@@ -154,7 +156,8 @@ def task(*, task_id: str, event_id: str, item_id: str, created_ts: int, source_t
         "model_name": model_name, "model_version": model_version, "shadow_version": shadow_version,
         "policy_version": policy_version, "context": {} if context is None else context, "overlap": overlap,
         "exclude_annotators": [] if exclude_annotators is None else exclude_annotators, "tier": tier,
-        "round": round, "guideline_version": guideline_version}
+        "round": round, "guideline_version": guideline_version, "multi_label": multi_label,
+        "suggested_labels": suggested_labels}
 
 
 def replace_task(t: Task, **changes) -> Task:
@@ -179,19 +182,33 @@ class Label(TypedDict):
     note: str | None
     tier: str
     guideline_version: str
+    labels: list[str] | None
 
 
 def label(*, event_id: str, task_id: str, item_id: str, label: str, annotator_id: str, ts: int,
           duration_ms: int = 0, note: str | None = None, tier: str = "annotator",
-          guideline_version: str = "") -> Label:
+          guideline_version: str = "", labels: list[str] | None = None) -> Label:
     """A :class:`Label`; ``event_id`` is unique to this answer (a label sent twice counts once).
+    On a multi-label task ``labels`` is the chosen set and ``label`` the set joined by ``|``
+    (:func:`set_label`).
 
     >>> label(event_id="l1", task_id="t1", item_id="i1", label="a", annotator_id="ann", ts=5)["tier"]
     'annotator'
     """
     return {"event_id": event_id, "task_id": task_id, "item_id": item_id, "label": label,
             "annotator_id": annotator_id, "ts": ts, "duration_ms": duration_ms, "note": note, "tier": tier,
-            "guideline_version": guideline_version}
+            "guideline_version": guideline_version, "labels": labels}
+
+
+def set_label(classes) -> tuple[str, list[str]]:
+    """A multi-label answer as a label's ``(label, labels)``: the classes sorted, and joined by ``|``
+    (the empty set is ``""``, said explicitly by ``labels == []``).
+
+    >>> set_label({"dog", "cat"}), set_label([])
+    (('cat|dog', ['cat', 'dog']), ('', []))
+    """
+    labels = sorted(set(classes))
+    return "|".join(labels), labels
 
 
 class Decision(TypedDict):

@@ -93,12 +93,12 @@ CASES = {
          "model_name": "fraud-gbm", "model_version": "2024.11.3", "shadow_version": 12,
          "policy_version": "uncertainty+budget/1"},
         {"text": None, "user_label": None, "note": None, "context": {}, "overlap": 1, "exclude_annotators": [],
-         "tier": "annotator", "round": 0, "guideline_version": ""},
+         "tier": "annotator", "round": 0, "guideline_version": "", "multi_label": False, "suggested_labels": None},
     ),
     "Label": (
         {"event_id": "lbl-000031-ann7", "task_id": "task-000031", "item_id": "txn-000482", "label": "fraud",
          "annotator_id": "ann-7", "ts": T + 90000, "duration_ms": 8400},
-        {"note": None, "tier": "annotator", "guideline_version": ""},
+        {"note": None, "tier": "annotator", "guideline_version": "", "labels": None},
     ),
     "ModelVersion": (
         {"model_name": "shadow", "version": 12, "ts": T + 95000, "labels_seen": 300,
@@ -579,6 +579,46 @@ def test_candidates_written_before_they_carried_a_preselection_still_decode():
     assert header[2:] != codec.fingerprint("CandidateBatch")
     assert (name, record["candidates"]) == ("CandidateBatch", [
         {**before, "selection_probability": 0.0, "reasons": [], "priority": 0.0, "policy_version": ""}])
+
+
+def _written_with(path: str, record: dict) -> bytes:
+    """``record`` encoded as a producer with the earlier schema ``schemas/history/<path>`` wrote it."""
+    old = fastavro.parse_schema(json.loads((codec.SCHEMA_DIR / "history" / path).read_text()))
+    header = codec.MARKER + bytes.fromhex(fastavro.schema.fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO"))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, old, record)
+    return header + body.getvalue()
+
+
+@pytest.mark.parametrize("name, path, added", [
+    ("Label", "label.2.avsc", {"labels": None}),
+    ("LabelingTask", "labeling_task.2.avsc", {"multi_label": False, "suggested_labels": None}),
+])
+def test_single_label_events_written_before_multi_label_tasks_still_decode(name, path, added):
+    """A label or task in flight across the upgrade decodes as single-label (the new fields' defaults)."""
+    before = {**CASES[name][0], **{k: v for k, v in CASES[name][1].items() if k not in added}}
+    data = _written_with(path, before)
+    assert data[2:10] != codec.fingerprint(name)
+    assert codec.decode(data, (name,)) == (name, {**before, **added})
+
+
+@pytest.mark.parametrize("labels, label, ok", [
+    (["cat", "dog"], "cat|dog", True),
+    ([], "", True),  # the empty set, said explicitly
+    (["dog", "cat"], "dog|cat", False),  # not sorted
+    (["cat", "cat"], "cat|cat", False),
+    (["cat"], "dog", False),  # label is not the set joined
+    (["a|b"], "a|b", False),  # a class with the separator in it
+    (None, "", False),  # a single label cannot be empty
+])
+def test_a_multi_label_answer_is_its_sorted_set_joined(labels, label, ok):
+    record = {**CASES["Label"][0], "label": label, "labels": labels}
+    data = avro_unchecked("Label", record)
+    if ok:
+        assert codec.decode(data, ("Label",))[1]["labels"] == labels
+    else:
+        with pytest.raises(InvalidEvent):
+            codec.decode(data, ("Label",))
 
 
 def test_an_empty_batch_has_nothing_to_refuse():
