@@ -186,10 +186,15 @@ def spawn(settings: Settings, log_path: Path) -> subprocess.Popen:
     ``settings.worker_id`` is set."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = log_path.stat().st_size if log_path.exists() else 0
+    env = environment(settings)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        # a worker scores a message at a time with numpy: one BLAS thread, so workers side by side
+        # (or pinned to a core) do not take turns on the cores with their own BLAS threads
+        env.setdefault(name, "1")
     with open(log_path, "ab") as out:
         # a session of its own: a terminal's Ctrl-C reaches the parent, which stops its children in order
         process = subprocess.Popen([sys.executable, "-m", "feedbackloop", "worker", "--parent", str(os.getpid())],
-                                   env=environment(settings), stdin=subprocess.DEVNULL, stdout=out,
+                                   env=env, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     process.log_path, process.log_start = log_path, start  # for wait_ready
     return process
