@@ -360,7 +360,7 @@ def simulate(dataset: Dataset | list[Dataset], budgets: list[float], strategies:
             raise ValueError(f"unknown strategy {s!r}: choose from {', '.join(STRATEGIES)}")
     tasks = []
     for d in datasets_:
-        kind = model or ("nb" if d.text else "knn")
+        kind = model or ("tfidf" if d.text else "knn")
         classes = len({y for _, y in d.rows})
         for seed in range(seeds):
             tasks.append(("reference", d, holdout, seed, {"model": kind}))
@@ -526,7 +526,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.95, help="fraction of the all-labels accuracy to reach")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction kept out for evaluation")
     p.add_argument("--model", choices=["knn", "river-knn", "linear", "tree", "nb", "tfidf"],
-                   help="shadow model (default: knn, or nb for text)")
+                   help="shadow model (default: knn, or tfidf for text)")
     p.add_argument("--annotator-error", type=_rates, default=(0.0,), metavar="E[,E2,...]",
                    help="annotators' error rate: one for all, or one per annotator (0: every label is the truth)")
     p.add_argument("--overlap", type=int, default=1,
