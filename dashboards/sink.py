@@ -69,6 +69,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "audit_log": ("event_id",),
     "label_savings": ("version", "ts"),
     "production_accuracy": ("model_name", "model_version", "estimator", "metric", "class", "version", "ts"),
+    "suspect_labels": ("task_id", "status"),
 }
 TABLES = tuple(TABLE_KEYS)
 

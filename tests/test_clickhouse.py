@@ -111,6 +111,9 @@ def one_row_per_table(i: int = 0) -> dict[str, dict]:
         "production_accuracy": {"ts": T0 + i, "version": 3, "model_name": "prod", "model_version": "v1",
                                 "estimator": "weighted", "metric": "recall", "class": "spam", "value": 0.8,
                                 "ci_low": 0.7, "ci_high": 0.9, "n": 40, "weight": 400.0},
+        "suspect_labels": {"ts": T0 + i, "task_id": f"t-{i}", "item_id": "item-1", "status": "found", "version": 3,
+                           "label": "ham", "suggested_label": "spam", "probability": 0.1, "threshold": 0.7,
+                           "suggested_probability": 0.9, "score": 0.8, "reason": "low", "annotators": ["ann-1"]},
     }
 
 

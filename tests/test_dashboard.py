@@ -113,6 +113,12 @@ def seed(client) -> None:
     insert(client, "agent_stats", [
         {"ts": at(m, 30), "worker": w, "agent": "score", "events": 100 * (m + 1), "seconds": 3.0, "lag": 50 - 20 * m}
         for m in range(3) for w in ("w1", "w2")])
+    insert(client, "suspect_labels", [  # labels found suspect after versions 2 and 3; one confirmed, corrected
+        {"ts": at(v), "task_id": f"t{i}", "item_id": f"i{i}", "status": status, "version": v, "label": "a",
+         "suggested_label": "b", "probability": 0.1, "threshold": 0.6, "suggested_probability": 0.8, "score": 0.7,
+         "reason": "", "annotators": ["ann-3"]}
+        for v, i, status in [(2, 1, "found"), (2, 2, "found"), (3, 4, "found"), (2, 1, "confirmed"),
+                             (2, 1, "corrected"), (2, 2, "cleared")]])
 
 
 @pytest.fixture

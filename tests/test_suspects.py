@@ -140,3 +140,45 @@ def test_a_corrected_label_is_corrected_in_the_learner(kind):
     assert after > before
     if kind == "knn":
         assert [y for x, y in learner.learned if x is wrong] == ["b"] and after > 0.99
+
+
+def test_suspect_rows_in_the_warehouse_and_the_panel(clickhouse_dsn):
+    """Rows of every step land in ``suspect_labels`` (migration 0018) through the sink, a step
+    sent twice is stored once, and the panel's query counts found against confirmed by version."""
+    from dashboards import queries
+    from dashboards.connection import connect
+    from dashboards.migrate import migrate
+    from dashboards.sink import ClickHouseSink
+
+    client = connect(clickhouse_dsn)
+    migrate(client)
+    rng = random.Random(4)
+    suspects = SuspectLabels(lambda: make("knn", offline=True), share=0.1, min_labels=10, persist=1)
+    for i in range(100):
+        x = rng.random()
+        label = ("b" if x < 0.5 else "a") if i % 10 == 0 else ("a" if x < 0.5 else "b")
+        suspects.add(f"t{i}", f"i{i}", {"x": x}, label, {"ann-1": label})
+    picked = suspects.pick()
+    sink = ClickHouseSink(client)
+    for s in picked:
+        sink.add("suspect_labels", suspects.row(s.task_id, "found", 1_700_000_000_000, version=2))
+    first, second = picked[0], picked[1]
+    suspects.review(first.task_id, "ann-2", first.suggested)
+    suspects.review(second.task_id, "ann-2", second.label)
+    suspects.settled(first.task_id, first.suggested)
+    for task_id, status in ((first.task_id, "confirmed"), (second.task_id, "cleared"), (first.task_id, "corrected")):
+        sink.add("suspect_labels", suspects.row(task_id, status, 1_700_000_001_000, version=3, reviewer="ann-2"))
+    sink.flush()
+    sink.add("suspect_labels", suspects.row(first.task_id, "found", 1_700_000_000_000, version=2))  # again
+    sink.flush()
+    stored = client.query("SELECT status, label, corrected_label FROM suspect_labels FINAL "
+                          f"WHERE task_id = '{first.task_id}' ORDER BY status").result_rows
+    assert stored == [("confirmed", first.label, None), ("corrected", first.label, first.suggested),
+                      ("found", first.label, None)]
+    query = next(q for q in queries.load() if q.name == "suspect_labels")
+    result = queries.run(client, query)
+    assert "error" not in result, result
+    rows = [dict(zip(result["columns"], r)) for r in result["rows"]]
+    counts = {r["status"]: r["labels"] for r in rows}
+    assert counts == {"found": len(picked), "confirmed": 1, "cleared": 1, "corrected": 1}
+    assert {r["version"] for r in rows} == {2}
