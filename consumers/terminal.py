@@ -75,14 +75,30 @@ def show(task: dict, out=sys.stdout) -> None:
     for name, value in sorted(task["features"].items()):
         print(f"  {printable(name):>24} = {value:.4g}", file=out)
     print(f"\nwhy: {printable(explain(task), multiline=True)}", file=out)
-    print(f"suggested: {task['suggested_label']!r} (confidence {task['confidence']:.0%})", file=out)
+    if task.get("multi_label") and task.get("suggested_labels") is not None:
+        print(f"suggested: {printable(', '.join(task['suggested_labels']) or 'none of the labels')} "
+              f"(confidence {task['confidence']:.0%})", file=out)
+    else:
+        print(f"suggested: {task['suggested_label']!r} (confidence {task['confidence']:.0%})", file=out)
     for i, label in enumerate(task["label_set"], start=1):
         print(f"  [{i}] {printable(label)}", file=out)
-    print("Enter to accept the suggestion, a number to choose, s to skip, q to quit.", file=out)
+    if task.get("multi_label"):
+        print("Several may apply: their numbers (1,3), none if no label does, Enter to accept the suggestion, "
+              "s to skip, q to quit.", file=out)
+    else:
+        print("Enter to accept the suggestion, a number to choose, s to skip, q to quit.", file=out)
 
 
-def ask(task: dict, read=input) -> str | None:
-    """The chosen label, None to skip; raises EOFError to quit."""
+def ask(task: dict, read=input) -> str | list[str] | None:
+    """The chosen label (on a multi-label task, the list of labels that apply), None to skip;
+    raises EOFError to quit.
+
+    >>> t = {"label_set": ["cat", "dog", "fox"], "multi_label": True, "suggested_labels": ["dog"]}
+    >>> ask(t, read=lambda _: "1, 3"), ask(t, read=lambda _: "none"), ask(t, read=lambda _: "")
+    (['cat', 'fox'], [], ['dog'])
+    """
+    if task.get("multi_label"):
+        return _ask_set(task, read)
     labels = task["label_set"]
     while True:
         answer = read("> ").strip().lower()
@@ -95,6 +111,26 @@ def ask(task: dict, read=input) -> str | None:
         if answer.isdigit() and 1 <= int(answer) <= len(labels):
             return labels[int(answer) - 1]
         print(f"choose 1-{len(labels)}, Enter, s or q")
+
+
+def _ask_set(task: dict, read) -> list[str] | None:
+    """The labels that apply to a multi-label task: numbers joined by commas or spaces, or ``none``."""
+    labels = task["label_set"]
+    while True:
+        answer = read("> ").strip().lower()
+        if answer == "" and task.get("suggested_labels") is not None:
+            return list(task["suggested_labels"])
+        if answer == "s":
+            return None
+        if answer == "q":
+            raise EOFError
+        if answer in ("none", "0", "-"):
+            return []
+        numbers = answer.replace(",", " ").split()
+        if numbers and all(n.isdigit() and 1 <= int(n) <= len(labels) for n in numbers):
+            return [labels[i] for i in sorted({int(n) - 1 for n in numbers})]
+        print(f"numbers 1-{len(labels)} separated by commas (1,3), none, "
+              f"{'Enter, ' if task.get('suggested_labels') is not None else ''}s or q")
 
 
 def label_tasks(settings: Settings, annotator: str | None = None, limit: int = 0) -> int:
@@ -115,14 +151,16 @@ def label_tasks(settings: Settings, annotator: str | None = None, limit: int = 0
             started = time.monotonic()
             label = ask(task)
             if label is not None:
+                label, labels = (label, None) if isinstance(label, str) else events.set_label(label)
                 record = events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
                                       label=label, annotator_id=annotator, ts=int(time.time() * 1000),
                                       duration_ms=int((time.monotonic() - started) * 1000), note=None,
-                                      guideline_version=task["guideline_version"])
+                                      guideline_version=task["guideline_version"], labels=labels)
                 producer.produce(settings.topic("labels"), codec.encode("Label", record), key=task["task_id"].encode())
                 producer.flush(10)
                 done += 1
-                print(f"sent {label!r} ({done} labeled)")
+                print(f"sent {label!r} ({done} labeled)" if labels is None else
+                      f"sent {', '.join(labels) or 'none of the labels'} ({done} labeled)")
             consumer.commit(message, asynchronous=False)
     except (EOFError, KeyboardInterrupt):
         print()

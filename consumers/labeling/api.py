@@ -4,7 +4,8 @@ Every ``/api`` request needs ``Authorization: Bearer <token>`` (401 without a
 valid one, 403 outside the token's role). Errors are JSON ``{"detail": ...}``:
 404 unknown task, 409 a task not in a state for the request (not leased to
 you, already labeled, flagged), 422 a malformed request or a label outside the
-task's label set, 503 a label stored but not yet confirmed by Kafka (it is
+task's label set (a ``multi_label`` task takes ``labels``, the set of classes
+that apply, an empty list when none does; any other task one ``label``), 503 a label stored but not yet confirmed by Kafka (it is
 sent again; submitting again is safe). A refused request writes nothing.
 Before any of that, the :class:`~consumers.labeling.guard.Guard` checks the
 host, the rate limits, the token and the body's size and time (400, 429, 401,
@@ -37,7 +38,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request,
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from consumers.labeling import audit
 from consumers.labeling.gating import Gate
@@ -51,6 +52,8 @@ from consumers.terminal import explain
 UI = Path(__file__).resolve().parent / "ui"
 #: Longest note an annotator may attach (characters).
 MAX_NOTE = 2000
+#: Most classes one multi-label answer may hold.
+MAX_LABELS = 200
 #: The guideline shown when none is configured.
 DEFAULT_GUIDELINE = ("Choose the label that fits the item best. The suggestion is the model's guess: "
                      "check it, don't trust it. When two labels fit equally well, flag the item as "
@@ -102,17 +105,36 @@ class Task(BaseModel):
     examples: dict[str, list[str]] = Field(default_factory=dict,
                                            description="Worked examples of each label, where the guideline has some.")
     context: dict[str, str]
+    multi_label: bool = Field(False, description="True: answer with labels, any subset of label_set (the empty "
+                                                 "set too); false: with one label.")
+    suggested_labels: list[str] | None = Field(None, description="On a multi-label task, the set the model "
+                                                                 "suggests, when known.")
 
 
 class LabelIn(BaseModel):
-    label: str = Field(min_length=1, max_length=200, description="One of the task's label set.")
+    label: str | None = Field(None, min_length=1, max_length=200,
+                              description="One of the task's label set (a single-label task).")
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=MAX_LABELS, description="The classes that apply, any subset of the task's label set; "
+                                                 "[] when none does (a multi-label task).")
     note: str | None = Field(None, max_length=MAX_NOTE)
+
+    @model_validator(mode="after")
+    def one_answer(self):
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("send either label (one class) or labels (the set of classes, [] for none)")
+        return self
+
+    def answer(self) -> str | list[str]:
+        """What :meth:`~consumers.labeling.store.Store.label` takes: one class, or the set."""
+        return self.label if self.labels is None else self.labels
 
 
 class LabelOut(BaseModel):
     event_id: str = Field(description="The label event's id; the same for every submit of this task by you.")
     task_id: str
-    label: str
+    label: str = Field(description="The class; on a multi-label task the set's classes joined by |.")
+    labels: list[str] | None = Field(None, description="On a multi-label task, the set sent (sorted).")
     annotator_id: str
     duration_ms: int
     duplicate: bool = Field(description="True when you had already labeled this task (nothing new was sent).")
@@ -250,7 +272,8 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
                     label_guidelines={k: meanings[k] for k in t["label_set"] if meanings.get(k)},
                     guideline_title=g.title if g else "", guideline_version=version,
                     examples={k: examples[k] for k in t["label_set"] if examples.get(k)},
-                    context=t.get("context") or {})
+                    context=t.get("context") or {}, multi_label=bool(t.get("multi_label")),
+                    suggested_labels=t.get("suggested_labels"))
 
     def deliver(record: dict, new: bool) -> LabelOut:
         try:
@@ -259,7 +282,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
             raise HTTPException(503, f"label stored, not yet confirmed by Kafka ({exc}); "
                                      "it will be sent again, and submitting again is safe") from None
         return LabelOut(**{k: record[k] for k in ("event_id", "task_id", "label", "annotator_id", "duration_ms")},
-                        duplicate=not new)
+                        labels=record.get("labels"), duplicate=not new)
 
     def note(action: str, who: Annotator, request: Request, task_id: str, detail: str = "") -> None:
         """Audit an action, inside the store transaction that makes it."""
@@ -296,9 +319,9 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         """Label a task you hold. The answer means the label is on Kafka; a second
         submit of the same task returns the first label and sends nothing."""
         with store.transaction():
-            record, new = store.label(task_id, who.annotator_id, body.label, body.note)
+            record, new = store.label(task_id, who.annotator_id, body.answer(), body.note)
             if new:
-                note("label", who, request, task_id, body.label)
+                note("label", who, request, task_id, record["label"])
                 gate.judge(record, _client(request))
         return deliver(record, new)
 
@@ -329,9 +352,9 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
     def resolve(task_id: TaskId, body: LabelIn, who: Reviewing, request: Request) -> LabelOut:
         """Decide a flagged task: your label goes to Kafka like any other."""
         with store.transaction():
-            record, new = store.resolve(task_id, who.annotator_id, body.label, body.note)
+            record, new = store.resolve(task_id, who.annotator_id, body.answer(), body.note)
             if new:
-                note("resolve", who, request, task_id, body.label)
+                note("resolve", who, request, task_id, record["label"])
         return deliver(record, new)
 
     @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409))

@@ -134,6 +134,24 @@ _ADDED_COLUMNS = {
 }
 
 
+def _answer(task: dict, label: str | list[str]) -> tuple[str, list[str] | None]:
+    """``(label, labels)`` of an answer to ``task``; :class:`TaskError` 422 if it does not fit the task."""
+    allowed = ", ".join(map(repr, task["label_set"]))
+    if not task.get("multi_label"):
+        if not isinstance(label, str):
+            raise TaskError(422, f"task {task['task_id']!r} takes one label, not a set: one of {allowed}")
+        if label not in task["label_set"]:
+            raise TaskError(422, f"label {label!r} is not in the task's label set: {allowed}")
+        return label, None
+    if isinstance(label, str):
+        raise TaskError(422, f"task {task['task_id']!r} is multi-label: send the set of labels that apply "
+                             f"(labels, a list; an empty one when none does) out of {allowed}")
+    unknown = sorted(set(label) - set(task["label_set"]))
+    if unknown:
+        raise TaskError(422, f"labels {', '.join(map(repr, unknown))} are not in the task's label set: {allowed}")
+    return events.set_label(label)
+
+
 class Store:
     """The queue of labeling tasks, the labels given and the Kafka offsets read, in SQLite.
 
@@ -316,14 +334,27 @@ class Store:
             raise TaskError(409, f"task {task_id!r} is not leased to you: ask for the next task first")
         return row
 
-    def label(self, task_id: str, annotator_id: str, label: str, note: str | None,
+    def label(self, task_id: str, annotator_id: str, label: str | list[str], note: str | None,
               now_ms: int | None = None, check_lease: bool = True) -> tuple[dict, bool]:
         """Record ``annotator_id``'s label for the task; returns ``(Label record, new)``.
 
-        The record is stored unsent; ``new`` is False when this annotator had
-        already labeled the task (the first label is returned, nothing written).
-        Raises :class:`TaskError`: 404 unknown task, 422 label outside the
-        label set, 409 task not held by the annotator or already labeled.
+        ``label`` is one class of a single-label task, or the classes chosen
+        on a ``multi_label`` task (any subset of its label set, the empty one
+        too; the record's ``labels``, and ``label`` them joined, see
+        :func:`streams.events.set_label`). The record is stored unsent; ``new``
+        is False when this annotator had already labeled the task (the first
+        label is returned, nothing written). Raises :class:`TaskError`: 404
+        unknown task, 422 label outside the label set or of the wrong kind
+        (a set for a single-label task, or one class for a multi-label one),
+        409 task not held by the annotator or already labeled.
+
+        >>> store = Store(":memory:")
+        >>> _ = store.add_tasks([{"task_id": "t1", "item_id": "i1", "priority": 0.5, "multi_label": True,
+        ...                       "label_set": ["cat", "dog", "fox"]}], {})
+        >>> _ = store.lease("ann")
+        >>> record, _ = store.label("t1", "ann", ["fox", "cat"], note=None)
+        >>> record["label"], record["labels"]
+        ('cat|fox', ['cat', 'fox'])
         """
         now_ms = _now() if now_ms is None else now_ms
         eid = event_id(task_id, annotator_id)
@@ -333,14 +364,12 @@ class Store:
                 return json.loads(done[0]), False
             row = self._held(db, task_id, annotator_id, now_ms) if check_lease else self._get(db, task_id)
             task = json.loads(row["record"])
-            if label not in task["label_set"]:
-                raise TaskError(422, f"label {label!r} is not in the task's label set: "
-                                     + ", ".join(map(repr, task["label_set"])))
+            label, labels = _answer(task, label)
             started = row["leased_ms"] if check_lease and row["leased_ms"] is not None else now_ms
             record = events.label(event_id=eid, task_id=task_id, item_id=task["item_id"], label=label,
                                   annotator_id=annotator_id, ts=now_ms, duration_ms=max(0, now_ms - started),
                                   note=note, tier=task.get("tier") or "annotator",
-                                  guideline_version=row["guideline_version"])
+                                  guideline_version=row["guideline_version"], labels=labels)
             # a calibration task's label is an exam answer: kept here, never sent (no worker knows the task)
             db.execute("INSERT INTO labels (event_id, task_id, annotator_id, record, ts, sent) "
                        "VALUES (?, ?, ?, ?, ?, ?)",
@@ -398,7 +427,7 @@ class Store:
                        (task_id,))
             db.execute("DELETE FROM skips WHERE task_id = ?", (task_id,))
 
-    def resolve(self, task_id: str, reviewer: str, label: str, note: str | None,
+    def resolve(self, task_id: str, reviewer: str, label: str | list[str], note: str | None,
                 now_ms: int | None = None) -> tuple[dict, bool]:
         """A reviewer's label for a flagged task (see :meth:`label`)."""
         with self._tx() as db:

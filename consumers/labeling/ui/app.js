@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = {token: null, me: null, task: null, choice: null, busy: false, retry: null, tab: "label"};
+// choice: the label chosen (single-label task); chosen, none: the labels ticked and "none of them" (multi-label task)
+const state = {token: null, me: null, task: null, choice: null, chosen: new Set(), none: false, busy: false,
+  retry: null, tab: "label"};
 
 // ------------------------------------------------------------------ helpers
 
@@ -71,9 +73,16 @@ async function refreshMe() {
 
 // ------------------------------------------------------------------ one task
 
+// A multi-label answer in words: its labels, or that none applies.
+function setText(labels) {
+  return labels.length ? labels.join(", ") : "none of the labels";
+}
+
 function render(task) {
   state.task = task;
   state.choice = null;
+  state.chosen = new Set();
+  state.none = false;
   $("item-id").textContent = task.item_id;
   $("kind").textContent = task.kind === "prediction" ? "" : task.kind;
 
@@ -86,8 +95,11 @@ function render(task) {
   $("features").hidden = names.length === 0;
 
   $("why").replaceChildren(...task.why.map((line) => el("li", {textContent: line})));
-  $("suggested").textContent = task.suggested_label === null ? "no suggestion" : task.suggested_label;
-  $("confidence").textContent = task.suggested_label === null ? "" : `model's confidence ${percent(task.confidence)}`;
+  const suggestedSet = task.multi_label && task.suggested_labels !== null;
+  $("suggested").textContent = suggestedSet ? setText(task.suggested_labels)
+    : task.suggested_label === null ? "no suggestion" : task.suggested_label;
+  $("confidence").textContent = task.suggested_label === null && !suggestedSet ? ""
+    : `model's confidence ${percent(task.confidence)}`;
   $("confidence-bar").style.width = percent(task.confidence);
 
   $("notes-box").hidden = task.notes.length === 0;
@@ -107,6 +119,59 @@ function render(task) {
   $("label-guidelines").replaceChildren(...meanings.flatMap(([label, meaning]) =>
     [el("dt", {textContent: label}), el("dd", {textContent: meaning})]));
 
+  if (task.multi_label) renderChecks(task); else renderChoices(task);
+  $("note").value = "";
+  const until = new Date(task.lease_until_ms);
+  $("lease").textContent = `yours until ${until.toLocaleTimeString()}`;
+  show("task");
+  document.activeElement && document.activeElement.blur();
+}
+
+// A multi-label task: a checkbox per label (1-9 tick and untick), and "none of these" (0), so that
+// an empty answer is said, never assumed.
+function renderChecks(task) {
+  const suggested = new Set(task.suggested_labels || []);
+  const box = (value, key, text) => {
+    const input = el("input", {type: "checkbox", tabIndex: -1});
+    input.dataset.label = value;
+    input.addEventListener("change", () => tick(value));
+    const row = el("label", {className: "choice check"}, input, " ", ...(key ? [el("kbd", {textContent: key}), " "] : []),
+      text);
+    if (suggested.has(value)) row.classList.add("suggested");
+    return row;
+  };
+  $("choices").setAttribute("role", "group");
+  $("choices").setAttribute("aria-label", "labels that apply");
+  $("choices").replaceChildren(
+    ...task.label_set.map((label, i) => box(label, i < 9 ? String(i + 1) : "", label)),
+    box("", "0", "none of these"));
+  $("choices").lastChild.classList.add("none");
+  $("choices").classList.remove("binary");
+  $("submit").firstChild.textContent = "Submit the ticked labels ";
+}
+
+// Tick or untick a label ("" is "none of these": it clears the labels, a label clears it).
+function tick(label) {
+  if (label === "") {
+    state.none = !state.none;
+    if (state.none) state.chosen.clear();
+  } else {
+    state.chosen.has(label) ? state.chosen.delete(label) : state.chosen.add(label);
+    if (state.chosen.size) state.none = false;
+  }
+  for (const input of $("choices").querySelectorAll("input")) {
+    const on = input.dataset.label === "" ? state.none : state.chosen.has(input.dataset.label);
+    input.checked = on;
+    input.parentElement.classList.toggle("chosen", on);
+  }
+  const chosen = state.task.label_set.filter((l) => state.chosen.has(l));
+  say(chosen.length || state.none ? `${setText(chosen)} — Enter to submit` : "");
+}
+
+function renderChoices(task) {
+  $("choices").setAttribute("role", "radiogroup");
+  $("choices").setAttribute("aria-label", "label");
+  $("submit").firstChild.textContent = "Submit ";
   $("choices").replaceChildren(...task.label_set.map((label, i) => {
     const button = el("button", {type: "button", className: "choice", role: "radio"},
       ...(i < 9 ? [el("kbd", {textContent: String(i + 1)}), " "] : []), label);
@@ -117,11 +182,6 @@ function render(task) {
     return button;
   }));
   $("choices").classList.toggle("binary", task.label_set.length === 2);
-  $("note").value = "";
-  const until = new Date(task.lease_until_ms);
-  $("lease").textContent = `yours until ${until.toLocaleTimeString()}`;
-  show("task");
-  document.activeElement && document.activeElement.blur();
 }
 
 function choose(label) {
@@ -184,6 +244,10 @@ async function act(what, request) {
 }
 
 function submit() {
+  if (state.task.multi_label) {
+    submitSet();
+    return;
+  }
   if (!state.choice) {
     say(`Choose a label first: 1–${Math.min(9, state.task.label_set.length)}.`, "error");
     return;
@@ -192,6 +256,18 @@ function submit() {
   const label = state.choice;
   act((r) => `Sent “${r.label}” for ${r.task_id.slice(0, 8)}${r.duplicate ? " (already sent before)" : ""}.`,
     (task) => api("POST", `/api/tasks/${encodeURIComponent(task.task_id)}/label`, {label, note}));
+}
+
+function submitSet() {
+  const labels = state.task.label_set.filter((l) => state.chosen.has(l));
+  if (!labels.length && !state.none) {
+    say(`Tick the labels that apply (1–${Math.min(9, state.task.label_set.length)}), or 0 if none of them does.`,
+      "error");
+    return;
+  }
+  const note = $("note").value.trim() || null;
+  act((r) => `Sent “${setText(r.labels)}” for ${r.task_id.slice(0, 8)}${r.duplicate ? " (already sent before)" : ""}.`,
+    (task) => api("POST", `/api/tasks/${encodeURIComponent(task.task_id)}/label`, {labels, note}));
 }
 
 function skip() {
@@ -233,16 +309,29 @@ async function review() {
       el("p", {className: "muted", textContent: task.why.join("; ")}),
       el("ul", {}, ...task.notes.map((n) => el("li", {textContent: `${n.annotator_id} (${n.kind}): ${n.note}`}))),
       el("div", {className: "actions"},
-        ...task.label_set.map((label) => el("button", {
+        ...(task.multi_label ? reviewChecks(task, id, decide) : task.label_set.map((label) => el("button", {
           type: "button", textContent: label,
           onclick: () => decide((n) => api("POST", `/api/review/${id}/label`, {label, note: n}), `Labeled “${label}”.`),
-        })),
+        }))),
         el("button", {
           type: "button", textContent: "back to the queue",
           onclick: () => decide((n) => api("POST", `/api/review/${id}/requeue`, {note: n}), "Back in the queue."),
         }),
         note));
   }));
+}
+
+// A reviewer's set for a multi-label task: tick what applies; nothing ticked is sent as "none of the labels".
+function reviewChecks(task, id, decide) {
+  const inputs = task.label_set.map((label) => Object.assign(el("input", {type: "checkbox"}), {value: label}));
+  const send = el("button", {type: "button", textContent: "label: none of the labels"});
+  const ticked = () => inputs.filter((i) => i.checked).map((i) => i.value);
+  for (const input of inputs) input.addEventListener("change", () => { send.textContent = `label: ${setText(ticked())}`; });
+  send.addEventListener("click", () => {
+    const labels = ticked();
+    decide((n) => api("POST", `/api/review/${id}/label`, {labels, note: n}), `Labeled “${setText(labels)}”.`);
+  });
+  return [...inputs.map((input) => el("label", {className: "check"}, input, ` ${input.value}`)), send];
 }
 
 function tab(name) {
@@ -275,7 +364,10 @@ function onKey(event) {
   }
   if (event.target.tagName === "INPUT") return;
   const key = event.key;
-  if (/^[1-9]$/.test(key)) {
+  if (state.task.multi_label && /^[0-9]$/.test(key)) {
+    const label = key === "0" ? "" : state.task.label_set[Number(key) - 1];
+    if (label !== undefined) tick(label);
+  } else if (/^[1-9]$/.test(key)) {
     const label = state.task.label_set[Number(key) - 1];
     if (label !== undefined) choose(label);
   } else if (key === "Enter") {
