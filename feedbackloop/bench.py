@@ -614,6 +614,8 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         progress("worker draining the backlog")
         result["worker"] = w = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-")
         result["worker_vs_limit"] = round(w["events_per_second"] / result["limit_loop"]["events_per_second"], 3)
+        result["worker_vs_limit_cpu"] = round(w["events_per_cpu_second"] / result["limit_loop"]["events_per_cpu_second"],
+                                              3)  # per CPU-second: less swayed by what else runs
         rate = latency_rate or max(10.0, w["events_per_second"] / 2)
         progress(f"event-to-task latency at {rate:,.0f} events/s for {latency_seconds:g} s")
         dsn = "chdb://" + str(run_dir / "ch-latency")
@@ -664,9 +666,10 @@ def summary(result: dict) -> str:
         ("worker per CPU-second", f"{w['events_per_cpu_second']:,} events ({w['us_per_event']} µs/event, "
          f"{w['cores_used']} cores)", f">= {TARGETS['worker_per_core']:,}",
          _check(w["events_per_cpu_second"], TARGETS["worker_per_core"])),
-        ("limit loop (1 core)", f"{limit['events_per_second']:,} events/s", "", ""),
-        ("worker / limit loop", f"{result['worker_vs_limit']:.3f}", f">= {TARGETS['worker_vs_limit']}",
-         _check(result["worker_vs_limit"], TARGETS["worker_vs_limit"])),
+        ("limit loop (1 core)", f"{limit['events_per_second']:,} events/s "
+         f"({limit['events_per_cpu_second']:,} per CPU-second)", "", ""),
+        ("worker / limit loop", f"{result['worker_vs_limit']:.3f} (per CPU-second {result['worker_vs_limit_cpu']:.3f})",
+         f">= {TARGETS['worker_vs_limit']}", _check(result["worker_vs_limit"], TARGETS["worker_vs_limit"])),
     ]
     if "bare_loop" in result:
         rows.append(("Loop without Faust", f"{result['bare_loop']['events_per_second']:,} events/s", "", ""))
@@ -710,7 +713,8 @@ figures:
   limit loop           events/s of feedbackloop/limit_loop.py on one pinned core: consume, fastavro decode,
                        numpy score (trained kNN) and select, produce tasks, Arrow insert of one decision
                        row per event, commit; the most this machine does per core with this work
-  worker / limit loop  the ratio of the two (target >= 0.8)
+  worker / limit loop  the ratio of the two (target >= 0.8), and of their events per CPU-second, which
+                       what else runs on the machine sways less
   Loop without Faust   (--bare) the worker's Loop in a plain confluent-kafka loop
   event-to-task        task created_ts - event ts, p50/p95/p99, at half the worker's measured rate
   label to serving     a label sent until every input partition's scorer serves a version that learned it

@@ -180,7 +180,7 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
     gc.freeze()  # set-up objects leave the collector's generations; a high threshold collects less often
     gc.set_threshold(50_000, 20, 20)
     stages = dict.fromkeys(("consume", "decode", "columns", "score", "tasks", "insert", "commit"), 0.0)
-    classes = features = None
+    classes = features = cpu = None
     done = selected_total = 0
     started = None
     try:
@@ -190,8 +190,8 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
             if not messages:
                 continue
             t1 = time.perf_counter()
-            if started is None:  # the clock starts with the first messages, not with the wait for them
-                started = t = t1
+            if started is None:  # the clocks start with the first messages, not with the wait for them
+                started, t, cpu = t1, t1, time.process_time()
             batch = [e for m in messages for e in decode(m.value())]
             t2 = time.perf_counter()
             if classes is None:
@@ -217,13 +217,14 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
                 stages[name] += b - a
             done += len(batch)
             selected_total += int(selected.sum())
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         stored = client.query("SELECT count() FROM routing_decisions").result_rows[0][0]
     finally:
         gc.unfreeze()
         consumer.close()
         client.close()
     return {"events": done, "seconds": round(seconds, 3), "events_per_second": round(done / seconds),
+            "cpu_seconds": round(cpu, 3), "events_per_cpu_second": round(done / cpu),
             "selected": selected_total, "decision_rows": stored, "core": core,
             "us_per_event": {k: round(1e6 * v / done, 2) for k, v in stages.items()}}
 

@@ -149,6 +149,8 @@ def test_a_small_bench_end_to_end(kafka, tmp_path):
     assert w["events_per_second"] > 0 and w["events_per_cpu_second"] > 0 and w["peak_rss_mb"] > 50
     assert w["us_per_event"] == pytest.approx(1e6 / w["events_per_cpu_second"], rel=0.01)
     assert result["worker_vs_limit"] == round(w["events_per_second"] / limit["events_per_second"], 3)
+    assert result["worker_vs_limit_cpu"] == round(w["events_per_cpu_second"] / limit["events_per_cpu_second"], 3)
+    assert limit["events_per_cpu_second"] == pytest.approx(3000 / limit["cpu_seconds"], rel=0.01)
     assert 0 < limit["selected"] < 3000 and set(limit["us_per_event"]) >= {"decode", "score", "insert"}
     lat = result["latency"]
     assert lat["rate"] == round(max(10.0, w["events_per_second"] / 2))
