@@ -224,3 +224,36 @@ def test_the_web_ui_ticks_several_labels_and_says_none(fresh, tmp_path):
         assert {t: l["labels"] for t, l in labels.items()} == {"t-1": ["cat", "fox"], "t-2": []}
     finally:
         service.stop()
+
+
+# --------------------------------------------------------------------------- the trainer settles the set
+
+
+def test_the_trainer_settles_a_multi_label_task_class_by_class():
+    """What the service sends, the trainer takes: sets (the empty one too) settle by majority per class,
+    a correction settles again, a class outside the label set is refused, and gold is judged as a set."""
+    from streams.labels.consensus import Consensus
+    from streams.labels.trainer import Trainer, UnknownLabel
+    from streams.learning.learner import Learner
+    from streams import events
+
+    trainer = Trainer(Learner("m", kind="linear"), Consensus(overlap=3), gold={"item-9": "fox|cat"})
+    for i in (1, 9):
+        trainer.add_task(multi(i))
+
+    def give(who: str, i: int, classes) -> list[dict]:
+        text, labels = events.set_label(classes)
+        return trainer.add_label(events.label(event_id=uuid.uuid4().hex, task_id=f"t-{i}", item_id=f"item-{i}",
+                                              label=text, annotator_id=who, ts=1, labels=labels)).consensus
+
+    assert give("ann", 1, ["cat", "dog"]) == [] and give("bob", 1, []) == []
+    [settled] = give("cy", 1, ["dog"])
+    assert (settled["label"], settled["n_labels"], settled["method"]) == ("dog", 3, "set_vote")
+    [again] = give("cy", 1, ["cat", "dog"])  # cy corrects: cat now has two of three
+    assert again["label"] == "cat|dog"
+    assert give("bob", 1, []) == [], "the same answer again (a new event) settles nothing new"
+    with pytest.raises(UnknownLabel):
+        give("dan", 1, ["wolf"])
+    give("ann", 9, ["cat", "fox"])
+    give("bob", 9, ["cat"])
+    assert trainer.consensus.gold.estimate("ann") > trainer.consensus.gold.estimate("bob")

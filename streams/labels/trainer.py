@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from streams import events
 from streams.labels.agreement import AgreementTracker
 from streams.labels.consensus import Consensus
+from streams.labels.set_agreement import label_set
+from streams.labels.set_consensus import set_consensus
 from streams.learning.features import featurize
 from streams.learning.learner import Learner
 from streams.recent import Recent
@@ -116,6 +118,8 @@ class Trainer:
 
     def _take(self, label: events.Label, learn: bool = True) -> Result:
         entry = self._tasks[label["task_id"]]
+        if entry["task"].get("multi_label"):
+            return self._take_set(entry, label)
         if entry["label_set"] and label["label"] not in entry["label_set"]:
             raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
         item, annotator = label["item_id"], label["annotator_id"]
@@ -150,6 +154,53 @@ class Trainer:
                 "n_labels": len(votes), "round": outcome.round, "ts": label["ts"],
                 "learned_by_version": self.learner.version, "shadow_prediction": row["shadow_prediction"],
                 "shadow_confidence": proba.get(row["shadow_prediction"])})
+        return result
+
+    def _take_set(self, entry: dict, label: events.Label) -> Result:
+        """A label of a ``multi_label`` task: its set (``labels``, else ``label`` split on ``|``)
+        must lie in the label set; once the task has the labels it wants, it settles class by
+        class (:func:`~streams.labels.set_consensus.set_consensus`, annotators weighed by their
+        gold accuracy), again whenever a correction changes the set. Not learned yet: the
+        learner's model is single-label (a one-vs-rest learner is :mod:`streams.learning.one_vs_rest`).
+
+        >>> from streams.learning.learner import Learner
+        >>> trainer = Trainer(Learner("m", kind="linear"), Consensus(overlap=2))
+        >>> _ = trainer.add_task({"task_id": "t1", "item_id": "i1", "features": {}, "text": None, "multi_label": True,
+        ...                       "reasons": ["uncertain"], "label_set": ["cat", "dog", "fox"]})
+        >>> def answer(who, labels):
+        ...     return trainer.add_label({"event_id": who, "task_id": "t1", "item_id": "i1", "label": "|".join(labels),
+        ...                               "labels": labels, "annotator_id": who, "ts": 5, "duration_ms": 9})
+        >>> answer("ann", ["cat", "fox"]).consensus
+        []
+        >>> c = answer("bob", ["cat"]).consensus[0]
+        >>> c["label"], round(c["confidence"], 3), c["method"]  # fox is a tie: out
+        ('cat', 0.443, 'set_vote')
+        """
+        chosen = label_set(label["labels"] if label.get("labels") is not None else label["label"])
+        unknown = chosen - set(entry["label_set"])
+        if entry["label_set"] and unknown:
+            raise UnknownLabel(f"labels {sorted(unknown)} are not in the task's label set {entry['label_set']}")
+        item, annotator = label["item_id"], label["annotator_id"]
+        row = {**label, "learned_by_version": self.learner.version, "shadow_prediction": None,
+               "reasons": entry["reasons"], "control": int("control" in entry["reasons"])}
+        result = Result(labels=[row])
+        if item in self.gold:
+            self.consensus.gold.add(annotator, chosen == label_set(self.gold[item]))
+            row["reasons"] = ["gold"]
+            return result
+        votes = entry.setdefault("set_votes", {})
+        votes[annotator] = chosen  # a later label from the same annotator is a correction
+        if len(votes) < max(1, self.consensus.overlap):
+            return result
+        settled = set_consensus(votes, classes=entry["label_set"] or None, accuracy=self.consensus.gold.estimate)
+        joined = "|".join(sorted(settled.labels))
+        if entry.get("settled_set") != joined:
+            entry["settled_set"] = joined
+            result.consensus.append({
+                "task_id": label["task_id"], "item_id": item, "label": joined, "confidence": settled.confidence,
+                "method": "set_vote", "annotators": sorted(votes), "n_labels": len(votes), "round": 0,
+                "ts": label["ts"], "learned_by_version": self.learner.version, "shadow_prediction": None,
+                "shadow_confidence": None})
         return result
 
     def task(self, task_id: str) -> events.Task | None:
