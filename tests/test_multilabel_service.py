@@ -83,6 +83,8 @@ def test_the_empty_set_is_an_answer(local):
     ann.post("/api/tasks/next")
     out = ann.post("/api/tasks/t-1/label", json={"labels": []}).json()
     assert (out["label"], out["labels"]) == ("", [])
+    audited = [e["detail"] for _, e in _store.unsent_audit() if e["action"] == "label"]
+    assert audited == ["[]"], "the audit log says the empty set, not an empty string"
     assert codec.decode(codec.encode("Label", sink.sent[0]), ("Label",))[1]["labels"] == []
 
 

@@ -31,6 +31,7 @@ page: open ``/openapi.json`` in any OpenAPI viewer.
 """
 
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -209,6 +210,11 @@ def _responses(*codes: int) -> dict:
 # --------------------------------------------------------------------------- the app
 
 
+def _said(record: dict) -> str:
+    """A label's answer for the audit log: the label, or a multi-label set as JSON (``[]`` for none)."""
+    return record["label"] if record.get("labels") is None else json.dumps(record["labels"])
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -321,7 +327,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         with store.transaction():
             record, new = store.label(task_id, who.annotator_id, body.answer(), body.note)
             if new:
-                note("label", who, request, task_id, record["label"])
+                note("label", who, request, task_id, _said(record))
                 gate.judge(record, _client(request))
         return deliver(record, new)
 
@@ -354,7 +360,7 @@ def create_app(store: Store, outbox: Outbox, tokens: Tokens, guidelines: dict | 
         with store.transaction():
             record, new = store.resolve(task_id, who.annotator_id, body.answer(), body.note)
             if new:
-                note("resolve", who, request, task_id, record["label"])
+                note("resolve", who, request, task_id, _said(record))
         return deliver(record, new)
 
     @app.post("/api/review/{task_id}/requeue", tags=["reviewers"], responses=_responses(400, 401, 403, 404, 409))
