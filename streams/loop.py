@@ -40,7 +40,9 @@ from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.labels.agreement import agreement_rows
 from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
+from streams.labels.suspects import SuspectLabels, correct_learner, others_support, review_task
 from streams.learning.learner import Learner, ShadowModel, load_version
+from streams.learning.models import make as make_model
 from streams.evaluation.lift import Lift
 from streams.evaluation.milestones import Milestones
 from streams.evaluation.production import ProductionAccuracy
@@ -105,6 +107,7 @@ class Loop:
         self.labels_changed = False
         self.production = ProductionAccuracy()  # the production model's releases, judged by the labels
         self.milestones = milestones  # when to retrain the production model; None: never say
+        self.suspects: SuspectLabels | None = None  # labels sent back for review, see watch_suspects
 
     @classmethod
     def build(cls, budget_fraction: float = 0.1, budget_per_hour: int = 0, budget_per_day: int = 0,
@@ -113,7 +116,8 @@ class Loop:
               max_annotators: int = 5, gold_items: dict | None = None, gold_rate: float = 0.0,
               gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
               prequential: bool = True, n_classes: int | None = None, label_set=None,
-              policy_options: dict | None = None, milestones: dict | None = None) -> "Loop":
+              policy_options: dict | None = None, milestones: dict | None = None,
+              suspect_share: float = 0.0) -> "Loop":
         """A loop from plain options (named as the settings are; a cap of 0 is no cap).
 
         An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
@@ -148,8 +152,10 @@ class Loop:
                             n_classes=n_classes)
         router = Router(policy, seed=seed, caps=caps)  # the caps are global: enforced at admission
         router.labels.update(label_set or ())
-        return cls(scorer, router, trainer, gold=gold, overlap=overlap,
+        loop = cls(scorer, router, trainer, gold=gold, overlap=overlap,
                    milestones=None if milestones is None else Milestones(**milestones))
+        loop.watch_suspects(suspect_share)
+        return loop
 
     # -- scoring ------------------------------------------------------------------------
     def score(self, name: str, record: dict, now_ms: int) -> Effects:
@@ -253,6 +259,8 @@ class Loop:
             out.rows.extend(self._measure(row, now_ms))
             self._save(row)
             self._release(row)
+        if self.suspects is not None:
+            out.extend(self._suspects_take(name, record, result, now_ms))
         return out
 
     def _save(self, row: dict) -> None:
@@ -309,6 +317,8 @@ class Loop:
         out.rows.extend(self._stopping_rows(record))
         out.rows.append(self._savings_row(record["version"], record["ts"]))
         out.extend(self._release_effects(record, out.rows))
+        if self.suspects is not None:
+            out.extend(self._suspects_review(record))
         log.info("published %s version %s (labels %s, control accuracy %s)", record["model_name"],
                  record["version"], record["labels_seen"], record["control_accuracy"])
         return out
@@ -415,3 +425,56 @@ class Loop:
                         100 * checks.accuracy(annotator), checks.checks[annotator])
         self.flagged = flagged
         return rows
+
+    # -- suspect labels (streams/labels/suspects.py) -----------------------------------------
+    def watch_suspects(self, share: float) -> None:
+        """After each published version, send the most suspect labels bought back for review,
+        within ``share`` of the labels bought (0: never). The cross-fitted copies are the shadow
+        model's kind (a kNN as the numpy :class:`~streams.learning.models.KNN`, the same model
+        about twenty times faster)."""
+        learner = self.trainer.learner
+        kind = learner.kind if learner.kind == "knn" else None
+        make = (lambda: make_model("knn", offline=True)) if kind else learner.model.clone
+        self.suspects = SuspectLabels(make, share=share) if share > 0 else None
+
+    def _suspects_review(self, record: dict) -> Effects:
+        """At a published version: the suspects picked, each as a review task and a ``found`` row."""
+        out = Effects()
+        for suspect in self.suspects.pick():
+            task = self.trainer.task(suspect.task_id)
+            if task is None or suspect.task_id not in self.trainer.consensus.tasks:
+                continue
+            out.tasks.append(review_task(task, self.trainer.consensus))
+            out.rows.append(("suspect_labels", self.suspects.row(suspect.task_id, "found", record["ts"],
+                                                                 record["version"])))
+        return out
+
+    def _suspects_take(self, name: str, record: dict, result, now_ms: int) -> Effects:
+        """A label or a settled consensus, for the suspect labels: a reviewer's label confirms or
+        clears a suspect; a consensus that moved off a suspected label corrects it in the learner
+        (:func:`~streams.labels.suspects.correct_learner`); any other settled label (not control:
+        reviewing control labels the model doubts would bias the test set) joins the labels scored."""
+        out, suspects, learner = Effects(), self.suspects, self.trainer.learner
+        if name == "Label" and result.labels:
+            status = suspects.review(record["task_id"], record["annotator_id"], record["label"])
+            if status is not None:
+                out.rows.append(("suspect_labels", suspects.row(record["task_id"], status, now_ms, learner.version,
+                                                                reviewer=record["annotator_id"])))
+        for row in result.consensus:
+            task = self.trainer.task(row["task_id"])
+            if task is None:
+                continue
+            x = featurize(task["features"], task.get("text"))
+            old = suspects.labels[row["task_id"]]["label"] if row["task_id"] in suspects.labels else None
+            if suspects.settled(row["task_id"], row["label"]) == "corrected":
+                correct_learner(learner, x, old, row["label"])
+                out.rows.append(("suspect_labels", suspects.row(row["task_id"], "corrected", now_ms,
+                                                                learner.version)))
+            elif "control" not in task["reasons"]:
+                votes = self.trainer.consensus.votes(row["task_id"])
+                first = next((a for a, y in votes.items() if y == row["label"]), None)
+                classes = sorted(set(task.get("label_set") or []) | set(votes.values()))
+                support = others_support(votes, first, classes, self.trainer.consensus.gold.estimate) if first else None
+                suspects.add(row["task_id"], row["item_id"], x, row["label"], votes,
+                             None if support is None or support != support else support)
+        return out

@@ -182,3 +182,68 @@ def test_suspect_rows_in_the_warehouse_and_the_panel(clickhouse_dsn):
     counts = {r["status"]: r["labels"] for r in rows}
     assert counts == {"found": len(picked), "confirmed": 1, "cleared": 1, "corrected": 1}
     assert {r["version"] for r in rows} == {2}
+
+
+def test_the_loop_reviews_suspects_and_corrects_them_everywhere():
+    """The worker's own Loop on the demo's stream (bananas, annotators wrong 5%, 5% and 40% of the
+    time): after versions, suspects go back as review tasks to another annotator; a review that
+    overturns a label corrects the consensus, the learner and the agreement figures, and the
+    rows keep both versions."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from consumers.annotators import AnnotatorPool
+    from feedbackloop.demo import stream, team
+    from feedbackloop.settings import Settings
+    from streams.loop import Loop
+
+    settings = Settings().replace(seed=1)
+    traffic = stream(datasets.load("bananas").rows, 1, 3000, "bananas")
+    annotators = team(traffic.truth.get, 1, 3, annotator_errors=[0.05, 0.05, 0.4])
+    loop = Loop.build(model_kind="knn", budget_fraction=0.1, seed=1, suspect_share=0.2)
+    pool = AnnotatorPool(settings, annotators)
+    key = Ed25519PrivateKey.generate()
+    first, reviews, rows = {}, [], []
+
+    def label(tasks, now):
+        while tasks:
+            task = tasks.pop(0)
+            loop.take("LabelingTask", task, now)
+            if "suspect_label" in task["reasons"]:
+                reviews.append(task)
+            for annotator in pool.assign(task):
+                answer = annotator.label(task, now)
+                first.setdefault(task["task_id"], answer)
+                effects = loop.take("Label", answer, now)
+                rows.extend(effects.rows)
+                tasks.extend(effects.tasks)
+                if loop.due:
+                    effects = loop.publish(now, key)
+                    rows.extend(effects.rows)
+                    tasks.extend(effects.tasks)
+
+    for name, event in traffic.events:
+        for candidate in loop.score(name, event, event["ts"]).candidates:
+            label(list(loop.route(candidate, event["ts"]).tasks), event["ts"])
+
+    suspects = loop.suspects
+    found = [r for t, r in rows if t == "suspect_labels" and r["status"] == "found"]
+    corrected = [r for t, r in rows if t == "suspect_labels" and r["status"] == "corrected"]
+    assert len(found) == suspects.found == len(reviews) > 0
+    assert suspects.found <= 0.2 * len(suspects.labels) + 1
+    assert 0 < suspects.corrected <= suspects.confirmed <= suspects.found
+    for task in reviews:  # to someone else than who gave the label
+        assert first[task["task_id"]]["annotator_id"] in task["exclude_annotators"]
+    truth = lambda row: traffic.truth[row["item_id"]]  # noqa: E731
+    wrong_found = sum(first[r["task_id"]]["label"] != truth(r) for r in found)
+    assert wrong_found >= 0.4 * len(found)  # wrong labels: about 1 in 6 of those bought, over 2 in 5 of those sent back
+    assert sum(r["corrected_label"] == truth(r) for r in corrected) >= 0.8 * len(corrected)
+    learner = loop.trainer.learner
+    for r in corrected:  # both versions in the rows; the consensus and the learner hold the new one
+        assert r["label"] != r["corrected_label"]
+        assert loop.trainer.consensus.tasks[r["task_id"]]["settled"] == r["corrected_label"]
+        task = loop.trainer.task(r["task_id"])
+        x = {**task["features"]}
+        held = [y for item, y in learner.learned if item == x]
+        assert r["corrected_label"] in held and r["label"] not in held, held
+        given = {a.annotator_id: a.label for a in loop.trainer.tracker.log if a.item_id == r["item_id"]}
+        assert len(given) >= 2 and r["corrected_label"] in given.values()  # the reviewer's label counts
