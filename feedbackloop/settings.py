@@ -127,6 +127,9 @@ class Settings:
     gate_threshold: float = 0.7
     #: the labeling guidelines: a markdown file, or a directory of them (one per label set)
     guidelines_path: str = ""
+    # -- suspect labels (streams.labels.suspects) --
+    #: reviews of labels the cross-fitted model finds suspect, as a share of the labels bought (0: none)
+    suspect_share: float = 0.05
     # -- retraining the production model (streams.evaluation.milestones; 0 turns a rule off) --
     #: a Retraining event after this many new consensus labels
     retrain_every_labels: int = 500

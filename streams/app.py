@@ -91,6 +91,7 @@ def loop_options(s: Settings) -> dict:
             "model_name": s.model_name, "model_kind": s.model_kind, "publish_every": s.publish_every,
             "overlap": s.overlap, "max_annotators": s.max_annotators, "gold_items": load_gold(s.gold_path),
             "gold_rate": s.gold_rate, "gold_threshold": s.gold_threshold,
+            "suspect_share": s.suspect_share,  # reviews of suspect labels (streams.labels.suspects)
             # when to retrain the production model (streams.evaluation.milestones)
             "milestones": {"every_labels": s.retrain_every_labels, "accuracy_gain": s.retrain_accuracy_gain,
                            "on_drift": bool(s.retrain_on_drift), "on_stop": bool(s.retrain_on_stop)}}
