@@ -130,6 +130,8 @@ class Savings:
         self.control_seen += 1
         if half(item_id) == "train":
             self.counterfactual.learn(x, label, weight=weight)
+            if self._due(self.random, self.counterfactual.labels_seen):
+                self.counterfactual.rescale()  # measured as the live learner's versions are
             self._snapshot(self.random, self.counterfactual.model, self.counterfactual.labels_seen)
             return "train"
         if len(self.evaluation) == self.evaluation.maxlen:
@@ -172,6 +174,7 @@ class Savings:
         newest point of each curve), ``n_eval``."""
         if policy_model is not None:
             self._snapshot(self.policy, policy_model, self.policy_labels, force=True)
+        self.counterfactual.rescale()
         self._snapshot(self.random, self.counterfactual.model, self.counterfactual.labels_seen, force=True)
         n = len(self.evaluation)
         out = dict.fromkeys(("policy_labels", "random_labels_needed", "target_accuracy", "policy_accuracy",
