@@ -248,6 +248,11 @@ def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: 
     return out
 
 
+#: The demo reviews more suspect labels than a worker does by default (FEEDBACKLOOP_SUSPECT_SHARE): it has a
+#: careless annotator on purpose, and a review is what corrects the labels they got wrong.
+SUSPECT_SHARE = 0.3
+
+
 def team(truth, seed: int, annotators: int = 3, annotator_error: float = 0.05,
          annotator_errors: list[float] | None = None, reviewer: bool = False) -> list[SimulatedAnnotator]:
     """The simulated annotators: ``annotator_errors`` (default: ``annotator_error`` for all; with five or
@@ -301,6 +306,7 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
                     tasks.extend(loop.take("Label", answer, now).tasks)
                 if loop.due:
                     done = loop.publish(now, key)
+                    tasks.extend(done.tasks)  # reviews of suspect labels, labeled as the worker's are
                     record = done.models[0]
                     out["control_accuracy"][str(record["version"])] = record["control_accuracy"]
                     out["control_labels"][str(record["version"])] = record["control_labels"]
@@ -417,6 +423,9 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "adjudications": scalar("SELECT count() FROM adjudications"),
         "adjudicated_tasks": scalar("SELECT uniqExact(task_id) FROM adjudications"),
         "gold_tasks": scalar("SELECT count() FROM labeling_tasks WHERE kind = 'gold'"),
+        # labels found suspect and sent back for review, what reviews confirmed and corrected (streams/labels/suspects.py)
+        "suspect_labels": {status: scalar(f"SELECT uniqExact(task_id) FROM suspect_labels WHERE status = '{status}'")
+                           for status in ("found", "confirmed", "corrected")},
         "agreement": {**agreement, "cohen_kappa": pairs},
         "annotators": annotators,
         "flagged_annotators": sorted(a for a, row in annotators.items() if row["flagged"]),
@@ -661,6 +670,9 @@ def summary(report: dict) -> str:
           if (stop := report.get("stopping")) and "kappa_average" in stop else []),
         *([f"adjudicated tasks {report['adjudicated_tasks']:>7}   ({report['adjudications']} rounds)"]
           if report["adjudications"] else []),
+        *([f"suspect labels    {report['suspect_labels']['found']:>7}   (reviewed again: "
+           f"{report['suspect_labels']['confirmed']} confirmed wrong, {report['suspect_labels']['corrected']} corrected)"]
+          if report.get("suspect_labels", {}).get("found") else []),
         *([f"agreement           kappa {fmt2(report['agreement'].get('fleiss_kappa'))} (Fleiss), "
            f"alpha {fmt2(report['agreement'].get('krippendorff_alpha'))} (Krippendorff)"]
           if report["agreement"].get("fleiss_kappa") is not None else []),
@@ -707,6 +719,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--gold-rate", type=float, default=0.0,
                    help="share of tasks followed by a known-answer gold check")
     d.add_argument("--control", type=float, default=0.2, help="share of the budget spent on the random control slice")
+    d.add_argument("--suspect-share", type=float, default=SUSPECT_SHARE,
+                   help="reviews of suspect labels, as a share of the labels bought (0: none)")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",
@@ -729,6 +743,7 @@ def run(args, settings: Settings) -> int:
     """``feedbackloop demo``: play the demo with the command line's choices, print and write the report."""
     settings = settings.replace(budget_fraction=args.budget, publish_every=args.publish_every,
                                 control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate)
+    settings = settings.replace(suspect_share=args.suspect_share)  # reviews of suspect labels
     errors = [float(e) for e in args.annotator_errors.split(",")] if args.annotator_errors else None
     report = play(settings, dataset=args.dataset, label_column=args.label_column, events=args.events,
                   rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
