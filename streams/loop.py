@@ -42,7 +42,7 @@ from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
 from streams.labels.suspects import SuspectLabels, correct_learner, others_support, review_task
 from streams.learning.learner import Learner, ShadowModel, load_version
-from streams.learning.models import make as make_model
+from streams.learning.models import KNN
 from streams.evaluation.lift import Lift
 from streams.evaluation.milestones import Milestones
 from streams.evaluation.production import ProductionAccuracy
@@ -430,11 +430,13 @@ class Loop:
     def watch_suspects(self, share: float) -> None:
         """After each published version, send the most suspect labels bought back for review,
         within ``share`` of the labels bought (0: never). The cross-fitted copies are the shadow
-        model's kind (a kNN as the numpy :class:`~streams.learning.models.KNN`, the same model
-        about twenty times faster)."""
+        model's kind; a kNN's copies are the numpy :class:`~streams.learning.models.KNN` (about twenty
+        times faster) with 15 neighbours instead of 5: smoother probabilities, so the class
+        thresholds mean more (at the end of a stream of 1,000 labels, 20% flipped, seeds 0-4, the
+        suspects' precision rose from 0.58 to 0.75 on bananas and 0.79 to 0.83 on imagesegments,
+        recall a little too)."""
         learner = self.trainer.learner
-        kind = learner.kind if learner.kind == "knn" else None
-        make = (lambda: make_model("knn", offline=True)) if kind else learner.model.clone
+        make = (lambda: KNN(n_neighbors=15)) if learner.kind == "knn" else learner.model.clone
         self.suspects = SuspectLabels(make, share=share) if share > 0 else None
 
     def _suspects_review(self, record: dict) -> Effects:

@@ -11,6 +11,13 @@ the mean probability the model gives that class on the items labelled with it
 - another class is at or above its own threshold, and the model's top class is not the label,
 - and, where other annotators labelled the item, their weighted vote gives it less than ``support_below``.
 
+Why cross-fitted rather than prequential (each label's probability recorded before the online
+learner learned it, which costs nothing): a prequential probability is frozen at the time, from a
+model that had seen few labels, while a cross-fit scores every label again with the newest copies.
+On 1,000-label streams with 20% of labels flipped, scanned every 25 labels (seeds 0-4, median),
+the cross-fit found 80% of the flips on bananas and 92% on imagesegments, the prequential
+probabilities 70% and 87%, at precisions of 0.49 against 0.56 and 0.62 against 0.64.
+
 These are exactly the labels cleanlab's ``find_label_issues(filter_by="confident_learning")``
 reports whose own probability is under its threshold (``tests/test_suspects.py`` checks it).
 :class:`SuspectLabels` keeps the labels, ranks the suspects by margin (the suggested class's
@@ -280,7 +287,7 @@ class SuspectLabels:
     """
 
     def __init__(self, make, folds: int = 5, share: float = 0.05, support_below: float = 0.5, min_labels: int = 50,
-                 persist: int = 2):
+                 persist: int = 1):
         self.crossfit = CrossFit(make, folds)
         self.persist = persist
         self.share = share
