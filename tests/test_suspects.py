@@ -247,3 +247,30 @@ def test_the_loop_reviews_suspects_and_corrects_them_everywhere():
         assert r["corrected_label"] in held and r["label"] not in held, held
         given = {a.annotator_id: a.label for a in loop.trainer.tracker.log if a.item_id == r["item_id"]}
         assert len(given) >= 2 and r["corrected_label"] in given.values()  # the reviewer's label counts
+
+
+def test_the_labeling_queue_gives_a_review_to_someone_else(tmp_path):
+    """The review task (same id, next round, the labeller excluded) reopens the task in the
+    labeling service's queue, for anyone but the annotator whose label is suspect."""
+    from consumers.labeling.store import Store
+    from streams import events
+    from streams.labels.consensus import Consensus
+    from streams.labels.suspects import review_task
+
+    task = events.task(task_id="t1", event_id="e1", item_id="i1", created_ts=1, source_ts=1, kind="prediction",
+                       reasons=["uncertain"], signals={}, selection_probability=0.5, priority=0.5, confidence=0.6,
+                       label_set=["a", "b"], model_name="prod", model_version="1", shadow_version=1,
+                       policy_version="p")
+    store = Store(tmp_path / "queue.sqlite3")
+    store.add_tasks([task], {("labeling.tasks", 0): 0}, now_ms=10)
+    assert store.lease("ann-1", now_ms=11)["task"]["task_id"] == "t1"
+    store.label("t1", "ann-1", "a", None, now_ms=12)
+    consensus = Consensus()
+    consensus.open(task)
+    consensus.add("t1", "ann-1", "a")
+    review = review_task(task, consensus)
+    store.add_tasks([review], {("labeling.tasks", 0): 1}, now_ms=20)
+    assert store.lease("ann-1", now_ms=21) is None
+    leased = store.lease("ann-2", now_ms=22)
+    assert leased["task"]["task_id"] == "t1" and leased["task"]["reasons"] == ["suspect_label"]
+    store.close()
