@@ -372,6 +372,13 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
                 sent.append(label["ts"])
             producer.flush(10)
             time.sleep(gap)
+        key, deadline = keys.verify_key(settings), time.monotonic() + 120
+        while time.monotonic() < deadline:  # probe on until the last label's version is out, and a little more
+            record = model_feed.latest_version(settings, key)
+            if record is not None and record["labels_seen"] >= base + len(sent):
+                break
+            time.sleep(0.5)
+        time.sleep(gap)
     finally:
         stop.set()
         thread.join()

@@ -454,8 +454,11 @@ class Loop:
     def _suspects_take(self, name: str, record: dict, result, now_ms: int) -> Effects:
         """A label or a settled consensus, for the suspect labels: a reviewer's label confirms or
         clears a suspect; a consensus that moved off a suspected label corrects it in the learner
-        (:func:`~streams.labels.suspects.correct_learner`); any other settled label (not control:
-        reviewing control labels the model doubts would bias the test set) joins the labels scored."""
+        (:func:`~streams.labels.suspects.correct_learner`; a control label in the held-out test set);
+        any other settled label joins the labels scored. Control labels are reviewed too: correcting
+        the wrong ones the model doubts leaves only those it agrees with, which the test set counted
+        as right before as well, so its accuracy moves towards the true one (with 13% of labels
+        wrong and a model right 85% of the time, from 0.09 under it to 0.02 over it at most)."""
         out, suspects, learner = Effects(), self.suspects, self.trainer.learner
         if name == "Label" and result.labels:
             status = suspects.review(record["task_id"], record["annotator_id"], record["label"])
@@ -469,10 +472,10 @@ class Loop:
             x = featurize(task["features"], task.get("text"))
             old = suspects.labels[row["task_id"]]["label"] if row["task_id"] in suspects.labels else None
             if suspects.settled(row["task_id"], row["label"]) == "corrected":
-                correct_learner(learner, x, old, row["label"])
+                correct_learner(learner, x, old, row["label"], control="control" in task["reasons"])
                 out.rows.append(("suspect_labels", suspects.row(row["task_id"], "corrected", now_ms,
                                                                 learner.version)))
-            elif "control" not in task["reasons"]:
+            else:
                 votes = self.trainer.consensus.votes(row["task_id"])
                 first = next((a for a, y in votes.items() if y == row["label"]), None)
                 classes = sorted(set(task.get("label_set") or []) | set(votes.values()))

@@ -187,8 +187,8 @@ def test_suspect_rows_in_the_warehouse_and_the_panel(clickhouse_dsn):
 def test_the_loop_reviews_suspects_and_corrects_them_everywhere():
     """The worker's own Loop on the demo's stream (bananas, annotators wrong 5%, 5% and 40% of the
     time): after versions, suspects go back as review tasks to another annotator; a review that
-    overturns a label corrects the consensus, the learner and the agreement figures, and the
-    rows keep both versions."""
+    overturns a label corrects the consensus, the learner (or the held-out control labels) and
+    the agreement figures, and the rows keep both versions."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from consumers.annotators import AnnotatorPool
@@ -237,13 +237,15 @@ def test_the_loop_reviews_suspects_and_corrects_them_everywhere():
     wrong_found = sum(first[r["task_id"]]["label"] != truth(r) for r in found)
     assert wrong_found >= 0.4 * len(found)  # wrong labels: about 1 in 6 of those bought, over 2 in 5 of those sent back
     assert sum(r["corrected_label"] == truth(r) for r in corrected) >= 0.8 * len(corrected)
+    assert any("control" in loop.trainer.task(r["task_id"])["reasons"] for r in corrected)
     learner = loop.trainer.learner
     for r in corrected:  # both versions in the rows; the consensus and the learner hold the new one
         assert r["label"] != r["corrected_label"]
         assert loop.trainer.consensus.tasks[r["task_id"]]["settled"] == r["corrected_label"]
         task = loop.trainer.task(r["task_id"])
         x = {**task["features"]}
-        held = [y for item, y in learner.learned if item == x]
+        store = learner.control if "control" in task["reasons"] else learner.learned  # held out, or learned
+        held = [y for item, y in store if item == x]
         assert r["corrected_label"] in held and r["label"] not in held, held
         given = {a.annotator_id: a.label for a in loop.trainer.tracker.log if a.item_id == r["item_id"]}
         assert len(given) >= 2 and r["corrected_label"] in given.values()  # the reviewer's label counts

@@ -150,8 +150,13 @@ class CrossFit:
         return self.models[fold_of(key, self.folds)].model.predict_proba_one(x)
 
 
-def correct_learner(learner: Learner, x: dict, old: str, new: str, learn_new: bool = False) -> str:
+def correct_learner(learner: Learner, x: dict, old: str, new: str, learn_new: bool = False,
+                    control: bool = False) -> str:
     """Take a label the learner learned as ``old`` back: ``x`` is ``new``. Returns how.
+
+    A ``control`` label was held out, not learned: its entry in the learner's control labels
+    is dropped (the trainer has held the new one out beside it) or, with ``learn_new``,
+    relabelled (``held_out``).
 
     Most River models cannot unlearn. A kNN can be rebuilt: the learner keeps every item it
     holds (:attr:`~streams.learning.learner.Learner.learned`), so the entry is relabelled and
@@ -167,6 +172,15 @@ def correct_learner(learner: Learner, x: dict, old: str, new: str, learn_new: bo
     >>> correct_learner(learner, x, "a", "b", learn_new=True), [y for v, y in learner.learned if v is x]
     ('rebuilt', ['b'])
     """
+    if control:
+        for i, (item, label) in enumerate(learner.control):
+            if label == old and item == x:
+                if learn_new:
+                    learner.control[i] = (item, new)
+                else:
+                    del learner.control[i]
+                break
+        return "held_out"
     if knn_step(learner.model) is not None:
         for i, (item, label) in enumerate(learner.learned):
             if label == old and item == x:
