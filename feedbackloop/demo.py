@@ -126,8 +126,10 @@ def _end(process: subprocess.Popen) -> None:
 WARM_UP_TASKS = 40
 WARM_UP_STALL = 5.0
 
-#: The longest the replay waits for the learner at once, in seconds.
+#: The longest the replay waits for the learner at once, and the longest it waits for a learner
+#: that publishes nothing new, in seconds.
 MAX_STALL = 20.0
+IDLE = 3.0
 
 
 class LearnerWatch:
@@ -145,6 +147,7 @@ class LearnerWatch:
         self.consumer.assign([TopicPartition(settings.topic("models"), 0, OFFSET_BEGINNING)])
         self.behind = behind
         self.warm_up = WARM_UP_TASKS
+        self.slack = 0  # tasks that taught no new label (reviews, gold checks, adjudications)
         self.version = self.labels_seen = 0
 
     def poll(self) -> int:
@@ -155,16 +158,25 @@ class LearnerWatch:
 
     def keep_pace(self, tasks) -> float:
         """Wait while the annotators have taken (``tasks()``) more than ``behind`` tasks the learner has
-        not published yet (before its first version: ``warm_up``), at most :data:`MAX_STALL`
-        seconds; return the seconds waited."""
-        start = time.monotonic()
-        while (waited := time.monotonic() - start) < MAX_STALL:
-            if tasks() - self.poll() <= (self.behind if self.version else self.warm_up):
+        not published yet (before its first version: ``warm_up``), and the learner is still catching
+        up (a task that teaches no new label, such as a review or a gold check, is never caught up
+        with: once the learner has published nothing new for :data:`IDLE` seconds, the gap left counts
+        as such tasks from then on), at most :data:`MAX_STALL` seconds; return the seconds waited."""
+        start = moved = time.monotonic()
+        seen = self.poll()
+        while (now := time.monotonic()) - start < MAX_STALL:
+            allowed = self.behind if self.version else self.warm_up
+            if tasks() - seen - self.slack <= allowed:
                 break
-            if not self.version and waited > WARM_UP_STALL:  # its first version needs more labels
+            if not self.version and now - start > WARM_UP_STALL:  # its first version needs more labels
                 self.warm_up += WARM_UP_TASKS
                 break
+            if self.version and now - moved > IDLE:
+                self.slack = tasks() - seen - allowed
+                break
             time.sleep(0.05)
+            if self.poll() > seen:
+                seen, moved = self.labels_seen, time.monotonic()
         return time.monotonic() - start
 
     def close(self) -> None:
