@@ -132,7 +132,7 @@ def _backlog_topic(settings: Settings) -> str:
 
     name = settings.topic(BACKLOG)
     admin = AdminClient(settings.kafka_config())  # held until the topic exists
-    for future in admin.create_topics([NewTopic(name, settings_partitions(settings), 1)]).values():
+    for future in admin.create_topics([NewTopic(name, input_partitions(settings), 1)]).values():
         future.result(30)
     return BACKLOG
 
@@ -338,7 +338,7 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
     """Labels sent in ``rounds`` bursts of ``publish_every``, ``gap`` seconds apart, while probe predictions
     flow to every input partition at ``probe_rate``; each label's time until every partition is scored
     by a version that has learned it (``base``: labels the served version had learned before)."""
-    partitions = settings_partitions(settings)
+    partitions = input_partitions(settings)
     pairs = training_set(rounds * settings.publish_every, 0, seed=11)
     for task, _ in pairs:
         task["reasons"] = ["uncertain"]  # learned, not held out
@@ -403,7 +403,7 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
             "ms": _percentiles(values)}
 
 
-def settings_partitions(settings: Settings) -> int:
+def input_partitions(settings: Settings) -> int:
     """Partitions of the ``predictions`` topic."""
     consumer = Consumer({**settings.kafka_config(), "group.id": "bench-meta"})
     try:
@@ -620,9 +620,10 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
             result["bare_loop"] = bare_loop(settings, events, run_dir, model)
         progress("worker draining the backlog")
         result["worker"] = w = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-")
-        result["worker_vs_limit"] = round(w["events_per_second"] / result["limit_loop"]["events_per_second"], 3)
-        result["worker_vs_limit_cpu"] = round(w["events_per_cpu_second"] / result["limit_loop"]["events_per_cpu_second"],
-                                              3)  # per CPU-second: less swayed by what else runs
+        limit = result["limit_loop"]
+        result["worker_vs_limit"] = round(w["events_per_second"] / limit["events_per_second"], 3)
+        # per CPU-second: less swayed by whatever else runs on the machine
+        result["worker_vs_limit_cpu"] = round(w["events_per_cpu_second"] / limit["events_per_cpu_second"], 3)
         rate = latency_rate or max(10.0, w["events_per_second"] / 2)
         progress(f"event-to-task latency at {rate:,.0f} events/s for {latency_seconds:g} s")
         dsn = "chdb://" + str(run_dir / "ch-latency")
