@@ -260,9 +260,11 @@ def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: 
     return out
 
 
-#: The demo reviews more suspect labels than a worker does by default (FEEDBACKLOOP_SUSPECT_SHARE): it has a
-#: careless annotator on purpose, and a review is what corrects the labels they got wrong.
+#: With a careless annotator on the team (an error rate of CARELESS or more), the demo reviews more suspect
+#: labels than a worker does by default (FEEDBACKLOOP_SUSPECT_SHARE): a review is what corrects the labels they
+#: got wrong. With careful annotators it keeps the worker's share, so reviews do not eat the savings.
 SUSPECT_SHARE = 0.3
+CARELESS = 0.2
 
 
 def team(truth, seed: int, annotators: int = 3, annotator_error: float = 0.05,
@@ -731,8 +733,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--gold-rate", type=float, default=0.0,
                    help="share of tasks followed by a known-answer gold check")
     d.add_argument("--control", type=float, default=0.2, help="share of the budget spent on the random control slice")
-    d.add_argument("--suspect-share", type=float, default=SUSPECT_SHARE,
-                   help="reviews of suspect labels, as a share of the labels bought (0: none)")
+    d.add_argument("--suspect-share", type=float,
+                   help=f"reviews of suspect labels, as a share of the labels bought (0: none; default: "
+                        f"{SUSPECT_SHARE} with an annotator whose error rate is {CARELESS} or more, "
+                        f"else the worker's FEEDBACKLOOP_SUSPECT_SHARE)")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",
@@ -755,8 +759,11 @@ def run(args, settings: Settings) -> int:
     """``feedbackloop demo``: play the demo with the command line's choices, print and write the report."""
     settings = settings.replace(budget_fraction=args.budget, publish_every=args.publish_every,
                                 control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate)
-    settings = settings.replace(suspect_share=args.suspect_share)  # reviews of suspect labels
     errors = [float(e) for e in args.annotator_errors.split(",")] if args.annotator_errors else None
+    careless = max(errors or [args.annotator_error]) >= CARELESS or (errors is None and args.annotators >= 5)
+    share = args.suspect_share if args.suspect_share is not None else (
+        SUSPECT_SHARE if careless else settings.suspect_share)
+    settings = settings.replace(suspect_share=share)  # reviews of suspect labels
     report = play(settings, dataset=args.dataset, label_column=args.label_column, events=args.events,
                   rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
                   override_rate=args.override_rate, appeal_rate=args.appeal_rate, annotator_errors=errors,
