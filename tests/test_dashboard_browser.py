@@ -80,6 +80,7 @@ def test_the_plots_show_what_clickhouse_holds(after_demo, page, tmp_path):
             "labels": scalar("SELECT count() FROM labels FINAL"),
             "model_version": scalar("SELECT max(version) FROM model_versions FINAL"),
         }
+        labelled = scalar("SELECT uniqExact(task_id) FROM labels FINAL")
         control = client.query("SELECT labels_seen, round(control_accuracy, 4) FROM model_versions FINAL "
                                "WHERE control_accuracy IS NOT NULL ORDER BY labels_seen").result_rows
         by_reason = dict(client.query("SELECT reason, count() FROM labeling_tasks FINAL "
@@ -87,7 +88,8 @@ def test_the_plots_show_what_clickhouse_holds(after_demo, page, tmp_path):
         by_annotator = dict(client.query("SELECT annotator_id, count() FROM labels FINAL "
                                          "GROUP BY annotator_id").result_rows)
     assert truth["predictions"] == report["predictions"] == 1500
-    assert truth["tasks"] > 50 and truth["labels"] == truth["tasks"] and len(control) >= 2
+    # every task labelled; a review of a suspect label is one more label on the same task
+    assert truth["tasks"] > 50 and labelled == truth["tasks"] <= truth["labels"] and len(control) >= 2
 
     tiles = dict(page.eval_on_selector_all("#panel-overview .tile",
                                            "els => els.map(e => [e.dataset.column, e.dataset.value])"))
