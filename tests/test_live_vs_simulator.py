@@ -25,14 +25,21 @@ from feedbackloop import datasets, demo
 
 pytestmark = pytest.mark.kafka
 
-SEED, EVENTS, RATE = 1, 3000, 300.0
+#: 6,000 events: on 3,000 the last versions of the two runs differed by up to 6 points (seeds 1-3: 3.8, 0.8,
+#: 4.5), since about one decision in ten differs and a few dozen policy labels still move a kNN; on 6,000
+#: they differed by 0.7, 1.7, 0.5 and 2.4 points (seeds 1-4), in about 50 s.
+SEED, EVENTS, RATE = 1, 6000, 300.0
 
 
 def test_live_worker_and_offline_loop_end_at_the_same_control_accuracy(kafka, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the demo's worker keeps its local state
     # a larger control slice than the demo's 20%: a steadier yardstick on a short stream
     settings = kafka.replace(state_dir=str(tmp_path / "demo"), budget_fraction=0.1, control_fraction=0.4,
-                             publish_every=25, overlap=1, gold_rate=0.0)
+                             publish_every=25, overlap=1, gold_rate=0.0,
+                             # reviews of suspect labels correct control labels as they come back, which
+                             # moves the yardstick itself between the two runs; tests/test_suspects.py
+                             # covers them
+                             suspect_share=0.0)
     live = demo.play(settings, events=EVENTS, rate=RATE, seed=SEED, annotator_error=0.05, progress=False)
 
     traffic = demo.stream(datasets.load("bananas").rows, SEED, events=EVENTS, rate=RATE)
