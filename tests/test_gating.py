@@ -264,3 +264,20 @@ def test_the_gate_pauses_as_often_as_the_binomial_says(error):
         paused += store.gate(who)["state"] == "paused"
     expected = paused_by(error, 20, 5, 0.7)
     assert abs(paused / n - expected) <= 4 * math.sqrt(expected * (1 - expected) / n) + 1 / n, (paused / n, expected)
+
+
+def test_a_multi_label_gold_answer_is_judged_as_a_set():
+    """A gold item whose answer is a set, written in any order (``dog|cat``): the same set in
+    another order is right, a subset is wrong; a string comparison would call both wrong."""
+    store = Store(":memory:")
+    gold = {"g": {"item_id": "g", "label": "dog|cat", "features": {}, "text": None}}
+    store.add_tasks([task(i, label_set=("cat", "dog", "fox"), multi_label=True) for i in range(4)], {})
+    gate = Gate(store, gold, tasks=2, threshold=0.7, seed=0)
+    for answer in (["cat", "dog"], ["cat"]):
+        gate.prepare("ann")
+        leased = store.lease("ann")["task"]
+        assert leased["item_id"] == "g" and leased["multi_label"]
+        record, _ = store.label(leased["task_id"], "ann", answer, note=None)
+        gate.judge(record, "test")
+    assert store.gold_record("ann") == (2, 1)
+    assert store.gate("ann")["state"] == "paused"  # 1 of 2 right, under 0.7

@@ -42,6 +42,7 @@ import uuid
 from consumers.labeling import audit
 from consumers.labeling.store import Store
 from streams.labels.gold import GoldMixer
+from streams.labels.set_agreement import label_set
 
 __all__ = ["Gate", "readmit"]
 
@@ -86,7 +87,7 @@ class Gate:
         if item is None:
             return None
         who = label["annotator_id"]
-        self.store.gold_check(label["task_id"], who, label["item_id"], label["label"] == item["label"], label["ts"])
+        self.store.gold_check(label["task_id"], who, label["item_id"], same_answer(label, item["label"]), label["ts"])
         checks, right = self.store.gold_record(who)
         if checks < max(1, self.tasks) or right / checks >= self.threshold or self.paused(who):
             return None
@@ -119,6 +120,16 @@ class Gate:
             "threshold": self.threshold, "by": by, "released": []}))
         self.store.audit(event)
         return event
+
+
+def same_answer(label: dict, gold: str) -> bool:
+    """Whether ``label`` gives the ``gold`` answer, compared as label sets: a multi-label answer
+    (its ``labels``, or ``label`` joined by ``|``) is right in any order.
+
+    >>> same_answer({"label": "dog|cat", "labels": ["dog", "cat"]}, "cat|dog"), same_answer({"label": "cat"}, "cat|dog")
+    (True, False)
+    """
+    return label_set(label["labels"] if label.get("labels") is not None else label["label"]) == label_set(gold)
 
 
 def readmit(store: Store, annotator_id: str, by: str, threshold: float = 0.7) -> dict:
