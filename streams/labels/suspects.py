@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,23 +174,11 @@ def correct_learner(learner: Learner, x: dict, old: str, new: str, learn_new: bo
     ('rebuilt', ['b'])
     """
     if control:
-        for i, (item, label) in enumerate(learner.control):
-            if label == old and item == x:
-                if learn_new:
-                    learner.control[i] = (item, new)
-                else:
-                    del learner.control[i]
-                break
+        _relabel(learner.control, x, old, new if learn_new else None)
         return "held_out"
-    if knn_step(learner.model) is not None:
-        for i, (item, label) in enumerate(learner.learned):
-            if label == old and item == x:
-                if learn_new:
-                    learner.learned[i] = (item, new)
-                else:
-                    del learner.learned[i]
-                learner.rescale()
-                return "rebuilt"
+    if knn_step(learner.model) is not None and _relabel(learner.learned, x, old, new if learn_new else None):
+        learner.rescale()
+        return "rebuilt"
     for _ in range(2 if learn_new else 1):
         try:
             learner.model.learn_one(x, new, w=1.0)
@@ -197,6 +186,23 @@ def correct_learner(learner: Learner, x: dict, old: str, new: str, learn_new: bo
             learner.model.learn_one(x, new)
     learner.classes.add(new)
     return "outweighed"
+
+
+def _relabel(pairs: MutableSequence, x: dict, old: str, new: str | None) -> bool:
+    """The first ``(x, old)`` of ``pairs`` relabelled ``new`` (dropped if ``new`` is None); False if none.
+
+    >>> pairs = [({"v": 1}, "a"), ({"v": 2}, "a")]
+    >>> _relabel(pairs, {"v": 2}, "a", "b"), _relabel(pairs, {"v": 1}, "a", None), pairs
+    (True, True, [({'v': 2}, 'b')])
+    """
+    for i, (item, label) in enumerate(pairs):
+        if label == old and item == x:
+            if new is None:
+                del pairs[i]
+            else:
+                pairs[i] = (item, new)
+            return True
+    return False
 
 
 def others_support(votes: dict[str, str], first: str, classes: list[str], accuracy) -> float:
