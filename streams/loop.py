@@ -117,7 +117,7 @@ class Loop:
               gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
               prequential: bool = True, n_classes: int | None = None, label_set=None,
               policy_options: dict | None = None, milestones: dict | None = None,
-              suspect_share: float = 0.0) -> "Loop":
+              suspect_share: float = 0.0, multi_label: bool = False) -> "Loop":
         """A loop from plain options (named as the settings are; a cap of 0 is no cap).
 
         An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
@@ -127,7 +127,9 @@ class Loop:
         publishes; without it, and with ``prequential=False``, it predicts
         nothing at all), names every class up front (``label_set``), and passes its
         strategy (``mix``, ``uncertainty``, ...) as ``policy_options``;
-        ``control_fraction=None`` keeps the mix's own control share.
+        ``control_fraction=None`` keeps the mix's own control share. With ``multi_label`` the label
+        set is multi-label: tasks take any subset, the learner is one-vs-rest and the set signals
+        drive uncertainty; no savings estimate or suspect-label reviews (both single-label).
 
         >>> from streams.learning.models import make
         >>> replay = Loop.build(model=make("nb", offline=True), hold_out_control=False, live_scoring=True,
@@ -141,20 +143,23 @@ class Loop:
                         **(policy_options or {}))
         gold_items = gold_items or {}
         learner = Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control,
-                          model=model, hold_out_control=hold_out_control, prequential=prequential)
+                          model=model, hold_out_control=hold_out_control, prequential=prequential,
+                          multi_label=multi_label)
         trainer = Trainer(learner, Consensus(overlap=overlap, max_annotators=max_annotators,
                                              gold=GoldChecks(threshold=gold_threshold)),
                           gold={item: g["label"] for item, g in gold_items.items()})
         gold = GoldMixer(gold_items, gold_rate, seed=seed) if gold_items and gold_rate > 0 else None
-        scorer = Scorer(n_classes=n_classes)
+        scorer = Scorer(n_classes=n_classes, multi_label=multi_label)
         if live_scoring:  # a view on the learner's model and classes: it scores what was just learned
             scorer = Scorer(ShadowModel(model_name, 0, learner.model, learner.classes), live=True,
-                            n_classes=n_classes)
-        router = Router(policy, seed=seed, caps=caps)  # the caps are global: enforced at admission
+                            n_classes=n_classes, multi_label=multi_label)
+        router = Router(policy, seed=seed, caps=caps, multi_label=multi_label)  # the caps are global: enforced at admission
         router.labels.update(label_set or ())
         loop = cls(scorer, router, trainer, gold=gold, overlap=overlap,
                    milestones=None if milestones is None else Milestones(**milestones))
-        loop.watch_suspects(suspect_share)
+        loop.watch_suspects(0.0 if multi_label else suspect_share)
+        if multi_label:
+            loop.savings = None
         return loop
 
     # -- scoring ------------------------------------------------------------------------
@@ -315,7 +320,8 @@ class Loop:
         out = Effects(models=[record], rows=[("model_versions", record)])
         out.rows.append(self._lift_row(record["version"], record["ts"]))
         out.rows.extend(self._stopping_rows(record))
-        out.rows.append(self._savings_row(record["version"], record["ts"]))
+        if self.savings is not None:
+            out.rows.append(self._savings_row(record["version"], record["ts"]))
         out.extend(self._release_effects(record, out.rows))
         if self.suspects is not None:
             out.extend(self._suspects_review(record))
@@ -350,7 +356,7 @@ class Loop:
         and the control accuracy's plateau, see :mod:`streams.evaluation.stopping`."""
         learner = self.trainer.learner
         stop_set = [x for x, _ in list(learner.control)[:STOP_SET]]
-        predictions = [learner.model.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []
+        predictions = [learner.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []
         row = self.stopping.update(record["version"], predictions, record["control_accuracy"], record["labels_seen"])
         recommendation = "stop" if row["stop"] else "continue"
         return [("stopping_signals", {"ts": record["ts"], "version": record["version"], "metric": metric,

@@ -119,7 +119,7 @@ class Trainer:
     def _take(self, label: events.Label, learn: bool = True) -> Result:
         entry = self._tasks[label["task_id"]]
         if entry["task"].get("multi_label"):
-            return self._take_set(entry, label)
+            return self._take_set(entry, label, learn)
         if entry["label_set"] and label["label"] not in entry["label_set"]:
             raise UnknownLabel(f"label {label['label']!r} is not in the task's label set {entry['label_set']}")
         item, annotator = label["item_id"], label["annotator_id"]
@@ -156,15 +156,16 @@ class Trainer:
                 "shadow_confidence": proba.get(row["shadow_prediction"])})
         return result
 
-    def _take_set(self, entry: dict, label: events.Label) -> Result:
+    def _take_set(self, entry: dict, label: events.Label, learn: bool = True) -> Result:
         """A label of a ``multi_label`` task: its set (``labels``, else ``label`` split on ``|``)
         must lie in the label set; once the task has the labels it wants, it settles class by
         class (:func:`~streams.labels.set_consensus.set_consensus`, annotators weighed by their
-        gold accuracy), again whenever a correction changes the set. Not learned yet: the
-        learner's model is single-label (a one-vs-rest learner is :mod:`streams.learning.one_vs_rest`).
+        gold accuracy), again whenever a correction changes the set. A multi-label learner
+        learns the settled set (:meth:`~streams.learning.learner.Learner.learn_set`, weighed by
+        its confidence; a control label held out); a single-label one does not learn it.
 
         >>> from streams.learning.learner import Learner
-        >>> trainer = Trainer(Learner("m", kind="linear"), Consensus(overlap=2))
+        >>> trainer = Trainer(Learner("m", kind="linear", multi_label=True), Consensus(overlap=2))
         >>> _ = trainer.add_task({"task_id": "t1", "item_id": "i1", "features": {}, "text": None, "multi_label": True,
         ...                       "reasons": ["uncertain"], "label_set": ["cat", "dog", "fox"]})
         >>> def answer(who, labels):
@@ -175,6 +176,8 @@ class Trainer:
         >>> c = answer("bob", ["cat"]).consensus[0]
         >>> c["label"], round(c["confidence"], 3), c["method"]  # fox is a tie: out
         ('cat', 0.443, 'set_vote')
+        >>> trainer.learner.labels_seen, sorted(trainer.learner.classes)
+        (1, ['cat', 'dog', 'fox'])
         """
         chosen = label_set(label["labels"] if label.get("labels") is not None else label["label"])
         unknown = chosen - set(entry["label_set"])
@@ -196,6 +199,9 @@ class Trainer:
         joined = "|".join(sorted(settled.labels))
         if entry.get("settled_set") != joined:
             entry["settled_set"] = joined
+            if learn and self.learner.multi_label:
+                self.learner.learn_set(entry["x"], settled.labels, control="control" in entry["reasons"],
+                                       weight=settled.confidence, classes=entry["label_set"])
             result.consensus.append({
                 "task_id": label["task_id"], "item_id": item, "label": joined, "confidence": settled.confidence,
                 "method": "set_vote", "annotators": sorted(votes), "n_labels": len(votes), "round": 0,

@@ -46,7 +46,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from streams.selection import signals
-from streams.learning import models, snapshot
+from streams.labels.set_agreement import label_set
+from streams.learning import models, one_vs_rest, snapshot
 from streams.learning.snapshot import SnapshotRejected
 
 __all__ = ["Learner", "ShadowModel", "SnapshotRejected", "load_version"]
@@ -62,10 +63,18 @@ class ShadowModel:
     classes: list[str] = field(default_factory=list)
 
     def predict_proba(self, x: dict[str, float]) -> dict[str, float]:
-        """Class probabilities, or ``{}`` before the model has seen a label."""
+        """Class probabilities, or ``{}`` before the model has seen a label; for a
+        one-vs-rest model (:attr:`multi_label`) each class's P(in the set)."""
         if self.model is None or not self.classes:
             return {}
+        if self.multi_label:
+            return one_vs_rest.proba(self.model, x, self.classes)
         return self.model.predict_proba_one(x)
+
+    @property
+    def multi_label(self) -> bool:
+        """True when the model is one-vs-rest (:mod:`streams.learning.one_vs_rest`): it predicts sets."""
+        return one_vs_rest.is_one_vs_rest(self.model)
 
 
 def load_version(record: dict, key) -> ShadowModel:
@@ -108,6 +117,10 @@ class Learner:
     model
         The model to learn, instead of a fresh one of ``kind`` (an offline
         replay gives its own, see :mod:`feedbackloop.simulate`).
+    multi_label
+        Learn sets of classes (:meth:`learn_set`) with a one-vs-rest model of
+        ``kind`` (:func:`streams.learning.one_vs_rest.make`; ``linear`` for a kind
+        it lacks). Its control accuracy is then the micro-F1 of the predicted sets.
     hold_out_control
         Hold control labels out (the live loop's test set). An offline replay,
         which has a held-out test set of its own, learns them like any other.
@@ -142,14 +155,18 @@ class Learner:
     """
 
     def __init__(self, name: str, kind: str = "knn", publish_every: int = 25, control_window: int = 1000,
-                 min_control: int = 20, model=None, hold_out_control: bool = True, prequential: bool = True):
+                 min_control: int = 20, model=None, hold_out_control: bool = True, prequential: bool = True,
+                 multi_label: bool = False):
         self.name = name
         self.kind = kind
         self.publish_every = publish_every
         self.min_control = min_control
         self.hold_out_control = hold_out_control
         self.prequential = prequential
+        if model is None and multi_label:
+            model = one_vs_rest.make(kind if kind in one_vs_rest.KINDS else "linear")
         self.model = models.make(kind) if model is None else model
+        self.multi_label = one_vs_rest.is_one_vs_rest(self.model)
         self.classes: set[str] = set()
         self.version = 0
         self.labels_seen = 0
@@ -165,7 +182,9 @@ class Learner:
     def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
         """Predict ``x``, then learn it (or hold it out if ``control`` and
         ``hold_out_control``); return the class probabilities predicted (``{}``
-        before the first label)."""
+        before the first label). A multi-label learner takes ``label`` as a set joined by ``|``."""
+        if self.multi_label:
+            return self.learn_set(x, label_set(label), control=control, weight=weight)
         proba = self.model.predict_proba_one(x) if self.classes and self.prequential else {}
         predicted = signals.top_label(proba)
         if predicted is not None:
@@ -181,6 +200,44 @@ class Learner:
             if knn_step(self.model):
                 self.learned.append((x, label))
         return proba
+
+    def learn_set(self, x: dict[str, float], labels, control: bool = False, weight: float = 1.0,
+                  classes=()) -> dict[str, float]:
+        """A multi-label learner's :meth:`learn`: ``labels`` is the item's set of classes and
+        ``classes`` every class of its task (a class left out of the set is a "no" for it). Returns
+        each class's P(in the set) predicted before learning (``{}`` before the first label); the
+        prequential accuracy counts exact sets.
+
+        >>> learner = Learner("m", multi_label=True, publish_every=1, min_control=0)
+        >>> for i in range(200):
+        ...     _ = learner.learn_set({"a": float(i % 2)}, {"odd"} if i % 2 else set(), classes=["odd", "big"])
+        >>> p = learner.learn_set({"a": 1.0}, {"odd"}, control=True, classes=["odd", "big"])
+        >>> p["odd"] > 0.6 > 0.4 > p["big"], learner.control[-1][1], learner.predict_one({"a": 0.0})
+        (True, 'odd', '')
+        >>> learner.control_accuracy(), sorted(learner.classes)
+        (1.0, ['big', 'odd'])
+        """
+        labels = frozenset(labels)
+        self.classes.update(classes)
+        self.classes.update(labels)
+        proba = one_vs_rest.proba(self.model, x, sorted(self.classes)) if self.prequential and \
+            self.labels_seen else {}
+        if proba:
+            self.prequential_total += 1
+            self.prequential_hits += {c for c, p in proba.items() if p > 0.5} == labels
+        self.labels_seen += 1
+        self._since_publish += 1
+        if control and self.hold_out_control:
+            self.control.append((x, one_vs_rest.joined(labels)))
+        else:
+            one_vs_rest.learn(self.model, x, labels, classes=sorted(self.classes), weight=weight)
+        return proba
+
+    def predict_one(self, x: dict[str, float]) -> str | None:
+        """The model's label for ``x``; a multi-label model's predicted set joined by ``|``."""
+        if self.multi_label:
+            return one_vs_rest.joined(one_vs_rest.predict(self.model, x, sorted(self.classes)))
+        return self.model.predict_one(x)
 
     def _learn(self, x, label, weight):
         if weight == 1.0:
@@ -206,9 +263,12 @@ class Learner:
         return self.prequential_hits / self.prequential_total if self.prequential_total else None
 
     def control_accuracy(self) -> float | None:
-        """Accuracy of the current model on the held-out control labels."""
+        """Accuracy of the current model on the held-out control labels (a multi-label
+        model's micro-F1, :func:`~streams.learning.one_vs_rest.micro_f1`)."""
         if not self.control or not self.classes:
             return None
+        if self.multi_label:
+            return one_vs_rest.micro_f1((label_set(y), label_set(self.predict_one(x))) for x, y in self.control)
         return sum(self.model.predict_one(x) == y for x, y in self.control) / len(self.control)
 
     @property

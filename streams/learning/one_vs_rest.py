@@ -29,7 +29,8 @@ from typing import Hashable, Iterable
 import numpy as np
 from river import linear_model, multioutput, preprocessing, tree
 
-__all__ = ["KINDS", "make", "targets", "learn", "proba", "predict", "BatchLinear", "proba_many"]
+__all__ = ["KINDS", "make", "is_one_vs_rest", "targets", "learn", "proba", "predict", "joined", "micro_f1",
+           "BatchLinear", "proba_many"]
 
 #: The base binary classifier of each class, by kind (as :func:`streams.learning.models.make`). No
 #: ``knn``: River's KNN per class keeps one neighbour search per class, about a hundred times slower.
@@ -53,6 +54,16 @@ def make(kind: str = "linear"):
     else:
         base = tree.HoeffdingTreeClassifier(grace_period=20)
     return preprocessing.StandardScaler() | multioutput.PerOutputClassifier(base)
+
+
+def is_one_vs_rest(model) -> bool:
+    """True for a model :func:`make` built (its last step is River's ``PerOutputClassifier``).
+
+    >>> is_one_vs_rest(make()), is_one_vs_rest(None)
+    (True, False)
+    """
+    steps = getattr(model, "steps", None)
+    return bool(steps) and type(list(steps.values())[-1]).__name__ == "PerOutputClassifier"
 
 
 def targets(labels: Iterable[Hashable], classes: Iterable[Hashable]) -> dict[Hashable, bool]:
@@ -98,6 +109,34 @@ def proba(model, x: dict, classes: Iterable[Hashable] | None = None) -> dict[Has
 def predict(model, x: dict, classes: Iterable[Hashable] | None = None, threshold: float = 0.5) -> frozenset:
     """The predicted set: the classes with ``P > threshold``."""
     return frozenset(c for c, p in proba(model, x, classes).items() if p > threshold)
+
+
+def joined(labels: Iterable[Hashable]) -> str:
+    """A set of classes as one label: sorted and joined by ``|`` (the empty set is ``""``).
+
+    >>> joined({"dog", "cat"}), joined(set())
+    ('cat|dog', '')
+    """
+    return "|".join(sorted(map(str, labels)))
+
+
+def micro_f1(pairs: Iterable[tuple[Iterable[Hashable], Iterable[Hashable]]]) -> float | None:
+    """Micro-averaged F1 of ``(true set, predicted set)`` pairs: every (item, class) decision
+    pooled, ``2 TP / (2 TP + FP + FN)``; None with no pair, 1.0 when both are always empty.
+    The multi-label figure the simulator and a multi-label learner's control accuracy report.
+
+    >>> micro_f1([({"a", "b"}, {"a"}), ({"c"}, {"c", "d"})])
+    0.6666666666666666
+    >>> micro_f1([]), micro_f1([(set(), set())])
+    (None, 1.0)
+    """
+    tp = fp = fn = n = 0
+    for truth, predicted in pairs:
+        truth, predicted = set(truth), set(predicted)
+        tp, fp, fn, n = tp + len(truth & predicted), fp + len(predicted - truth), fn + len(truth - predicted), n + 1
+    if not n:
+        return None
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
 class BatchLinear:

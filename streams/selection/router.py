@@ -70,6 +70,7 @@ from streams.selection.budget import Budget
 from streams.selection.policy import Decision as PolicyDecision, Policy
 from streams.recent import Recent
 from streams.selection.signals import top_label
+from streams.labels.set_agreement import label_set
 
 _NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
 
@@ -102,12 +103,17 @@ class Router:
         Event ids remembered as preselected, and as decided.
     caps
         The global hard caps, enforced at admission; None: the policy's budget holds them.
+    multi_label
+        The label set is multi-label: tasks ask for any subset (``multi_label``), suggest a
+        set (``suggested_labels``), and a label joined by ``|`` names several classes.
     """
 
-    def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000, caps: Budget | None = None):
+    def __init__(self, policy: Policy, seed: int = 0, memory: int = 1_000_000, caps: Budget | None = None,
+                 multi_label: bool = False):
         self.policy = policy
         self.seed = seed
         self.caps = caps
+        self.multi_label = multi_label
         self.labels: set[str] = set()
         self._preselected: Recent = Recent(memory)  # at the partition: events sent on to the owner
         self._decided: Recent = Recent(memory)  # at the owner: events admitted or refused
@@ -167,7 +173,9 @@ class Router:
     def _learn_labels(self, c: Candidate) -> None:
         self.labels.update(c["probabilities"])
         for label in (c["user_label"], c["predicted_label"]):
-            if label:
+            if label and self.multi_label:
+                self.labels.update(label_set(label))
+            elif label:
                 self.labels.add(label)
 
     def _decide(self, c: Candidate) -> PolicyDecision:
@@ -247,6 +255,10 @@ class Router:
             user_label=c["user_label"], note=c["note"], model_name=c["model_name"],
             model_version=c["model_version"], shadow_version=c["shadow_version"],
             policy_version=c["policy_version"], context=c["context"])
+        if self.multi_label:  # any subset of the label set; the suggestion is a set too
+            suggested = c["user_label"] or c["shadow_label"] or c["predicted_label"] or ""
+            task.update(multi_label=True, suggested_label=suggested, suggested_labels=sorted(label_set(suggested)),
+                        confidence=0.0)
         return decision, task
 
     def route(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:

@@ -40,7 +40,8 @@ members, over ``n_classes`` classes; the event's probabilities are not read.
 from __future__ import annotations
 
 from streams.events import Candidate, candidate
-from streams.selection import signals
+from streams.selection import set_signals, signals
+from streams.learning import one_vs_rest
 from streams.learning.batch import BatchKNN, predict_proba_many
 from streams.learning.features import featurize
 from streams.learning.learner import ShadowModel
@@ -51,10 +52,11 @@ class Scorer:
     """Scores predictions, overrides and appeals against the current shadow model."""
 
     def __init__(self, model: ShadowModel | None = None, memory: int = 100_000, live: bool = False,
-                 n_classes: int | None = None):
+                 n_classes: int | None = None, multi_label: bool = False):
         self.model = model or ShadowModel("shadow", 0)
         self.live = live
         self.n_classes = n_classes
+        self.multi_label = multi_label  # probabilities are per class, P(in the set): see _set_signals
         self._recent: Recent = Recent(memory)
         self._batch: tuple = (None, None)  # (model version, its BatchKNN or None)
 
@@ -90,6 +92,8 @@ class Scorer:
         if self.live:
             return [self._candidate(e, x, None, now_ms) for e, x in zip(events, xs)]
         model = self.model
+        if self.multi_label:
+            return self._sets(events, xs, now_ms)
         if model.model is None or not model.classes or len(events) < 2:
             shadows = [model.predict_proba(x) for x in xs]
         else:
@@ -103,19 +107,22 @@ class Scorer:
 
     def _candidate(self, event: dict, x: dict[str, float], shadow: dict[str, float] | None,
                    now_ms: int, scored: dict[str, float] | None = None) -> Candidate:
+        top_label = self._set_label if self.multi_label else signals.top_label
         if self.live:
             probabilities, scored = self._live(x)
-            predicted, shadow = signals.top_label(probabilities), {}
+            predicted, shadow = top_label(probabilities), {}
         else:
             probabilities, predicted = event["probabilities"], event["predicted_label"]
-            if scored is None:
+            if scored is None and self.multi_label:
+                scored = set_signals.score(probabilities, shadow)
+            elif scored is None:
                 classes = set(probabilities) | set(self.model.classes)
                 scored = signals.score(probabilities, shadow, self.n_classes or len(classes))
         c = candidate(
             event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind="prediction",
             model_name=event["model_name"], model_version=event["model_version"],
             predicted_label=predicted, probabilities=probabilities, features=event["features"],
-            text=event.get("text"), context=event.get("context") or {}, shadow_label=signals.top_label(shadow),
+            text=event.get("text"), context=event.get("context") or {}, shadow_label=top_label(shadow),
             shadow_version=self.model.version, signals=scored, user_label=None, note=None, scored_ts=now_ms, x=x)
         self._recent[event["item_id"]] = c
         return c
@@ -145,11 +152,42 @@ class Scorer:
                                    record["model_version"], record["predicted_label"], texts, contexts))]
         return self.predictions(events, now_ms)
 
+    # -- multi-label: probabilities are per class, P(in the set) (streams.learning.one_vs_rest) --------------
+    @staticmethod
+    def _set_label(proba: dict[str, float] | None) -> str | None:
+        """The predicted set (classes over 0.5) joined by ``|``; None with no probabilities."""
+        return one_vs_rest.joined(c for c, p in proba.items() if p > 0.5) if proba else None
+
+    def _sets(self, events: list[dict], xs: list[dict], now_ms: int) -> list[Candidate]:
+        """:meth:`predictions` of a multi-label scorer: the shadow model's per-class probabilities
+        for all at once (:func:`~streams.learning.one_vs_rest.proba_many`), and the set signals
+        (:func:`~streams.selection.set_signals.score`: per-class entropy drives the uncertainty).
+
+        >>> model = one_vs_rest.make()
+        >>> for i in range(50):
+        ...     one_vs_rest.learn(model, {"x": float(i % 2)}, {"a"} if i % 2 else {"b"}, classes=["a", "b"])
+        >>> scorer = Scorer(ShadowModel("s", 1, model, ["a", "b"]), multi_label=True)
+        >>> c = scorer.predictions([{"event_id": "e", "item_id": "i", "ts": 1, "model_name": "", "model_version": "",
+        ...     "predicted_label": "a|b", "probabilities": {"a": 0.9, "b": 0.8}, "features": {"x": 1.0},
+        ...     "text": None, "context": {}}], 2)[0]
+        >>> c["shadow_label"], c["signals"]["label_disagreement"], 0 < c["signals"]["uncertainty"] < 1
+        ('a', 1.0, True)
+        """
+        model = self.model
+        shadows = [{} for _ in xs]
+        if model.model is not None and model.classes and model.multi_label:
+            shadows = one_vs_rest.proba_many(model.model, xs, sorted(model.classes))
+        return [self._candidate(e, x, shadow, now_ms, set_signals.score(e["probabilities"], shadow))
+                for e, x, shadow in zip(events, xs, shadows)]
+
     def _live(self, x: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """The live model's probabilities for ``x`` and their signals (none before it knows two classes)."""
         model = self.model.model
         if model is None or len(self.model.classes) < 2:
             return {}, {}
+        if self.multi_label:  # a one-vs-rest model: P(in the set) of each class, and the set signals
+            proba = self.model.predict_proba(x)
+            return proba, set_signals.score({}, proba)
         members = model.members_proba(x) if hasattr(model, "members_proba") else None
         proba = signals.mean_proba(members) if members else model.predict_proba_one(x)
         if not proba:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Hashable, Mapping
 
-__all__ = ["class_entropies", "mean_entropy", "max_entropy", "set_uncertainty", "set_disagreement"]
+__all__ = ["class_entropies", "mean_entropy", "max_entropy", "set_uncertainty", "set_disagreement", "score"]
 
 SetProba = Mapping[Hashable, float]
 
@@ -82,3 +82,33 @@ def set_disagreement(p: SetProba, q: SetProba) -> float:
     if not classes:
         return 0.0
     return math.fsum(abs(p.get(c, 0.5) - q.get(c, 0.5)) for c in classes) / len(classes)
+
+
+def score(production: SetProba, shadow: SetProba | None = None, how: str = "mean") -> dict[str, float]:
+    """All signals of one multi-label item, as :func:`streams.selection.signals.score` gives them
+    for one label: ``entropy`` (mean per-class entropy) and ``max_entropy`` of the production
+    model, the same of the shadow model and their :func:`set_disagreement` once it has one, and
+    ``uncertainty``, what the policy samples on: the production model's :func:`set_uncertainty`
+    (``how``), averaged with the shadow model's and raised to at least their disagreement.
+    ``label_disagreement`` is 1 when the two predicted sets (classes over 0.5) differ.
+
+    >>> s = score({"a": 0.9, "b": 0.1}, {"a": 0.5, "b": 0.1})
+    >>> round(s["entropy"], 3), round(s["shadow_entropy"], 3), s["label_disagreement"], round(s["uncertainty"], 3)
+    (0.469, 0.734, 1.0, 0.602)
+    >>> score({}, None)
+    {'entropy': 0.0, 'max_entropy': 0.0, 'uncertainty': 0.0}
+    """
+    out = {"entropy": mean_entropy(production), "max_entropy": max_entropy(production)}
+    uncertainty = set_uncertainty(production, how)
+    if shadow:
+        out["shadow_entropy"] = mean_entropy(shadow)
+        out["shadow_max_entropy"] = max_entropy(shadow)
+        if production:
+            out["disagreement"] = set_disagreement(production, shadow)
+            chosen = lambda p: {c for c, v in p.items() if v > 0.5}  # noqa: E731
+            out["label_disagreement"] = float(chosen(production) != chosen(shadow))
+            uncertainty = max(0.5 * (uncertainty + set_uncertainty(shadow, how)), out["disagreement"])
+        else:  # no production model (an offline replay): the shadow model alone
+            uncertainty = set_uncertainty(shadow, how)
+    out["uncertainty"] = uncertainty
+    return out
