@@ -52,6 +52,7 @@ from dashboards.sink import ClickHouseSink
 from feedbackloop import keys, limit_loop, stack, worker
 from feedbackloop.settings import Settings
 from schemas import codec
+from schemas.candidate_columns import candidates_of, to_columns
 from streams import events as ev
 from streams import model_feed
 from streams.app import loop_options
@@ -467,7 +468,7 @@ def _wait_members(settings: Settings, n: int, timeout: float = 90) -> None:
 def owner_admission(settings: Settings, n: int, model: dict | None = None) -> dict:
     """What the owner of the global budget costs per *input* event: of ``n`` scored events, the candidates
     it receives (those preselected at the partitions, where the loop preselects; otherwise every one),
-    decoded from the hop (``CandidateBatch``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`)."""
+    decoded from the hop (``CandidateColumns``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`)."""
     scorer = Loop.build(**loop_options(settings))
     if model is not None:
         scorer.resume(model, keys.verify_key(settings))
@@ -477,12 +478,13 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None) -> di
         for c in scorer.score("PredictionBatch", {"events": list(_events(min(500, n - i), seed=9 + i))},
                               now).candidates:
             candidates += scorer.preselect(c, now).candidates if split else [c]
-    hop = [codec.encode("CandidateBatch", {"candidates": candidates[i:i + 500]}, check=False)
-           for i in range(0, len(candidates), 500)]
+    hop = [codec.encode("CandidateColumns", r, check=False)  # as a scorer sends them (streams.app)
+           for i in range(0, len(candidates), 500) for r in to_columns(candidates[i:i + 500])]
     owner = Loop.build(**loop_options(settings))
     admit = owner.admit if split else owner.route
     started = time.perf_counter()
-    received = [c for value in hop for c in codec.decode(value, ("CandidateBatch",), check=False)[1]["candidates"]]
+    received = [c for value in hop
+                for c in candidates_of(codec.decode(value, ("CandidateColumns", "CandidateBatch"), check=False)[1])]
     decoded = time.perf_counter()
     selected = 0
     for c in received:

@@ -49,6 +49,7 @@ from feedbackloop import keys
 from dashboards.connection import connect_settings
 from feedbackloop.settings import Settings
 from schemas import codec
+from schemas.candidate_columns import candidates_of, to_columns
 from feedbackloop.datasets import load_gold
 from streams.loop import Effects, Loop
 from streams import model_feed
@@ -115,7 +116,7 @@ class Topics:
             s.topic("predictions"): ("Prediction", "PredictionBatch", "PredictionColumns"),
             s.topic("overrides"): ("Override",),
             s.topic("appeals"): ("Appeal",),
-            s.topic("labeling.candidates"): ("CandidateBatch",),
+            s.topic("labeling.candidates"): ("CandidateColumns", "CandidateBatch"),
             s.topic("labeling.tasks"): ("LabelingTask",),
             s.topic("labels"): ("Label",),
             s.topic("audit"): ("AuditEvent",),
@@ -196,8 +197,9 @@ class Runtime:
 
         async def handle(name, record, message):
             nonlocal seen
-            seen += len(record["candidates"])
-            for c in record["candidates"]:
+            candidates = candidates_of(record)  # CandidateColumns, or CandidateBatch from an older scorer
+            seen += len(candidates)
+            for c in candidates:
                 recorded = self.sink.remembers("routing_decisions", c["event_id"])  # before a restart
                 done.extend(self.loop.admit(c, now_ms(), recorded=recorded))
 
@@ -309,10 +311,10 @@ class Runtime:
             self.sink.add(table, row, project=True)
 
     async def encode_candidates(self, candidates: list[dict], sources: list) -> list[bytes]:
-        """``CandidateBatch`` messages for ``candidates``; should one fail to encode,
+        """``CandidateColumns`` messages for ``candidates``; should one fail to encode,
         the input message it came from is dead-lettered and the others go on."""
         try:
-            return [codec.encode("CandidateBatch", {"candidates": candidates}, check=False)]
+            return [codec.encode("CandidateColumns", r, check=False) for r in to_columns(candidates)]
         except Exception:
             bad = set()
             for c, message in zip(candidates, sources):
@@ -324,7 +326,7 @@ class Runtime:
                         await self.dead_letter(message, f"cannot encode its candidate: {type(exc).__name__}: {exc}",
                                                "unencodable")
             kept = [c for c, message in zip(candidates, sources) if id(message) not in bad]
-            return [codec.encode("CandidateBatch", {"candidates": kept}, check=False)] if kept else []
+            return [codec.encode("CandidateColumns", r, check=False) for r in to_columns(kept)]
 
     async def dead_letter(self, message, reason: str, error: str) -> None:
         """Keep unprocessable input whole, with the reason, on ``deadletter``."""

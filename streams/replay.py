@@ -29,6 +29,7 @@ import time
 from typing import Iterator
 
 from schemas import codec
+from schemas.candidate_columns import candidates_of
 from streams.selection.budget import DAY_MS, WEEK_MS
 
 log = logging.getLogger("feedbackloop")
@@ -125,8 +126,9 @@ def rebuild_preselection(router, settings, now_ms: int) -> int:
     with Reader(settings) as reader:
         start = reader.offset_at("labeling.candidates", now_ms - PRESELECTED_LOOKBACK_MS)
         _, end = reader.watermarks("labeling.candidates")
-        ids = [c["event_id"] for _, batch in reader.read("labeling.candidates", ("CandidateBatch",), start, end)
-               for c in batch["candidates"] if c["reasons"]]
+        ids = [c["event_id"] for _, batch in reader.read("labeling.candidates", ("CandidateColumns", "CandidateBatch"),
+                                                          start, end)
+               for c in candidates_of(batch) if c["reasons"]]
     router.restore_preselected(ids)
     log.info("scorer rebuilt from %d candidates preselected before the restart", len(ids))
     return len(ids)

@@ -82,6 +82,16 @@ CASES = {
         {},
     ),
     "Candidate": (CANDIDATE, CANDIDATE_DEFAULTS),
+    "CandidateColumns": (
+        {"event_id": ["pred-1", "ovr-19"], "item_id": ["txn-1", "txn-9"], "ts": [T + 1, T + 2],
+         "kind": ["prediction", "override"], "model_name": ["fraud-gbm", ""], "model_version": ["2024.11.3", ""],
+         "predicted_label": ["legit", None], "classes": ["legit", "fraud"], "probabilities": [0.87, 0.13, 0.4, 0.6],
+         "feature_names": ["amount"], "features": [182.5, 9.0], "shadow_label": ["fraud", None],
+         "shadow_version": [12, 0], "signal_names": ["margin"], "signals": [0.74, 0.2], "user_label": [None, "fraud"],
+         "note": [None, None], "scored_ts": [T + 150, T + 151], "selection_probability": [0.25, 1.0],
+         "reasons": [["uncertain"], ["override"]], "priority": [0.7, 1.0], "policy_version": ["mix-2", "mix-2"]},
+        {"text": [], "context": []},
+    ),
     "CandidateBatch": ({"candidates": [{**CANDIDATE, **CANDIDATE_DEFAULTS},
                                        {**OVERRIDE_CANDIDATE, **OVERRIDE_CANDIDATE_DEFAULTS}]}, {}),
     "LabelingTask": (
@@ -215,7 +225,7 @@ def standalone(name):
 def test_every_schema_is_loaded():
     assert set(codec.NAMES) == {"Prediction", "PredictionBatch", "Override", "Appeal", "Candidate",
                                 "CandidateBatch", "LabelingTask", "Label", "ModelVersion", "DeadLetter",
-                                "AuditEvent", "Retraining", "PredictionColumns"}
+                                "AuditEvent", "Retraining", "PredictionColumns", "CandidateColumns"}
     assert set(CASES) == set(codec.NAMES)
     assert len(list(codec.SCHEMA_DIR.glob("*.avsc"))) == len(codec.NAMES)
     assert codec.schema("Prediction")["name"] == "feedbackloop.Prediction"

@@ -24,6 +24,7 @@ from feedbackloop import stack, worker
 from dashboards.connection import connect
 from feedbackloop.producer import Producer
 from schemas import codec
+from schemas.candidate_columns import candidates_of, to_columns
 from streams.loop import Loop
 
 PREDICTIONS, OVERRIDES, CAP = 400, 120, 40
@@ -129,8 +130,12 @@ def partitioned(n_scorers: int, events: int, cap: int, fraction: float = 0.2):
         scorer = scorers[i % n_scorers]
         [c] = scorer.score("Prediction", prediction(i), now_ms=2_000).candidates
         local = scorer.preselect(c, now_ms=2_000)
-        wire = codec.decode(codec.encode("CandidateBatch", {"candidates": local.candidates}, check=False),
-                            ("CandidateBatch",), check=False)[1]["candidates"]  # what the owner gets
+        wire = [x for r in to_columns(local.candidates)  # what the owner gets, as a worker sends it
+                for x in candidates_of(codec.decode(codec.encode("CandidateColumns", r, check=False),
+                                                    ("CandidateColumns",), check=False)[1])]
+        old = codec.decode(codec.encode("CandidateBatch", {"candidates": local.candidates}, check=False),
+                           ("CandidateBatch",), check=False)[1]["candidates"]  # what an older scorer sends
+        assert wire == old
         hop += len(wire)
         written = list(local.rows)
         for x in wire:

@@ -94,7 +94,12 @@ class Budget:
 
     def has_room(self, now_ms: int) -> bool:
         """True while every cap still allows one more label at ``now_ms``."""
-        return all(cap is None or self._count(size, now_ms) < cap for size, cap in self.caps.items())
+        for size, cap in self.caps.items():  # a plain loop: the owner asks once per preselected candidate
+            if cap is not None:
+                bucket, n = self._spent[size]
+                if n >= cap and bucket == now_ms // size:
+                    return False
+        return True
 
     @property
     def ahead(self) -> float:
