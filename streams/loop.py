@@ -40,7 +40,7 @@ from streams.selection.budget import DAY_MS, HOUR_MS, WEEK_MS, Budget
 from streams.labels.agreement import agreement_rows
 from streams.labels.consensus import Consensus, GoldChecks
 from streams.labels.gold import GoldMixer
-from streams.labels.suspects import SuspectLabels, correct_learner, others_support, review_task
+from streams.labels.suspects import SuspectLabels, review_task
 from streams.learning.learner import Learner, ShadowModel, load_version
 from streams.learning.models import KNN
 from streams.evaluation.lift import Lift
@@ -458,34 +458,6 @@ class Loop:
         return out
 
     def _suspects_take(self, name: str, record: dict, result, now_ms: int) -> Effects:
-        """A label or a settled consensus, for the suspect labels: a reviewer's label confirms or
-        clears a suspect; a consensus that moved off a suspected label corrects it in the learner
-        (:func:`~streams.labels.suspects.correct_learner`; a control label in the held-out test set);
-        any other settled label joins the labels scored. Control labels are reviewed too: correcting
-        the wrong ones the model doubts leaves only those it agrees with, which the test set counted
-        as right before as well, so its accuracy moves towards the true one (with 13% of labels
-        wrong and a model right 85% of the time, from 0.09 under it to 0.02 over it at most)."""
-        out, suspects, learner = Effects(), self.suspects, self.trainer.learner
-        if name == "Label" and result.labels:
-            status = suspects.review(record["task_id"], record["annotator_id"], record["label"])
-            if status is not None:
-                out.rows.append(("suspect_labels", suspects.row(record["task_id"], status, now_ms, learner.version,
-                                                                reviewer=record["annotator_id"])))
-        for row in result.consensus:
-            task = self.trainer.task(row["task_id"])
-            if task is None:
-                continue
-            x = featurize(task["features"], task.get("text"))
-            old = suspects.labels[row["task_id"]]["label"] if row["task_id"] in suspects.labels else None
-            if suspects.settled(row["task_id"], row["label"]) == "corrected":
-                correct_learner(learner, x, old, row["label"], control="control" in task["reasons"])
-                out.rows.append(("suspect_labels", suspects.row(row["task_id"], "corrected", now_ms,
-                                                                learner.version)))
-            else:
-                votes = self.trainer.consensus.votes(row["task_id"])
-                first = next((a for a, y in votes.items() if y == row["label"]), None)
-                classes = sorted(set(task.get("label_set") or []) | set(votes.values()))
-                support = others_support(votes, first, classes, self.trainer.consensus.gold.estimate) if first else None
-                suspects.add(row["task_id"], row["item_id"], x, row["label"], votes,
-                             None if support is None or support != support else support)
-        return out
+        """A label or a settled consensus, for the suspect labels (see
+        :meth:`~streams.labels.suspects.SuspectLabels.take`): reviews, corrections, labels scored."""
+        return Effects(rows=self.suspects.take(self.trainer, name, record, result, now_ms))
