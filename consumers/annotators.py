@@ -23,6 +23,20 @@ were interleaved.
 >>> answers = [noisy.label(task(i), now_ms=0)["label"] for i in range(4000)]
 >>> round(answers.count("dog") / len(answers), 2), answers[:50] == [noisy.label(task(i), 0)["label"] for i in range(50)]
 (0.05, True)
+
+On a ``multi_label`` task the truth is a set joined by ``|`` and the answer is a
+set (``labels``, and ``label`` joined): wrong with probability ``error_rate``, and
+then one class of the label set, drawn at random, is flipped (added if absent,
+dropped if present). So ``error_rate`` is still the share of wrong answers,
+whatever the number of classes (flipping every class with that probability
+would make most answers wrong on a label set of 14).
+
+>>> sets = SimulatedAnnotator("ann-3", lambda item: "cat|fox", error_rate=0.1, seed=1)
+>>> multi = lambda i: {**task(i), "label_set": ["cat", "dog", "fox"], "multi_label": True}
+>>> answers = [sets.label(multi(i), now_ms=0) for i in range(4000)]
+>>> wrong = sum(a["label"] != "cat|fox" for a in answers) / len(answers)
+>>> answers[0]["labels"], answers[0]["label"], abs(wrong - 0.1) < 0.015
+(['cat', 'fox'], 'cat|fox', True)
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from consumers.background import Background
 from feedbackloop.settings import Settings
 from schemas import codec
 from streams import events
+from streams.labels.set_agreement import SEPARATOR, label_set
 
 
 class SimulatedAnnotator:
@@ -60,6 +75,8 @@ class SimulatedAnnotator:
         if true is None:
             return None
         rng = random.Random(f"{self.seed}:{self.annotator_id}:{task['item_id']}")
+        if task.get("multi_label"):
+            return self._label_set(task, label_set(true), rng, now_ms)
         answer = true
         others = sorted(c for c in task.get("label_set") or [] if c != true)
         if rng.random() < self.error_rate and others:
@@ -68,6 +85,19 @@ class SimulatedAnnotator:
         return events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
                             label=answer, annotator_id=self.annotator_id, ts=now_ms, duration_ms=duration,
                             note=None, tier=self.tier)
+
+
+    def _label_set(self, task: dict, true: frozenset, rng: random.Random, now_ms: int) -> dict:
+        """The answer on a multi-label task: the true set, one class flipped when wrong (see the module)."""
+        answer = set(true)
+        classes = sorted(set(task.get("label_set") or []) | true)
+        if rng.random() < self.error_rate and classes:
+            answer ^= {rng.choice(classes)}
+        duration = int(rng.expovariate(1.0 / self.seconds_per_label) * 1000)
+        chosen = sorted(answer)
+        return events.label(event_id=str(uuid.uuid4()), task_id=task["task_id"], item_id=task["item_id"],
+                            label=SEPARATOR.join(chosen), labels=chosen, annotator_id=self.annotator_id, ts=now_ms,
+                            duration_ms=duration, note=None, tier=self.tier)
 
 
 def first_turn(item_id: str, annotators: int) -> int:

@@ -161,8 +161,10 @@ class Trainer:
         must lie in the label set; once the task has the labels it wants, it settles class by
         class (:func:`~streams.labels.set_consensus.set_consensus`, annotators weighed by their
         gold accuracy), again whenever a correction changes the set. A multi-label learner
-        learns the settled set (:meth:`~streams.learning.learner.Learner.learn_set`, weighed by
-        its confidence; a control label held out); a single-label one does not learn it.
+        learns the settled set (:meth:`~streams.learning.learner.Learner.learn_set`; a control
+        label held out), weighed by the mean confidence of its class decisions: the set's own
+        confidence, a product over the classes, would shrink with their number (one vote on 14
+        classes at the prior accuracy of 0.8 gives 0.04); a single-label learner does not learn it.
 
         >>> from streams.learning.learner import Learner
         >>> trainer = Trainer(Learner("m", kind="linear", multi_label=True), Consensus(overlap=2))
@@ -199,9 +201,10 @@ class Trainer:
         joined = "|".join(sorted(settled.labels))
         if entry.get("settled_set") != joined:
             entry["settled_set"] = joined
-            if learn and self.learner.multi_label:
+            if learn and self.learner.multi_label:  # weighed by the mean confidence of its class decisions
+                weight = sum(map(settled.class_confidence, settled.per_class)) / max(1, len(settled.per_class))
                 self.learner.learn_set(entry["x"], settled.labels, control="control" in entry["reasons"],
-                                       weight=settled.confidence, classes=entry["label_set"])
+                                       weight=weight or 1.0, classes=entry["label_set"])
             result.consensus.append({
                 "task_id": label["task_id"], "item_id": item, "label": joined, "confidence": settled.confidence,
                 "method": "set_vote", "annotators": sorted(votes), "n_labels": len(votes), "round": 0,
