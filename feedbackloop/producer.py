@@ -118,7 +118,7 @@ class Producer:
 
     def _send(self, topic_name: str, schema: str, record: dict, item_id: str) -> None:
         topic = self.settings.topic(topic_name)
-        value = codec.encode(schema, record)
+        value = codec.encode(schema, record, multi_label=bool(self.settings.multi_label))
         self._kafka.produce(topic, value, key=item_id.encode(),
                             partition=_partition(item_id, self._partition_count(topic)))
         self._kafka.poll(0)
@@ -143,7 +143,7 @@ class Producer:
         if self.batch_size <= 1:
             self._send("predictions", "Prediction", record, record["item_id"])
             return record["event_id"]
-        codec.encode("Prediction", record)  # validates
+        codec.encode("Prediction", record, multi_label=bool(self.settings.multi_label))  # validates
         topic = self.settings.topic("predictions")
         partition = _partition(record["item_id"], self._partition_count(topic))
         buffer = self._buffers.setdefault(partition, [])

@@ -120,6 +120,9 @@ class Settings:
     gold_rate: float = 0.0
     gold_threshold: float = 0.7
     seed: int = 0
+    #: 1: the label set is multi-label (an item gets any subset; predictions carry each class's
+    #: P(in the set) and the predicted set joined by "|"; see the README's multi-label section)
+    multi_label: int = 0
     # -- annotator gating and guidelines (the labeling service) --
     #: a new (or re-admitted) annotator's first K tasks are gold items from ``gold_path``
     gate_gold_tasks: int = 5

@@ -264,7 +264,7 @@ def _kind(record: dict) -> None:
         raise InvalidEvent(f"kind {record['kind']!r} is not one of {', '.join(sorted(KINDS))}")
 
 
-def _check_prediction(r: dict) -> None:
+def _check_prediction(r: dict, sets: bool = False) -> None:
     # The hot path of the stream: a few C-level calls when all is well.
     if not r["event_id"] or not r["item_id"]:
         _nonempty(r, "event_id", "item_id")
@@ -275,9 +275,11 @@ def _check_prediction(r: dict) -> None:
     total = sum(vals)
     if not (_isfinite(total) and min(vals) >= 0.0 and max(vals) <= 1.0):
         _unit_map(p, "probabilities")
-    if abs(total - 1.0) > 0.01:
+    if sets:  # a multi-label model: each class's P(in the set), any sum; the predicted set joined by "|"
+        _check_set(r["predicted_label"], p)
+    elif abs(total - 1.0) > 0.01:
         raise InvalidEvent(f"probabilities sum to {total:.6g}, not 1 (tolerance 0.01)")
-    if r["predicted_label"] not in p:
+    elif r["predicted_label"] not in p:
         classes = ", ".join(repr(k) for k in list(p)[:10])
         raise InvalidEvent(f"predicted_label {r['predicted_label']!r} is not a class in probabilities ({classes})")
     f = r.get("features")  # optional fields may be absent on the encode side
@@ -285,7 +287,14 @@ def _check_prediction(r: dict) -> None:
         _finite_map(f, "features")
 
 
-def _check_prediction_columns(r: dict) -> None:
+def _check_set(predicted: str, classes) -> None:
+    """A multi-label prediction's predicted set: classes joined by ``|`` (or none), each one of ``classes``."""
+    unknown = [c for c in predicted.split("|") if c and c not in classes] if predicted else []
+    if unknown:
+        raise InvalidEvent(f"predicted_label {predicted!r} names {unknown[0]!r}, not a class in probabilities")
+
+
+def _check_prediction_columns(r: dict, sets: bool = False) -> None:
     # Whole columns at a time: C-level passes when all is well, a search for the culprit when not.
     n, classes, names = len(r["event_id"]), r["classes"], r.get("feature_names") or []
     k, f = len(classes), len(names)
@@ -311,11 +320,14 @@ def _check_prediction_columns(r: dict) -> None:
         i = next(i for i, v in enumerate(p) if not (_isfinite(v) and 0.0 <= v <= 1.0))
         raise InvalidEvent(f"event {i // k}: probabilities of class {classes[i % k]!r} is {_num(p[i])}, "
                            f"outside [0, 1]")
-    sums = list(map(sum, zip(*(p[j::k] for j in range(k)))))
+    if sets:
+        for predicted in set(r["predicted_label"]):
+            _check_set(predicted, classes)
+    sums = [] if sets else list(map(sum, zip(*(p[j::k] for j in range(k)))))
     if sums and (min(sums) < 0.99 or max(sums) > 1.01):
         i = next(i for i, total in enumerate(sums) if abs(total - 1.0) > 0.01)
         raise InvalidEvent(f"event {i}: probabilities sum to {sums[i]:.6g}, not 1 (tolerance 0.01)")
-    unknown = set(r["predicted_label"]) - set(classes)
+    unknown = set() if sets else set(r["predicted_label"]) - set(classes)
     if unknown:
         label = sorted(unknown)[0]
         raise InvalidEvent(f"event {r['predicted_label'].index(label)}: predicted_label {label!r} is not one of "
@@ -392,6 +404,15 @@ _CHECKS: dict[str, Callable[[dict], None]] = {
     "LabelingTask": _check_task,
     "Label": _check_label,
     "ModelVersion": _check_model_version,
+}
+
+#: The checks of predictions when the label set is multi-label (``multi_label=True`` to
+#: :func:`encode` and :func:`decode`): probabilities are each class's P(in the set), in
+#: [0, 1] with any sum, and ``predicted_label`` is the predicted set joined by ``|``.
+_SET_CHECKS: dict[str, Callable[[dict], None]] = {
+    "Prediction": lambda r: _check_prediction(r, sets=True),
+    "PredictionBatch": _batch("events", lambda r: _check_prediction(r, sets=True)),
+    "PredictionColumns": lambda r: _check_prediction_columns(r, sets=True),
 }
 
 _REGISTRY, _BY_FINGERPRINT, _NAMED = _load(SCHEMA_DIR)
@@ -754,12 +775,22 @@ def _check_fields(entry: _Entry, record: Any) -> None:
                     raise InvalidEvent(f"{key}[{i}]: {e.reason}") from None
 
 
-def encode(name: str, record: dict, *, check: bool = True) -> bytes:
+def encode(name: str, record: dict, *, check: bool = True, multi_label: bool = False) -> bytes:
     """Encode ``record`` as Avro single-object encoding with schema ``name``.
 
     Fields with defaults may be left out. Raises :class:`InvalidEvent` (naming
     the field) if the record breaks the schema or a semantic rule; ``check=False``
     skips those checks for records this process built itself (about twice as fast).
+    ``multi_label``: predictions of a multi-label model (see :data:`_SET_CHECKS`).
+
+    >>> p = {"event_id": "e", "item_id": "i", "ts": 1, "model_name": "m", "model_version": "1",
+    ...      "predicted_label": "a|c", "probabilities": {"a": 0.9, "b": 0.2, "c": 0.7}}
+    >>> len(encode("Prediction", p, multi_label=True)) > 10
+    True
+    >>> encode("Prediction", p)
+    Traceback (most recent call last):
+    ...
+    schemas.codec.InvalidEvent: invalid: probabilities sum to 1.8, not 1 (tolerance 0.01)
     """
     entry = _entry(name)
     if check:
@@ -768,8 +799,9 @@ def encode(name: str, record: dict, *, check: bool = True) -> bytes:
             validate(record, entry.parsed, raise_errors=True)
         except ValidationError as e:
             raise InvalidEvent(_validation_reason(e)) from None
-        if entry.check is not None:
-            entry.check(record)
+        check_record = _SET_CHECKS.get(name, entry.check) if multi_label else entry.check
+        if check_record is not None:
+            check_record(record)
     out = BytesIO()
     out.write(entry.header)
     try:
@@ -819,7 +851,8 @@ def _plan(accept: tuple) -> _Plan:
 
 
 def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
-           check: bool = True, limits: Limits = LIMITS, now_ms: int | None = None) -> tuple[str, dict]:
+           check: bool = True, limits: Limits = LIMITS, now_ms: int | None = None,
+           multi_label: bool = False) -> tuple[str, dict]:
     """Decode one message into ``(schema name, record)``; the name is one of ``accept``.
 
     ``data`` is Avro single-object encoding (any known writer schema) or a UTF-8
@@ -830,7 +863,7 @@ def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
     around ``now_ms`` (``out_of_range``; now by default), a string, map or array
     beyond ``limits`` (``too_large``). ``check=False`` skips the semantic rules
     and the limits, for internal topics whose messages this process family
-    wrote itself.
+    wrote itself. ``multi_label``: predictions of a multi-label model (see :data:`_SET_CHECKS`).
     """
     try:
         plan = _plan(accept)
@@ -872,8 +905,9 @@ def decode(data: bytes, accept: tuple[str, ...], max_bytes: int = MAX_BYTES, *,
         entry, record, text = _from_json(data, plan)
     if check:
         _storable(entry, record, text, limits, now_ms, size)
-        if entry.check is not None:
-            entry.check(record)
+        check_record = _SET_CHECKS.get(entry.name, entry.check) if multi_label else entry.check
+        if check_record is not None:
+            check_record(record)
     return entry.name, record
 
 

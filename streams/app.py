@@ -93,6 +93,7 @@ def loop_options(s: Settings) -> dict:
             "overlap": s.overlap, "max_annotators": s.max_annotators, "gold_items": load_gold(s.gold_path),
             "gold_rate": s.gold_rate, "gold_threshold": s.gold_threshold,
             "suspect_share": s.suspect_share,  # reviews of suspect labels (streams.labels.suspects)
+            "multi_label": bool(s.multi_label),  # tasks take any subset (streams.selection.router)
             # when to retrain the production model (streams.evaluation.milestones)
             "milestones": {"every_labels": s.retrain_every_labels, "accuracy_gain": s.retrain_accuracy_gain,
                            "on_drift": bool(s.retrain_on_drift), "on_stop": bool(s.retrain_on_stop)}}
@@ -285,7 +286,8 @@ class Runtime:
             message = event.message
             try:
                 name, record = codec.decode(message.value or b"", self.topics.accept[message.topic],
-                                            check=message.topic not in self.topics.internal)
+                                            check=message.topic not in self.topics.internal,
+                                            multi_label=bool(self.settings.multi_label))
                 await handle(name, record, message)
             except codec.DecodeError as exc:
                 await self.dead_letter(message, exc.reason, exc.error)
