@@ -16,7 +16,16 @@ must come back from what Kafka keeps:
   the offset of the last label it reflects; the trainer re-reads the tasks (so
   a label for a task created before the restart still finds it) and the
   labels: those the model reflects settle consensus and agreement without
-  being learned again, those after it are learned.
+  being learned again, those after it are learned;
+* the **suspect labels** and the **retraining milestones** come back with the
+  trainer (:func:`rebuild_learner`, :class:`LearnerReplay`): every settled label
+  is scored again by the cross-fit, a review task sent before the restart
+  (``labeling.tasks``, reason ``suspect_label``) reopens its label under review,
+  so no label is reviewed twice, and a reviewer's label replayed confirms, clears
+  or corrects it as it did; the ``found`` rows a kill lost are written again. The
+  milestones count the labels settled since the last event on ``retraining``,
+  with the drift alarms and the stopping signal ClickHouse recorded
+  (:func:`recorded`).
 
 Candidates already decided and recorded in ClickHouse are recognised by the
 sink, which remembers the keys it wrote last (``ClickHouseSink.remember_recent``).
@@ -134,25 +143,30 @@ def rebuild_preselection(router, settings, now_ms: int) -> int:
     return len(ids)
 
 
-def rebuild_trainer(trainer, settings, memory: int = 200_000) -> int:
+def rebuild_trainer(trainer, settings, memory: int = 200_000, replay: "LearnerReplay | None" = None) -> int:
     """Give ``trainer`` the tasks and the labels it had before a restart.
 
     Labels up to the resumed model's ``label_offset`` settle consensus without
     being learned; later ones, up to where the worker group committed, are
     learned again (their rows were written before the restart). Returns the
-    offset on ``labels`` from which the stream's own labels count."""
+    offset on ``labels`` from which the stream's own labels count. With ``replay``
+    the tasks and labels go through it (it feeds the trainer, the suspect labels
+    and the milestones)."""
     reflected = trainer.learner.label_offset
     learned = known = 0
     with Reader(settings) as reader:
         low, high = reader.watermarks("labeling.tasks")
         for _, task in reader.read("labeling.tasks", ("LabelingTask",), max(low, high - memory), high):
-            trainer.add_task(task)
+            trainer.add_task(task) if replay is None else replay.task(task)
         low, _ = reader.watermarks("labels")
         done = reader.committed("labels")
         end = max(low if done is None else done, reflected + 1)
         for offset, label in reader.read("labels", ("Label",), max(low, end - memory), end):
             try:
-                trainer.add_label(label, learn=offset > reflected)
+                if replay is None:
+                    trainer.add_label(label, learn=offset > reflected)
+                else:
+                    replay.label(label, learn=offset > reflected)
             except ValueError:  # a label outside its task's label set was dead-lettered when it came in
                 continue
             learned += offset > reflected
@@ -161,3 +175,111 @@ def rebuild_trainer(trainer, settings, memory: int = 200_000) -> int:
     log.info("trainer rebuilt: %d labels the model reflects, %d learned again, up to offset %d",
              known, learned, end)
     return end
+
+
+class LearnerReplay:
+    """Tasks and labels read back after a restart, into a :class:`~streams.loop.Loop`'s learner
+    side: the trainer, the suspect labels and the retraining milestones. Plain records in, no I/O.
+
+    Feed it the tasks (:meth:`task`), then the labels in offset order (:meth:`label`), then call
+    :meth:`finish`. ``recorded`` is what ClickHouse holds (see :func:`recorded`), ``retraining``
+    the events sent on ``retraining``, oldest first.
+
+    >>> from streams.loop import Loop
+    >>> loop = Loop.build(model_kind="linear", suspect_share=0.5, milestones={"every_labels": 3})
+    >>> replay = LearnerReplay(loop, recorded={"found": {}})
+    >>> task = {"task_id": "t1", "event_id": "e1", "item_id": "i1", "kind": "override", "features": {"x": 1.0},
+    ...         "text": None, "reasons": ["uncertain"], "label_set": ["a", "b"], "round": 0, "exclude_annotators": []}
+    >>> replay.task(task)
+    >>> replay.task({**task, "reasons": ["suspect_label"], "round": 1, "exclude_annotators": ["ann"]})
+    >>> replay.label({"event_id": "l1", "task_id": "t1", "item_id": "i1", "label": "a", "annotator_id": "ann",
+    ...               "ts": 5, "duration_ms": 9}, learn=True)
+    >>> rows = replay.finish(now_ms=10)
+    >>> loop.suspects.reviewing("t1"), [r["status"] for _, r in rows], loop.milestones.new_labels
+    (True, ['found'], 1)
+    """
+
+    def __init__(self, loop, recorded: dict | None = None, retraining: list[dict] | None = None):
+        self.loop = loop
+        self.recorded = recorded or {}
+        self.retraining = retraining or []
+        self.reviews: dict[str, dict] = {}  # task id -> its review task (reason suspect_label)
+        self.settled = 0  # consensus labels settled, as the milestones count them
+
+    def task(self, task: dict) -> None:
+        self.loop.trainer.add_task(task)
+        if task["reasons"] == ["suspect_label"]:
+            self.reviews[task["task_id"]] = task
+
+    def label(self, label: dict, learn: bool) -> None:
+        """A label read back; ``learn`` if the resumed model does not reflect it. Raises
+        ``ValueError`` for a label outside its task's set (dead-lettered when it came in)."""
+        trainer, suspects = self.loop.trainer, self.loop.suspects
+        review = self.reviews.get(label["task_id"])
+        if suspects is not None and review is not None and label["annotator_id"] not in review["exclude_annotators"]:
+            self._reopen(review)  # the review was out before its reviewer answered
+        result = trainer.add_label(label, learn=learn)
+        if suspects is not None:
+            suspects.take(trainer, "Label", label, result, label["ts"], correct=learn)
+        self.settled += len(result.consensus)
+
+    def _reopen(self, review: dict) -> bool:
+        found = self.recorded.get("found", {}).get(review["task_id"])
+        return self.loop.suspects.reopen(review, self.loop.trainer.consensus, found)
+
+    def finish(self, now_ms: int) -> list[tuple[str, dict]]:
+        """Reopen the reviews still out, put the production releases and the milestones back;
+        the ``found`` rows to write again (those the restart lost; dated ``now_ms``)."""
+        loop, rows = self.loop, []
+        if loop.suspects is not None:
+            reopened = [t for t, review in self.reviews.items() if self._reopen(review)]
+            found = self.recorded.get("found")
+            unknown = [t for t in self.reviews if t in loop.suspects.labels and t not in (found or {})]
+            loop.suspects.describe(unknown)  # figures for the rows to come
+            version = loop.trainer.learner.version
+            lost = unknown if found is not None else []  # without ClickHouse's rows, nothing is known lost
+            rows = [("suspect_labels", loop.suspects.row(t, "found", now_ms, version)) for t in lost]
+            log.info("suspect labels rebuilt: %d scored, %d under review (%d found rows written again)",
+                     len(loop.suspects.labels), len(reopened), len(lost))
+        loop.recount_releases()  # the production model's releases, judged by the labels so far
+        if loop.milestones is not None:
+            name = loop.trainer.learner.name
+            events = list({e["event_id"]: e for e in self.retraining if e["model_name"] == name}.values())
+            last = events[-1]["dataset_version"] if events else None
+            loop.milestones.restore(
+                events, self.settled,
+                drifted=any(last is None or v >= last for v in self.recorded.get("drift_versions", ())),
+                stopped=bool(self.recorded.get("stop")), first_accuracy=self.recorded.get("first_accuracy"))
+            log.info("milestones rebuilt: %d events, %d labels towards the next", len(events),
+                     loop.milestones.new_labels)
+        return rows
+
+
+def recorded(client, model_name: str) -> dict:
+    """What ClickHouse holds that a restarted learner needs (see :class:`LearnerReplay`): the
+    ``found`` rows of suspect labels by task id, the versions drift was detected at, whether the
+    newest version's stopping signal said ``stop``, and the first version's control accuracy.
+    Call it where nothing writes meanwhile (a worker's writer thread)."""
+    rows = lambda sql, **p: client.query(sql, parameters=p).named_results()  # noqa: E731
+    found = {r["task_id"]: r for r in rows("SELECT * EXCEPT (inserted_at) FROM suspect_labels FINAL "
+                                          "WHERE status = 'found'")}
+    drift = [r["version"] for r in rows("SELECT version FROM drift_events FINAL WHERE model_name = {m:String}",
+                                        m=model_name)]
+    stop = [r["recommendation"] == "stop" for r in rows(
+        "SELECT recommendation FROM stopping_signals FINAL ORDER BY version DESC, ts DESC LIMIT 1")]
+    first = [r["control_accuracy"] for r in rows(
+        "SELECT control_accuracy FROM model_versions FINAL WHERE model_name = {m:String} "
+        "AND control_accuracy IS NOT NULL ORDER BY version LIMIT 1", m=model_name)]
+    return {"found": found, "drift_versions": drift, "stop": bool(stop and stop[0]),
+            "first_accuracy": first[0] if first else None}
+
+
+def rebuild_learner(loop, settings, recorded: dict | None = None, memory: int = 200_000) -> list[tuple[str, dict]]:
+    """Rebuild the loop's learner side after a restart (see :class:`LearnerReplay`), from the topics
+    and what ClickHouse ``recorded``; the rows to write again."""
+    with Reader(settings) as reader:
+        low, high = reader.watermarks("retraining")
+        events = [e for _, e in reader.read("retraining", ("Retraining",), low, high)]
+    replay = LearnerReplay(loop, recorded, events)
+    rebuild_trainer(loop.trainer, settings, memory, replay=replay)
+    return replay.finish(int(time.time() * 1000))

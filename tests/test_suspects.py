@@ -276,3 +276,105 @@ def test_the_labeling_queue_gives_a_review_to_someone_else(tmp_path):
     leased = store.lease("ann-2", now_ms=22)
     assert leased["task"]["task_id"] == "t1" and leased["task"]["reasons"] == ["suspect_label"]
     store.close()
+
+
+def play(restart_after: int | None = None, events: int = 3000):
+    """The demo's stream (bananas, a careless annotator) through the worker's Loop, as
+    :func:`test_the_loop_reviews_suspects_and_corrects_them_everywhere` plays it; with
+    ``restart_after``, the learner side is killed right after that many published versions,
+    before the rows of that version were written (its ``found`` rows are lost), and rebuilt from
+    what the topics and ClickHouse hold (:class:`streams.replay.LearnerReplay`), as a worker is.
+    Returns ``(final loop, rows written, retraining events sent)``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from consumers.annotators import AnnotatorPool
+    from feedbackloop.demo import stream, team
+    from feedbackloop.settings import Settings
+    from streams.loop import Loop
+    from streams.replay import LearnerReplay
+
+    options = {"model_kind": "knn", "budget_fraction": 0.1, "seed": 1, "suspect_share": 0.2,
+               "milestones": {"every_labels": 60, "accuracy_gain": 0.02, "on_drift": True, "on_stop": False}}
+    traffic = stream(datasets.load("bananas").rows, 1, events, "bananas")
+    pool = AnnotatorPool(Settings().replace(seed=1), team(traffic.truth.get, 1, 3, annotator_errors=[0.05, 0.05, 0.4]))
+    key = Ed25519PrivateKey.generate()
+    state = {"loop": Loop.build(**options), "published": 0}
+    topic_tasks, topic_labels, rows, retraining = [], [], [], []
+
+    def restart(record, now):
+        old, fresh = state["loop"], Loop.build(**options)
+        fresh.scorer, fresh.router = old.scorer, old.router  # the scorer's side has its own rebuild
+        fresh.resume(record, key)
+        stored = lambda table: [r for t, r in rows if t == table]  # noqa: E731
+        accuracies = [r["control_accuracy"] for r in stored("model_versions") if r["control_accuracy"] is not None]
+        recorded = {"found": {r["task_id"]: r for r in stored("suspect_labels") if r["status"] == "found"},
+                    "drift_versions": [r["version"] for r in stored("drift_events")], "stop": False,
+                    "first_accuracy": accuracies[0] if accuracies else None}
+        replay = LearnerReplay(fresh, recorded, list(retraining))
+        for task in topic_tasks:
+            replay.task(task)
+        for offset, label in enumerate(topic_labels):
+            replay.label(label, learn=offset > fresh.trainer.learner.label_offset)
+        rows.extend(replay.finish(now))
+        state["loop"] = fresh
+
+    def label(tasks, now):
+        while tasks:
+            task = tasks.pop(0)
+            state["loop"].take("LabelingTask", task, now)
+            for annotator in pool.assign(task):
+                answer = annotator.label(task, now)
+                topic_labels.append(answer)
+                effects = state["loop"].take("Label", answer, now, offset=len(topic_labels) - 1)
+                rows.extend(effects.rows)
+                topic_tasks.extend(effects.tasks)
+                tasks.extend(effects.tasks)
+                if state["loop"].due:
+                    effects = state["loop"].publish(now, key)
+                    state["published"] += 1
+                    topic_tasks.extend(effects.tasks)
+                    tasks.extend(effects.tasks)
+                    retraining.extend(effects.retraining)
+                    killed = state["published"] == restart_after
+                    rows.extend(r for r in effects.rows if not (killed and r[0] == "suspect_labels"))
+                    if killed:
+                        restart(effects.models[0], now)
+
+    for name, event in traffic.events:
+        loop = state["loop"]
+        for candidate in loop.score(name, event, event["ts"]).candidates:
+            routed = loop.route(candidate, event["ts"]).tasks
+            topic_tasks.extend(routed)
+            label(list(routed), event["ts"])
+    return state["loop"], rows, retraining
+
+
+def test_a_restart_neither_reviews_a_suspect_twice_nor_forgets_one():
+    """Killed right after a version that sent suspects for review, before that version's rows were
+    written, and rebuilt from the topics: the run goes on as if nothing happened. The same labels are
+    found, confirmed and corrected as in the run never killed, none is found twice, the lost
+    ``found`` rows are written again, and the retraining events are the same (neither fired
+    again nor delayed)."""
+    whole, whole_rows, whole_events = play()
+    steps = lambda rows: sorted((r["task_id"], r["status"]) for t, r in rows if t == "suspect_labels")  # noqa: E731
+    found_at = sorted(r["version"] for t, r in whole_rows if t == "suspect_labels" and r["status"] == "found")
+    corrected_at = min(r["version"] for t, r in whole_rows if t == "suspect_labels" and r["status"] == "corrected")
+    fired = {e["dataset_version"] for e in whole_events}
+    # a version that found suspects after a correction, and fired no retraining event (so the
+    # milestones have counts under way to lose)
+    restart_after = next(v for v in found_at if found_at.count(v) >= 2 and v > corrected_at and v not in fired)
+    loop, rows, events = play(restart_after)
+    learned = lambda loop: ([y for _, y in loop.trainer.learner.learned],  # noqa: E731
+                            [y for _, y in loop.trainer.learner.control], loop.trainer.learner.labels_seen)
+    assert learned(loop) == learned(whole)  # corrections before the kill are not made twice
+    assert steps(rows) == steps(whole_rows)
+    assert len(set(steps(rows))) == len(steps(rows))  # none twice
+    assert (loop.suspects.found, loop.suspects.confirmed, loop.suspects.corrected, loop.suspects.reviews) == (
+        whole.suspects.found, whole.suspects.confirmed, whole.suspects.corrected, whole.suspects.reviews)
+    rewritten = [r for t, r in rows[::-1] if t == "suspect_labels" and r["status"] == "found"
+                 and r["version"] == restart_after]
+    assert len(rewritten) == found_at.count(restart_after)  # the kill lost them: written again
+    assert [(e["dataset_version"], e["reasons"], e["new_labels"]) for e in events] == [
+        (e["dataset_version"], e["reasons"], e["new_labels"]) for e in whole_events]
+    assert len(events) >= 3
+

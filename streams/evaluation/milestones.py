@@ -29,6 +29,20 @@ True
 ['drift', 'stop']
 >>> m.check(version=5, ts=50, control_accuracy=0.66, stop=True) is None  # still stop: no new turn
 True
+
+After a restart the counts come back from what is durable (:meth:`Milestones.restore`): the
+events sent, and the consensus labels settled in all; a restart neither fires a milestone
+again nor forgets the way to the next.
+
+>>> again = Milestones(every_labels=3, accuracy_gain=0.05)
+>>> again.restore([{"new_labels": 3, "control_accuracy": 0.62}, {"new_labels": 0, "control_accuracy": 0.68},
+...                {"new_labels": 0, "control_accuracy": 0.66}], settled=5, stopped=True)
+>>> again.new_labels, again.baseline
+(2, 0.66)
+>>> again.check(version=6, ts=60, control_accuracy=0.66, stop=False) is None  # the stopping signal warms up
+True
+>>> again.label(); again.check(version=7, ts=70, control_accuracy=0.67, stop=True)["reasons"]
+['labels']
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ class Milestones:
         self.baseline: float | None = None  # control accuracy at the last event (or the first version)
         self.stopped = False
         self.last: dict | None = None
+        self.warming = False  # restored as stopped: a "continue" is the stopping signal's warm-up, not a turn
 
     def label(self) -> None:
         """A task's consensus label settled."""
@@ -82,7 +97,8 @@ class Milestones:
             reasons.append("drift")
         if self.on_stop and stop and not self.stopped:
             reasons.append("stop")
-        self.stopped = bool(stop)
+        if stop or not self.warming:
+            self.stopped, self.warming = bool(stop), False
         if self.baseline is None:
             self.baseline = control_accuracy
         if not reasons:
@@ -93,3 +109,21 @@ class Milestones:
         if control_accuracy is not None:
             self.baseline = control_accuracy
         return event
+
+    def restore(self, events: list[dict], settled: int, drifted: bool = False, stopped: bool = False,
+                first_accuracy: float | None = None) -> None:
+        """The counts after a restart, from what is durable.
+
+        ``events`` are the retraining events sent, oldest first (each once), ``settled`` the
+        consensus labels settled in all (the labels replayed): what the events did not count is
+        the way to the next. The baseline is the last event's control accuracy (before any, the
+        first version's: ``first_accuracy``). ``drifted``: a drift alarm came after the last event.
+        ``stopped``: the newest version's stopping signal said ``stop``; since the signal starts
+        afresh after a restart, the ``continue`` it says while it warms up is not taken for a turn.
+        """
+        self.new_labels = max(0, int(settled) - sum(int(e["new_labels"]) for e in events))
+        self.last = events[-1] if events else None
+        accuracies = [e["control_accuracy"] for e in events if e.get("control_accuracy") is not None]
+        self.baseline = accuracies[-1] if accuracies else first_accuracy
+        self.drifted = bool(drifted)
+        self.stopped = self.warming = bool(stopped)
