@@ -5,9 +5,10 @@ shadow model. One item at a time, River's kNN pipeline (``StandardScaler |
 KNNClassifier``, the ``knn`` kind) costs a quarter of a millisecond per item
 once it holds a few hundred labels. :class:`BatchKNN` reads a version's stored
 neighbours and its scaler's moments into arrays once, and scores a batch of
-items with one matrix product, with River's semantics: each item is scaled with
-the current means and variances (a feature with no variance scales to 0, a
-feature the item lacks counts as 0), the k nearest stored items vote with
+items with one float32 matrix product (the k nearest found by ``argpartition``,
+then their distances measured again in float64), with River's semantics: each
+item is scaled with the current means and variances (a feature with no variance
+scales to 0, a feature the item lacks counts as 0), the k nearest stored items vote with
 weight ``1 / distance``, and an exact match is certain. River's index (SWINN)
 searches exhaustively until it holds 500 items and approximately after that;
 this search is always exhaustive, so past 500 labels it may find nearer
@@ -60,7 +61,8 @@ class BatchKNN:
             for key, value in x.items():
                 self.S[row, self.keys[key]] = value
         self.y = np.array([index[y] for _, y in points], dtype=int)
-        self.s2 = (self.S * self.S).sum(1)
+        self.S32 = self.S.astype(np.float32)  # the search runs in float32; the k found are measured in float64
+        self.s2_32 = (self.S32 * self.S32).sum(1)
         self.k = knn.n_neighbors
 
     @classmethod
@@ -85,15 +87,22 @@ class BatchKNN:
         order, nan = list(self.keys), float("nan")  # a feature an item lacks is NaN here, 0 once scaled
         X = np.array([[x.get(key, nan) for key in order] for x in items], dtype=float).reshape(len(items), len(order))
         Q = np.nan_to_num((X - self.mean) * self.inv, nan=0.0)
-        d2 = np.maximum((Q * Q).sum(1)[:, None] - 2.0 * Q @ self.S.T + self.s2[None, :], 0.0)
-        k = min(self.k, n)
-        idx = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(items), 1))
-        d = np.sqrt(np.take_along_axis(d2, idx, 1))
-        votes = np.zeros((len(items), len(classes)))
-        np.add.at(votes, (np.repeat(np.arange(len(items)), k), self.y[idx].ravel()),
-                  1.0 / np.maximum(d, EXACT).ravel())
+        m, k = len(items), min(self.k, n)
+        if k < n:  # the candidates by one float32 matrix product, then their distances exactly
+            Q32 = Q.astype(np.float32)
+            d2 = Q32 @ self.S32.T
+            d2 *= -2.0
+            d2 += self.s2_32
+            idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(n), (m, n))
+        diff = self.S[idx] - Q[:, None, :]
+        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        votes = np.bincount((np.arange(m)[:, None] * len(classes) + self.y[idx]).ravel(),
+                            weights=(1.0 / np.maximum(d, EXACT)).ravel(), minlength=m * len(classes))
+        votes = votes.reshape(m, len(classes))
         nearest = d.argmin(1)
-        exact = d[np.arange(len(items)), nearest] < EXACT
+        exact = d[np.arange(m), nearest] < EXACT
         if exact.any():
             rows = np.flatnonzero(exact)
             votes[rows] = 0.0
