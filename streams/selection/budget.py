@@ -93,11 +93,15 @@ class Budget:
         return self._count(WEEK_MS, now_ms)
 
     def has_room(self, now_ms: int) -> bool:
-        """True while every cap still allows one more label at ``now_ms``."""
+        """True while every cap still allows one more label at ``now_ms``.
+
+        >>> Budget(per_hour=0).has_room(5), Budget(per_day=1).has_room(5), Budget().has_room(5)
+        (False, True, True)
+        """
         for size, cap in self.caps.items():  # a plain loop: the owner asks once per preselected candidate
             if cap is not None:
                 bucket, n = self._spent[size]
-                if n >= cap and bucket == now_ms // size:
+                if (n if bucket == now_ms // size else 0) >= cap:
                     return False
         return True
 

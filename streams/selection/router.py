@@ -73,11 +73,20 @@ from streams.selection.signals import top_label
 from streams.labels.set_agreement import label_set
 
 _NAMESPACE = uuid.UUID("6f0e4a52-3c1b-4d8e-9a57-1f2b8c0d4e61")
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits of a UUID
+_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
 
 def task_id_of(event_id: str) -> str:
-    """The id of the task the router makes for ``event_id`` (one task per event)."""
-    return str(uuid.uuid5(_NAMESPACE, event_id))
+    """The id of the task the router makes for ``event_id`` (one task per event): the name-based
+    UUID (version 5) of ``event_id``, formatted without a ``uuid.UUID`` object (twice as fast).
+
+    >>> task_id_of("e1") == str(uuid.uuid5(_NAMESPACE, "e1"))
+    True
+    """
+    bits = int.from_bytes(hashlib.sha1(_NAMESPACE.bytes + event_id.encode()).digest()[:16], "big")
+    h = f"{bits & _CLEAR | _VERSION_5:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def stable_draw(event_id: str, seed: int) -> float:
