@@ -45,6 +45,9 @@ from feedbackloop.settings import Settings, env_name
 
 #: Topics the worker's consumer group reads.
 CONSUMED = ("predictions", "overrides", "appeals", "labeling.candidates", "labeling.tasks", "labels")
+#: What a worker's log says once it is ready: Faust's consumer is running, and the state of the
+#: partitions assigned to it is rebuilt (:meth:`streams.app.Runtime.assigned`).
+READY = (b"Worker ready", b"state ready for")
 
 log = logging.getLogger("feedbackloop")
 _slots: list = []  # the slot locks this process holds, for as long as it runs
@@ -237,13 +240,14 @@ def wait_ready(settings: Settings, process: subprocess.Popen | None = None, time
 
 
 def _says_ready(process: subprocess.Popen | None) -> bool:
-    """True unless ``process`` was spawned with a log that does not yet say "Worker ready"."""
+    """True unless ``process`` was spawned with a log that does not yet say it is ready (:data:`READY`)."""
     log_path = getattr(process, "log_path", None)
     if log_path is None:
         return True
     with open(log_path, "rb") as log:
         log.seek(process.log_start)
-        return b"Worker ready" in log.read()
+        text = log.read()
+        return all(line in text for line in READY)
 
 
 def lag(settings: Settings, group: str | None = None, topics=CONSUMED) -> int:

@@ -20,8 +20,11 @@ stands for. While ClickHouse is down the writes wait with backoff, the agents
 and the commits with them: consumption pauses and the worker keeps its group
 membership. The router and
 the learner rebuild their state from the topics after a restart
-(:mod:`streams.replay`). Input that cannot be processed, and rows ClickHouse
-refuses, go to ``deadletter`` with the reason; the stream goes on.
+(:mod:`streams.replay`), when their partitions are assigned, before the first
+event. The learner publishes each version from a thread of its own (the kNN
+rescaled, measured, pickled and signed there), so no agent waits for it.
+Input that cannot be processed, and rows ClickHouse refuses, go to
+``deadletter`` with the reason; the stream goes on.
 
 Importing this module does nothing; ``feedbackloop worker`` builds the app
 from its settings and runs it.
@@ -62,6 +65,8 @@ log = logging.getLogger("feedbackloop")
 CANDIDATES_PER_MESSAGE = 500
 #: Scorers take up to this many messages at a time, waiting at most WITHIN seconds.
 BATCH, WITHIN = 1000, 0.05
+#: Seconds between two looks at ``models`` for a version another worker's learner published.
+FOLLOW_MODELS = 0.25
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -138,7 +143,9 @@ class Runtime:
         self.loop = Loop.build(**loop_options(settings))
         self.sink: ClickHouseSink | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one insert at a time
+        self.publisher = ThreadPoolExecutor(1, thread_name_prefix="publish")  # model versions, off the event loop
         self.router_ready = self.trainer_ready = False
+        self._rebuilding = asyncio.Lock()
         self.follower = self.task_follower = None
         self._started = asyncio.Lock()
 
@@ -162,6 +169,38 @@ class Runtime:
         rebuild_router(self.loop.router, s, now_ms())
         rebuild_preselection(self.loop.router, s, now_ms())
         return sink
+
+    async def assigned(self, partitions) -> None:
+        """At partition assignment, before this worker takes an event: open what :meth:`start`
+        opens, and rebuild the state of the owner of each single-partition stage it was given (the
+        caps if it owns ``labeling.candidates``, the label-task join and the learner if it owns
+        ``labels``), so the learner learns from the first label that comes in, not a rebuild later."""
+        await self.start()
+        topics = {tp.topic for tp in partitions}
+        if self.settings.topic("labeling.candidates") in topics:
+            await self.ready_router()
+        if self.settings.topic("labels") in topics:
+            await self.ready_trainer()
+        log.info("state ready for %d partitions", len(partitions))
+
+    async def ready_router(self) -> None:
+        """The caps rebuilt from ``labeling.tasks`` once this worker owns them (again: tasks another
+        owner sent since it started), once; at assignment, else before the first candidates."""
+        async with self._rebuilding:
+            if not self.router_ready:
+                await asyncio.get_running_loop().run_in_executor(None, rebuild_router, self.loop.router,
+                                                                 self.settings, now_ms())
+                self.router_ready = True
+
+    async def ready_trainer(self) -> None:
+        """The label-task join and the learner rebuilt from the topics, once; at assignment, else
+        before the first label."""
+        async with self._rebuilding:
+            if not self.trainer_ready:
+                await asyncio.get_running_loop().run_in_executor(None, rebuild_trainer, self.loop.trainer,
+                                                                 self.settings)
+                self.loop.recount_releases()  # the production model's releases, judged by the labels so far
+                self.trainer_ready = True
 
     # -- the agents' work -----------------------------------------------------------------
     async def score(self, events) -> None:
@@ -190,10 +229,8 @@ class Runtime:
         await self.write_due()
 
     async def route(self, events) -> None:
-        if not self.router_ready:  # again once this worker owns the caps: tasks another owner sent since it started
-            await asyncio.get_running_loop().run_in_executor(None, rebuild_router, self.loop.router,
-                                                             self.settings, now_ms())
-            self.router_ready = True
+        if not self.router_ready:
+            await self.ready_router()
         started, seen, done = time.perf_counter(), 0, Effects()
 
         async def handle(name, record, message):
@@ -211,10 +248,7 @@ class Runtime:
 
     async def learn(self, events) -> None:
         if not self.trainer_ready:
-            await asyncio.get_running_loop().run_in_executor(None, rebuild_trainer, self.loop.trainer,
-                                                             self.settings)
-            self.loop.recount_releases()  # the production model's releases, judged by the labels so far
-            self.trainer_ready = True
+            await self.ready_trainer()
         done = Effects()
 
         async def handle(name, record, message):
@@ -226,8 +260,9 @@ class Runtime:
                 await self.deliver(done)
                 done = Effects()
                 await self.write_rows()
-                try:
-                    await self.deliver(self.loop.publish(now_ms(), self.key))
+                try:  # rescaled, measured, pickled and signed on its own thread: the other agents go on
+                    await self.deliver(await asyncio.get_running_loop().run_in_executor(
+                        self.publisher, self.loop.publish, now_ms(), self.key))
                 except Exception:  # a version that cannot be published must not stop the learner
                     log.exception("publishing version %s failed", self.loop.trainer.learner.version)
         await self.deliver(done)
@@ -245,8 +280,14 @@ class Runtime:
             self.add_rows(self.loop.standing(now_ms()).rows)
             await self.write_rows()  # rows no offset stands for: a commit may not come to write them
 
-    def follow_models(self) -> None:
-        """Serve model versions published by the learner of another worker."""
+    async def follow_models(self) -> None:
+        """Serve model versions published by the learner of another worker (read, verified and
+        unpickled off the event loop)."""
+        found = await asyncio.get_running_loop().run_in_executor(self.publisher, self._newest_model)
+        if found is not None:
+            self.loop.follow(found[1])
+
+    def _newest_model(self):
         if self.follower is None:
             from confluent_kafka import Consumer, TopicPartition
 
@@ -254,10 +295,8 @@ class Runtime:
             self.follower = Consumer({**s.kafka_config(), "group.id": f"{s.app_id}-models-{uuid.uuid4()}",
                                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
             self.follower.assign([TopicPartition(s.topic("models"), 0)])
-        found = model_feed.newest(model_feed.decoded(self.follower.consume(100, timeout=0)),
-                                  self.settings.model_name, self.key, above=self.loop.scorer.model.version)
-        if found is not None:
-            self.loop.follow(found[1])
+        return model_feed.newest(model_feed.decoded(self.follower.consume(100, timeout=0)),
+                                 self.settings.model_name, self.key, above=self.loop.scorer.model.version)
 
     def follow_tasks(self) -> None:
         """Follow the tasks the owner of the budget sends (from the newest on), so this
@@ -490,10 +529,15 @@ def create_app(settings: Settings) -> faust.App:
         if rt.sink is not None:
             rt.follow_tasks()
 
-    @app.timer(1.0)
+    @app.timer(FOLLOW_MODELS)
     async def follow_models():
         """Pick up model versions published by the learner of another worker."""
         if rt.sink is not None:
-            rt.follow_models()
+            await rt.follow_models()
+
+    @app.on_partitions_assigned.connect
+    async def on_partitions_assigned(sender, assigned, **kwargs):
+        """The owners' state rebuilt before the first event of the new assignment (:meth:`Runtime.assigned`)."""
+        await rt.assigned(assigned)
 
     return app

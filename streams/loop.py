@@ -356,7 +356,7 @@ class Loop:
         and the control accuracy's plateau, see :mod:`streams.evaluation.stopping`."""
         learner = self.trainer.learner
         stop_set = [x for x, _ in list(learner.control)[:STOP_SET]]
-        predictions = [learner.predict_one(x) for x in stop_set] if len(stop_set) == STOP_SET else []
+        predictions = learner.predict_many(stop_set) if len(stop_set) == STOP_SET else []
         row = self.stopping.update(record["version"], predictions, record["control_accuracy"], record["labels_seen"])
         recommendation = "stop" if row["stop"] else "continue"
         return [("stopping_signals", {"ts": record["ts"], "version": record["version"], "metric": metric,

@@ -224,3 +224,6 @@ def test_worker_resumes_its_model_after_restart(loop, tmp_path):
         worker.stop(again)
     assert [v["version"] for v in after] == list(range(1, len(after) + 1)), "versions continue, none repeated"
     assert after[-1]["labels_seen"] == 40
+    # the learner was rebuilt when its partitions were assigned, before the worker said it was ready
+    log = (tmp_path / "worker-again.log").read_text()
+    assert -1 < log.find("trainer rebuilt") < log.find("state ready for")
