@@ -194,3 +194,24 @@ def test_lift_stopping_and_backlog_fit_together():
     assert rescored(task, sure) < rescored(task, unsure)
     assert rescored({**task, "signals": {}}, unsure) == 1.0
     assert all(rescored({**task, "reasons": [r]}, sure) is None for r in ("control", "override", "appeal", "diverse"))
+
+
+def test_density_keeps_uncertainty_off_outliers():
+    """Outliers that look most uncertain: weighed by density, the uncertain share buys far fewer of them."""
+
+    def outliers_bought(density):
+        rng = random.Random(7)
+        policy = Policy(Budget(0.1), mix={"uncertain": 0.95, "control": 0.05}, density=density, seed=2)
+        bought = outliers = 0
+        for t in range(6000):
+            odd = rng.random() < 0.05
+            x = {"a": rng.gauss(8.0 if odd else 0.0, 1.0), "b": rng.gauss(8.0 if odd else 0.0, 1.0)}
+            u = rng.uniform(0.8, 1.0) if odd else rng.betavariate(2, 2)
+            d = policy.decide("prediction", {"uncertainty": u}, now_ms=t * 1000, x=x)
+            if d.selected and d.reasons[0] == "uncertain":
+                bought += 1
+                outliers += odd
+        return outliers / bought
+
+    plain, weighed = outliers_bought(0.0), outliers_bought(1.0)
+    assert plain > 0.2 and weighed < plain / 3, (plain, weighed)

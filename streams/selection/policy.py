@@ -48,6 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streams.selection.budget import Budget, VariableThreshold
+from streams.selection.density import Density
 from streams.selection.diversity import Novelty
 from streams.selection.drift import DriftMonitor
 
@@ -125,7 +126,8 @@ class Policy:
 
     def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
                  uncertainty: str = "uncertainty", spread: float = 0.08, step: float = 0.01,
-                 rare_boost: float = 0.5, cold_start: int = 20, novelty: Novelty | None = None,
+                 rare_boost: float = 0.5, cold_start: int = 20, warmup: int = 0, density: float = 0.0,
+                 novelty: Novelty | None = None,
                  drift: DriftMonitor | None = None, seed: int | None = None):
         mix = normalize_mix(mix or DEFAULT_MIX)
         if control_share is not None:
@@ -139,6 +141,9 @@ class Policy:
         self.uncertainty = uncertainty
         self.rare_boost = rare_boost
         self.cold_start = cold_start
+        self.warmup = warmup
+        self.density_weight = density
+        self.density = Density() if density else None
         self.novelty = novelty or Novelty()
         self.drift = drift or DriftMonitor()
         self.rng = random.Random(seed)
@@ -169,6 +174,13 @@ class Policy:
                 s[k] += extra * (s[k] / explore if explore else 0.5)
             s["uncertain"] -= extra
         return s
+
+    @property
+    def warmed(self) -> float:
+        """How far the warm-up has gone: the policy's own labels so far over ``warmup`` (0 to 1)."""
+        if not self.warmup:
+            return 1.0
+        return min(1.0, (self.selected["uncertain"] + self.selected["diverse"]) / self.warmup)
 
     @property
     def control_rate(self) -> float:
@@ -248,10 +260,16 @@ class Policy:
 
         p_u = p_d = 0.0
         rare = 0.0
+        if self.density is not None and sketch is not None and score is not None:
+            score *= self.density.update(sketch) ** self.density_weight
         if shares["uncertain"] > 0.0 and score is not None:
             rare = self.rare_boost * self.rarity(label)
             target = elastic * shares["uncertain"] / weight
-            p_u = min(1.0, pace * self.thresholds["uncertain"].probability(score + rare, target))
+            p_u = self.thresholds["uncertain"].probability(score + rare, target)
+            warm = self.warmed
+            if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
+                p_u = warm * p_u + (1.0 - warm) * target
+            p_u = min(1.0, pace * p_u)
         if shares["diverse"] > 0.0 and sketch is not None:
             target = elastic * shares["diverse"] / weight
             distance = self.novelty.distance(sketch)
