@@ -54,6 +54,8 @@ from feedbackloop.producer import Producer
 from feedbackloop.settings import Settings
 from streams import model_feed
 from streams.evaluation.production import wilson
+from streams.labels import set_agreement
+from streams.learning import one_vs_rest
 from streams.loop import Loop
 
 #: Seconds from the start of the clean-up until every process the demo started is gone.
@@ -192,6 +194,15 @@ def production_model(rows, sample: float, seed: int):
     return model
 
 
+def production_sets(rows, sample: float, seed: int, classes: list[str]):
+    """A weak multi-label model: one-vs-rest logistic regressions fitted on a small random sample."""
+    rng = random.Random(seed)
+    model = one_vs_rest.make("linear")
+    for x, y in rng.sample(rows, max(10, int(len(rows) * sample))):
+        one_vs_rest.learn(model, x, set_agreement.label_set(y), classes)
+    return model
+
+
 def _probabilities(model, x, classes) -> dict[str, float]:
     raw = model.predict_proba_one(x)
     p = {c: max(0.0, float(raw.get(c, 0.0))) for c in classes}
@@ -216,6 +227,14 @@ def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: 
     """The demo's stream from ``rows``: a seeded order, a weak production model's predictions,
     users overriding a share of its errors and appealing a few; timestamps ``rate`` per second
     from ``start_ms``. With ``drift_at``, every true label moves to the next class from that event.
+    Rows whose labels join classes with ``|`` (:func:`feedbackloop.datasets.label_sets`) make a
+    multi-label stream: the production model gives each class's P(in the set) and predicts the set
+    of those over 0.5 (joined by ``|``); users override a wrong set with the true one (no drift).
+
+    >>> sets = stream([({"x": float(i)}, "a|b" if i % 2 else "b") for i in range(100)], seed=1, events=50)
+    >>> e = sets.events[0][1]
+    >>> sorted(e["probabilities"]), set(e["predicted_label"].split("|")) <= {"a", "b", ""}
+    (['a', 'b'], True)
 
     >>> rows = [({"x": float(i)}, "a" if i % 3 else "b") for i in range(300)]
     >>> s = stream(rows, seed=1, events=200, override_rate=0.5)
@@ -228,23 +247,33 @@ def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: 
     rows = list(rows)
     rng.shuffle(rows)
     rows = (rows * (events // len(rows) + 1))[:events]
-    classes = sorted({y for _, y in rows})
-    model = production_model(rows, production_sample, seed)
+    multi = datasets.label_sets(datasets.Dataset(dataset, rows)) is not None
+    if multi:
+        classes = sorted(set().union(*(set_agreement.label_set(y) for _, y in rows)))
+        model = production_sets(rows, production_sample, seed, classes)
+    else:
+        classes = sorted({y for _, y in rows})
+        model = production_model(rows, production_sample, seed)
     out, correct = Stream(), 0
     for i, (x, y) in enumerate(rows):
-        if drift_at is not None and i >= drift_at:
+        if drift_at is not None and i >= drift_at and not multi:
             y = classes[(classes.index(y) + 1) % len(classes)]
         item_id, ts = f"{dataset}-{i}", start_ms + int(i * 1000 / rate)
+        if multi:
+            y = one_vs_rest.joined(set_agreement.label_set(y))
+            proba = one_vs_rest.proba(model, x, classes)
+            predicted = one_vs_rest.joined(c for c in classes if proba[c] > 0.5)
+        else:
+            proba = _probabilities(model, x, classes)
+            predicted = max(classes, key=proba.__getitem__)
         out.truth[item_id] = y
-        proba = _probabilities(model, x, classes)
-        predicted = max(classes, key=proba.__getitem__)
         correct += predicted == y
         out.events.append(("Prediction", {
             "event_id": item_id, "item_id": item_id, "ts": ts, "model_name": "production",
             "model_version": "weak-1", "predicted_label": predicted, "probabilities": proba, "features": x,
             "text": None, "context": {}}))
         out.sent["predictions"] += 1
-        if predicted != y:
+        if predicted != y and y:
             if rng.random() < override_rate:
                 out.events.append(("Override", {
                     "event_id": f"{item_id}:override", "item_id": item_id, "ts": ts, "predicted_label": predicted,
@@ -416,6 +445,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
             out.writerow(["item_id", "annotator_id", "label", "ts", "duration_ms"])
             out.writerows(rows)
     tasks = scalar("SELECT count() FROM labeling_tasks")
+    sets = multi_label_figures(client) if settings.multi_label else None
     stopping = {metric: {"version": v, "value": value, "recommendation": r} for metric, v, value, r in client.query(
         "SELECT metric, argMax(version, ts), argMax(value, ts), argMax(recommendation, ts) "
         "FROM stopping_signals GROUP BY metric ORDER BY metric").result_rows}
@@ -441,6 +471,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "suspect_labels": {status: scalar(f"SELECT uniqExact(task_id) FROM suspect_labels WHERE status = '{status}'")
                            for status in ("found", "confirmed", "corrected")},
         "agreement": {**agreement, "cohen_kappa": pairs},
+        "multi_label": sets,
         "annotators": annotators,
         "flagged_annotators": sorted(a for a, row in annotators.items() if row["flagged"]),
         "labels_csv": str(run_dir / "labels.csv") if run_dir is not None else None,
@@ -457,6 +488,21 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "clickhouse_dsn": settings.clickhouse_dsn,
         "seconds": round(seconds, 1),
     }
+
+
+def multi_label_figures(client) -> dict:
+    """A multi-label run's figures from ClickHouse: the sets settled (consensus rows of method
+    ``set_vote``) and their mean size, and the annotators' agreement on the items labeled more than
+    once (Krippendorff's alpha with the MASI distance, exact-set agreement; :func:`streams.labels.set_agreement.report`)."""
+    settled, size = client.query(
+        "SELECT uniqExact(task_id), avg(if(label = '', 0, length(splitByChar('|', label)))) "
+        "FROM consensus_labels WHERE method = 'set_vote'").result_rows[0]
+    answers = client.query("SELECT item_id, annotator_id, label FROM labels ORDER BY ts, event_id").result_rows
+    quality = set_agreement.report(answers) if answers else {}
+    return {"sets_settled": settled, "mean_set_size": None if size != size else round(size, 3),
+            "classes": len(quality.get("classes", [])), "items_labeled_twice": quality.get("n_items_multi", 0),
+            "krippendorff_alpha": quality.get("krippendorff_alpha"), "exact_agreement": quality.get("exact_agreement"),
+            "control_metric": "micro_f1"}
 
 
 def play(settings: Settings, dataset: str = "bananas", label_column: str | None = None, events: int = 5000,
@@ -480,6 +526,8 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
     """
     started = time.monotonic()
     rows = datasets.load(dataset, label_column).rows
+    if datasets.label_sets(datasets.Dataset(dataset, rows)) is not None:  # labels joined by "|": sets
+        settings = settings.replace(multi_label=1)
     traffic = stream(rows, seed, events, dataset, rate, override_rate, appeal_rate, production_sample, drift_at)
     truth = dict(traffic.truth)
 
@@ -671,7 +719,7 @@ def summary(report: dict) -> str:
         *version_lines(report),
         f"production model  {fmt(report['production_accuracy']):>7}",
         f"dead letters      {report['dead_letters']:>7}",
-        savings_line(report.get("savings")),
+        *([] if report.get("multi_label") else [savings_line(report.get("savings"))]),  # single-label only
         *([f"lift over control {report['lift']['lift']:>7.2f}   (95% CI {report['lift']['ci_low']:.2f}-"
            f"{report['lift']['ci_high']:.2f}: policy labels correct the model that many times as often)"]
           if report["lift"] and report["lift"]["lift"] is not None else []),
@@ -690,6 +738,10 @@ def summary(report: dict) -> str:
         *([f"agreement           kappa {fmt2(report['agreement'].get('fleiss_kappa'))} (Fleiss), "
            f"alpha {fmt2(report['agreement'].get('krippendorff_alpha'))} (Krippendorff)"]
           if report["agreement"].get("fleiss_kappa") is not None else []),
+        *([f"multi-label       {m['sets_settled']:>7}   sets settled (mean size {fmt2(m['mean_set_size'])} of "
+           f"{m['classes']} classes); agreement alpha {fmt2(m['krippendorff_alpha'])} (Krippendorff, MASI) on "
+           f"{m['items_labeled_twice']} items labeled more than once; control accuracy is the micro-F1 of the sets"]
+          if (m := report.get("multi_label")) else []),
         *([f"flagged annotators {', '.join(report['flagged_annotators'])} (gold accuracy under threshold)"]
           if report["flagged_annotators"] else []),
         *([f"waited           {report['sent']['waited_for_learner_s']:>7}   (seconds the replay paused for the "
@@ -717,7 +769,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "what ClickHouse recorded.")
     d.add_argument("--dataset", default="bananas",
                    help="bananas, phishing, imagesegments, shuttle, or a CSV path (with --label-column)")
-    d.add_argument("--label-column", help="label column of a CSV dataset")
+    d.add_argument("--label-column", help="label column of a CSV dataset; classes joined by '|' make the run "
+                                           "multi-label (tasks take any subset, see the README)")
     d.add_argument("--events", type=int, default=5000, help="predictions to replay")
     d.add_argument("--rate", type=float, default=250.0, help="predictions per second")
     d.add_argument("--budget", type=float, default=0.1, help="share of predictions to label")
