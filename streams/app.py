@@ -56,7 +56,7 @@ from schemas.candidate_columns import candidates_of, to_columns
 from feedbackloop.datasets import load_gold
 from streams.loop import Effects, Loop
 from streams import model_feed
-from streams.replay import rebuild_preselection, rebuild_router, rebuild_trainer
+from streams.replay import rebuild_learner, rebuild_preselection, rebuild_router, recorded
 from streams.labels.trainer import UnknownLabel
 
 log = logging.getLogger("feedbackloop")
@@ -196,10 +196,10 @@ class Runtime:
         """The label-task join and the learner rebuilt from the topics, once; at assignment, else
         before the first label."""
         async with self._rebuilding:
-            if not self.trainer_ready:
-                await asyncio.get_running_loop().run_in_executor(None, rebuild_trainer, self.loop.trainer,
-                                                                 self.settings)
-                self.loop.recount_releases()  # the production model's releases, judged by the labels so far
+            if not self.trainer_ready:  # the trainer, suspect labels, releases and milestones (streams.replay)
+                run = asyncio.get_running_loop().run_in_executor
+                held = await run(self.writer, recorded, self.sink.client, self.settings.model_name)  # between writes
+                self.add_rows(await run(None, rebuild_learner, self.loop, self.settings, held))
                 self.trainer_ready = True
 
     # -- the agents' work -----------------------------------------------------------------

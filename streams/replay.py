@@ -259,7 +259,16 @@ def recorded(client, model_name: str) -> dict:
     """What ClickHouse holds that a restarted learner needs (see :class:`LearnerReplay`): the
     ``found`` rows of suspect labels by task id, the versions drift was detected at, whether the
     newest version's stopping signal said ``stop``, and the first version's control accuracy.
-    Call it where nothing writes meanwhile (a worker's writer thread)."""
+    Call it where nothing writes meanwhile (a worker's writer thread). Should ClickHouse fail,
+    an empty dict: the learner is rebuilt from the topics alone, and writes no row again."""
+    try:
+        return _recorded(client, model_name)
+    except Exception:  # a restart must not stop on it
+        log.exception("reading what ClickHouse recorded for the suspect labels and milestones failed")
+        return {}
+
+
+def _recorded(client, model_name: str) -> dict:
     rows = lambda sql, **p: client.query(sql, parameters=p).named_results()  # noqa: E731
     found = {r["task_id"]: r for r in rows("SELECT * EXCEPT (inserted_at) FROM suspect_labels FINAL "
                                           "WHERE status = 'found'")}
