@@ -119,10 +119,11 @@ class Novelty:
     def __init__(self, sketch: Sketch | None = None, memory: int = 2000):
         self.sketch = sketch or Sketch()
         self.memory = memory
-        # float32, column-major: the distance reads the first ``width`` columns of the first ``len`` rows,
-        # each column one contiguous run; 2.5 times faster than float64 rows at 2,000 centers
-        self._centers = np.zeros((memory, self.sketch.dims + self.sketch.text_dims), dtype=np.float32, order="F")
-        self._norms = np.zeros(memory, dtype=np.float32)  # squared length of each (float32) center
+        # a center c is the row (|c|^2, -2 c) in float32, column-major, so |c - v|^2 - |v|^2 of every
+        # center is one matrix-vector product with (1, v) over the first 1 + width columns of the first
+        # len rows (each column one contiguous run): at 2,000 centers a third of the float64 row-major cost
+        self._centers = np.zeros((memory, 1 + self.sketch.dims + self.sketch.text_dims), dtype=np.float32,
+                                 order="F")
         self._count = 0
 
     def __len__(self) -> int:
@@ -134,11 +135,10 @@ class Novelty:
         if n == 0:
             return math.inf
         w = self.sketch.width  # the columns past it are zero in every sketch
+        q = np.empty(1 + w, dtype=np.float32)
+        q[0], q[1:] = 1.0, v[:w]
         # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product, no n x w temporary
-        d = self._centers[:n, :w] @ v[:w].astype(np.float32)
-        d *= -2.0
-        d += self._norms[:n]
-        return math.sqrt(max(0.0, float(d.min()) + float(v[:w] @ v[:w])))
+        return math.sqrt(max(0.0, float((self._centers[:n, :1 + w] @ q).min()) + float(v[:w] @ v[:w])))
 
     def score(self, x: dict[str, float]) -> float:
         """Distance from ``x`` to the nearest center."""
@@ -148,7 +148,7 @@ class Novelty:
         """Make ``x`` (a feature dict or a sketch) a center."""
         v = x if isinstance(x, np.ndarray) else self.sketch.transform(x)
         i = self._count % self.memory
-        self._centers[i] = v
-        c = self._centers[i]
-        self._norms[i] = float(c @ c)
+        c = v.astype(np.float32)
+        self._centers[i, 1:] = -2.0 * c
+        self._centers[i, 0] = float(c @ c)
         self._count += 1
