@@ -177,10 +177,13 @@ class Runtime:
         ``labels``), so the learner learns from the first label that comes in, not a rebuild later."""
         await self.start()
         topics = {tp.topic for tp in partitions}
-        if self.settings.topic("labeling.candidates") in topics:
-            await self.ready_router()
-        if self.settings.topic("labels") in topics:
-            await self.ready_trainer()
+        try:
+            if self.settings.topic("labeling.candidates") in topics:
+                await self.ready_router()
+            if self.settings.topic("labels") in topics:
+                await self.ready_trainer()
+        except Exception:  # the agent tries again before its first event: a failed rebuild must not stop the worker
+            log.exception("rebuilding the state at partition assignment failed")
         log.info("state ready for %d partitions", len(partitions))
 
     async def ready_router(self) -> None:
