@@ -29,6 +29,16 @@ guideline_version      the labeling guideline's version the task was shown with 
 learned_by_version     the shadow model version current when the label settled
 ====================== ====================================================================
 
+An export with multi-label tasks (settled class by class, consensus method
+``set_vote``; see the README's multi-label section) has two more columns, at
+the end (:data:`SET_SCHEMA`), so a single-label export keeps its bytes:
+
+====================== ====================================================================
+labels                 the consensus set, its classes sorted (``label`` is them joined by
+                       ``|``); NULL on a single-label row
+annotator_label_sets   every annotator's set: a list of (annotator_id, labels, tier)
+====================== ====================================================================
+
 The same version exported again gives the same bytes: the rows are read with
 ``FINAL`` and ordered, the schema is fixed, and the Parquet writer's options
 are fixed, with no time in its metadata. Each export is recorded in the
@@ -75,6 +85,12 @@ SCHEMA = pa.schema([
     ("features", pa.map_(pa.string(), pa.float64())), ("text", pa.string()),
     ("guideline_version", pa.string()), ("learned_by_version", pa.int64()),
 ])
+
+#: The columns of a dataset version with multi-label tasks: :data:`SCHEMA` and the sets.
+SET_SCHEMA = pa.schema([*SCHEMA, ("labels", pa.list_(pa.string())),
+                        ("annotator_label_sets", pa.list_(pa.struct([
+                            ("annotator_id", pa.string()), ("labels", pa.list_(pa.string())),
+                            ("tier", pa.string())])))])
 
 #: The Parquet writer's options: fixed, so the same rows give the same bytes.
 WRITER = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "write_statistics": True,
@@ -145,12 +161,35 @@ def read_rows(client, version: int | None = None) -> list[dict]:
             "features": sorted((str(k), float(v)) for k, v in (feats or {}).items()), "text": txt,
             "guideline_version": guide if guide is not None else label_guidelines.get(task_id),
             "learned_by_version": int(learned_by)})
+        if method == SET_METHOD:  # a multi-label task: the sets as lists too
+            rows[-1].update(labels=_classes(label), annotator_label_sets=[
+                {"annotator_id": v["annotator_id"], "labels": _classes(v["label"]), "tier": v["tier"]}
+                for v in rows[-1]["annotator_labels"]])
     return rows
 
 
+#: The consensus method of a multi-label task (streams.labels.set_consensus, via the trainer).
+SET_METHOD = "set_vote"
+
+
+def _classes(label: str) -> list[str]:
+    """A set joined by ``|`` as its sorted classes (``""`` is the empty set).
+
+    >>> _classes("b|a"), _classes("")
+    (['a', 'b'], [])
+    """
+    return sorted(c for c in label.split("|") if c)
+
+
 def to_arrow(rows: list[dict]) -> pa.Table:
-    """The rows as an Arrow table of :data:`SCHEMA`."""
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    """The rows as an Arrow table of :data:`SCHEMA`, or :data:`SET_SCHEMA` when a row is multi-label.
+
+    >>> row = dict.fromkeys(SCHEMA.names)
+    >>> to_arrow([row]).num_columns, to_arrow([{**row, "labels": ["a"], "annotator_label_sets": []}]).num_columns
+    (19, 21)
+    """
+    sets = any("labels" in r for r in rows)
+    return pa.Table.from_pylist(rows, schema=SET_SCHEMA if sets else SCHEMA)
 
 
 def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
