@@ -153,7 +153,8 @@ class Loop:
         if live_scoring:  # a view on the learner's model and classes: it scores what was just learned
             scorer = Scorer(ShadowModel(model_name, 0, learner.model, learner.classes), live=True,
                             n_classes=n_classes, multi_label=multi_label)
-        router = Router(policy, seed=seed, caps=caps, multi_label=multi_label)  # the caps are global: enforced at admission
+        # the caps are global: enforced at admission
+        router = Router(policy, seed=seed, caps=caps, multi_label=multi_label)
         router.labels.update(label_set or ())
         loop = cls(scorer, router, trainer, gold=gold, overlap=overlap,
                    milestones=None if milestones is None else Milestones(**milestones))
