@@ -54,3 +54,33 @@ def test_a_multi_label_loop_routes_sets_learns_them_and_publishes():
     shadow_right = sum(label_set(t["suggested_label"]) == truth(t["features"]) for t in late)
     production_right = sum(label_set(t["predicted_label"]) == truth(t["features"]) for t in late)
     assert shadow_right > production_right + 20
+
+
+def test_the_codec_takes_a_multi_label_models_predictions_only_when_told():
+    import pytest
+
+    import time
+
+    from schemas import codec
+
+    event = {"event_id": "e", "item_id": "i", "ts": int(time.time() * 1000), "model_name": "m", "model_version": "1",
+             "predicted_label": "a|c", "probabilities": {"a": 0.9, "b": 0.2, "c": 0.7}}
+    data = codec.encode("Prediction", event, multi_label=True)
+    assert codec.decode(data, ("Prediction",), multi_label=True)[1]["predicted_label"] == "a|c"
+    with pytest.raises(codec.DecodeError, match="sum to 1.8"):  # a single-label worker refuses it
+        codec.decode(data, ("Prediction",))
+    batch = codec.encode("PredictionBatch", {"events": [event, {**event, "event_id": "f", "predicted_label": ""}]},
+                         multi_label=True)
+    assert len(codec.decode(batch, ("PredictionBatch",), multi_label=True)[1]["events"]) == 2
+    with pytest.raises(codec.InvalidEvent, match="'d', not a class"):
+        codec.encode("Prediction", {**event, "predicted_label": "a|d"}, multi_label=True)
+    with pytest.raises(codec.InvalidEvent, match="outside"):
+        codec.encode("Prediction", {**event, "probabilities": {"a": 1.2, "c": 0.1}}, multi_label=True)
+    from feedbackloop.producer import as_columns
+
+    full = {**event, "features": {"x": 1.0}, "text": None, "context": {}}
+    columns = as_columns([full, {**full, "event_id": "f", "predicted_label": "b"}])
+    assert codec.decode(codec.encode("PredictionColumns", columns, multi_label=True), ("PredictionColumns",),
+                        multi_label=True)[1]["predicted_label"] == ["a|c", "b"]
+    with pytest.raises(codec.InvalidEvent, match="'z', not a class"):
+        codec.encode("PredictionColumns", {**columns, "predicted_label": ["a|c", "z"]}, multi_label=True)
