@@ -205,6 +205,7 @@ class LearnerReplay:
         self.retraining = retraining or []
         self.reviews: dict[str, dict] = {}  # task id -> its review task (reason suspect_label)
         self.settled = 0  # consensus labels settled, as the milestones count them
+        self.rows: list[tuple[str, dict]] = []  # found rows lost in the restart, to write again
 
     def task(self, task: dict) -> None:
         self.loop.trainer.add_task(task)
@@ -219,28 +220,30 @@ class LearnerReplay:
         if suspects is not None and review is not None and label["annotator_id"] not in review["exclude_annotators"]:
             self._reopen(review)  # the review was out before its reviewer answered
         result = trainer.add_label(label, learn=learn)
-        if suspects is not None:
-            suspects.take(trainer, "Label", label, result, label["ts"], correct=learn)
+        if suspects is not None:  # their rows were written before the restart, but found rows written again
+            self.rows.extend(r for r in suspects.take(trainer, "Label", label, result, label["ts"], correct=learn)
+                             if r[1]["status"] == "found")
         self.settled += len(result.consensus)
 
     def _reopen(self, review: dict) -> bool:
-        found = self.recorded.get("found", {}).get(review["task_id"])
-        return self.loop.suspects.reopen(review, self.loop.trainer.consensus, found)
+        """``review``'s label under review again; its found row is lost if ClickHouse's rows are known and lack it."""
+        recorded = self.recorded.get("found")
+        found = (recorded or {}).get(review["task_id"])
+        return self.loop.suspects.reopen(review, self.loop.trainer.consensus, found,
+                                         lost=recorded is not None and found is None)
 
     def finish(self, now_ms: int) -> list[tuple[str, dict]]:
         """Reopen the reviews still out, put the production releases and the milestones back;
         the ``found`` rows to write again (those the restart lost; dated ``now_ms``)."""
         loop, rows = self.loop, []
         if loop.suspects is not None:
-            reopened = [t for t, review in self.reviews.items() if self._reopen(review)]
-            found = self.recorded.get("found")
-            unknown = [t for t in self.reviews if t in loop.suspects.labels and t not in (found or {})]
-            loop.suspects.describe(unknown)  # figures for the rows to come
-            version = loop.trainer.learner.version
-            lost = unknown if found is not None else []  # without ClickHouse's rows, nothing is known lost
-            rows = [("suspect_labels", loop.suspects.row(t, "found", now_ms, version)) for t in lost]
-            log.info("suspect labels rebuilt: %d scored, %d under review (%d found rows written again)",
-                     len(loop.suspects.labels), len(reopened), len(lost))
+            for review in self.reviews.values():
+                self._reopen(review)
+            rows = self.rows + [("suspect_labels", r)
+                                for r in loop.suspects.restored(now_ms, loop.trainer.learner.version)]
+            log.info("suspect labels rebuilt: %d scored, %d reviews out (%d more once their label comes again), "
+                     "%d found rows written again", len(loop.suspects.labels),
+                     sum(loop.suspects.reviewing(t) for t in self.reviews), len(loop.suspects.pending), len(rows))
         loop.recount_releases()  # the production model's releases, judged by the labels so far
         if loop.milestones is not None:
             name = loop.trainer.learner.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -278,13 +279,17 @@ def test_the_labeling_queue_gives_a_review_to_someone_else(tmp_path):
     store.close()
 
 
-def play(restart_after: int | None = None, events: int = 3000):
+
+def play(restart_after: int | None = None, model_lost: bool = False, events: int = 3000):
     """The demo's stream (bananas, a careless annotator) through the worker's Loop, as
     :func:`test_the_loop_reviews_suspects_and_corrects_them_everywhere` plays it; with
     ``restart_after``, the learner side is killed right after that many published versions,
     before the rows of that version were written (its ``found`` rows are lost), and rebuilt from
     what the topics and ClickHouse hold (:class:`streams.replay.LearnerReplay`), as a worker is.
-    Returns ``(final loop, rows written, retraining events sent)``."""
+    With ``model_lost`` the version itself did not reach the topic either (its review tasks did):
+    the learner resumes from the version before, and the labels since come again, as the
+    consumer group delivers them after its last commit. Returns ``(final loop, rows written,
+    retraining events sent, tasks sent)``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from consumers.annotators import AnnotatorPool
@@ -298,13 +303,13 @@ def play(restart_after: int | None = None, events: int = 3000):
     traffic = stream(datasets.load("bananas").rows, 1, events, "bananas")
     pool = AnnotatorPool(Settings().replace(seed=1), team(traffic.truth.get, 1, 3, annotator_errors=[0.05, 0.05, 0.4]))
     key = Ed25519PrivateKey.generate()
-    state = {"loop": Loop.build(**options), "published": 0}
-    topic_tasks, topic_labels, rows, retraining = [], [], [], []
+    state = {"loop": Loop.build(**options)}
+    topic_tasks, topic_labels, rows, retraining, published = [], [], [], [], []
 
-    def restart(record, now):
+    def restart(now, queue):
         old, fresh = state["loop"], Loop.build(**options)
         fresh.scorer, fresh.router = old.scorer, old.router  # the scorer's side has its own rebuild
-        fresh.resume(record, key)
+        fresh.resume(published[-2] if model_lost else published[-1], key)
         stored = lambda table: [r for t, r in rows if t == table]  # noqa: E731
         accuracies = [r["control_accuracy"] for r in stored("model_versions") if r["control_accuracy"] is not None]
         recorded = {"found": {r["task_id"]: r for r in stored("suspect_labels") if r["status"] == "found"},
@@ -313,32 +318,40 @@ def play(restart_after: int | None = None, events: int = 3000):
         replay = LearnerReplay(fresh, recorded, list(retraining))
         for task in topic_tasks:
             replay.task(task)
-        for offset, label in enumerate(topic_labels):
-            replay.label(label, learn=offset > fresh.trainer.learner.label_offset)
+        reflected = fresh.trainer.learner.label_offset
+        again = range(reflected + 1, len(topic_labels)) if model_lost else ()  # committed up to the resumed version
+        for offset, label in enumerate(topic_labels[:len(topic_labels) - len(again)]):
+            replay.label(label, learn=offset > reflected)
         rows.extend(replay.finish(now))
         state["loop"] = fresh
+        for offset in again:
+            deliver(offset, now, queue)
+
+    def deliver(offset, now, queue):
+        """The label at ``offset`` through the learner, as the learn agent takes it."""
+        loop = state["loop"]
+        effects = loop.take("Label", topic_labels[offset], now, offset=offset)
+        rows.extend(effects.rows)
+        topic_tasks.extend(effects.tasks)
+        queue.extend(effects.tasks)
+        if loop.due:
+            effects = loop.publish(now, key)
+            published.append(effects.models[0])
+            topic_tasks.extend(effects.tasks)
+            queue.extend(effects.tasks)
+            killed = len(published) == restart_after
+            retraining.extend(() if killed and model_lost else effects.retraining)
+            rows.extend(r for r in effects.rows if not (killed and r[0] == "suspect_labels"))
+            if killed:
+                restart(now, queue)
 
     def label(tasks, now):
         while tasks:
             task = tasks.pop(0)
             state["loop"].take("LabelingTask", task, now)
             for annotator in pool.assign(task):
-                answer = annotator.label(task, now)
-                topic_labels.append(answer)
-                effects = state["loop"].take("Label", answer, now, offset=len(topic_labels) - 1)
-                rows.extend(effects.rows)
-                topic_tasks.extend(effects.tasks)
-                tasks.extend(effects.tasks)
-                if state["loop"].due:
-                    effects = state["loop"].publish(now, key)
-                    state["published"] += 1
-                    topic_tasks.extend(effects.tasks)
-                    tasks.extend(effects.tasks)
-                    retraining.extend(effects.retraining)
-                    killed = state["published"] == restart_after
-                    rows.extend(r for r in effects.rows if not (killed and r[0] == "suspect_labels"))
-                    if killed:
-                        restart(effects.models[0], now)
+                topic_labels.append(annotator.label(task, now))
+                deliver(len(topic_labels) - 1, now, tasks)
 
     for name, event in traffic.events:
         loop = state["loop"]
@@ -346,7 +359,11 @@ def play(restart_after: int | None = None, events: int = 3000):
             routed = loop.route(candidate, event["ts"]).tasks
             topic_tasks.extend(routed)
             label(list(routed), event["ts"])
-    return state["loop"], rows, retraining
+    return state["loop"], rows, retraining, topic_tasks
+
+
+def steps(rows) -> list[tuple[str, str]]:
+    return sorted((r["task_id"], r["status"]) for t, r in rows if t == "suspect_labels")
 
 
 def test_a_restart_neither_reviews_a_suspect_twice_nor_forgets_one():
@@ -355,15 +372,14 @@ def test_a_restart_neither_reviews_a_suspect_twice_nor_forgets_one():
     found, confirmed and corrected as in the run never killed, none is found twice, the lost
     ``found`` rows are written again, and the retraining events are the same (neither fired
     again nor delayed)."""
-    whole, whole_rows, whole_events = play()
-    steps = lambda rows: sorted((r["task_id"], r["status"]) for t, r in rows if t == "suspect_labels")  # noqa: E731
+    whole, whole_rows, whole_events, _ = play()
     found_at = sorted(r["version"] for t, r in whole_rows if t == "suspect_labels" and r["status"] == "found")
     corrected_at = min(r["version"] for t, r in whole_rows if t == "suspect_labels" and r["status"] == "corrected")
     fired = {e["dataset_version"] for e in whole_events}
     # a version that found suspects after a correction, and fired no retraining event (so the
     # milestones have counts under way to lose)
     restart_after = next(v for v in found_at if found_at.count(v) >= 2 and v > corrected_at and v not in fired)
-    loop, rows, events = play(restart_after)
+    loop, rows, events, _ = play(restart_after)
     learned = lambda loop: ([y for _, y in loop.trainer.learner.learned],  # noqa: E731
                             [y for _, y in loop.trainer.learner.control], loop.trainer.learner.labels_seen)
     assert learned(loop) == learned(whole)  # corrections before the kill are not made twice
@@ -378,3 +394,18 @@ def test_a_restart_neither_reviews_a_suspect_twice_nor_forgets_one():
         (e["dataset_version"], e["reasons"], e["new_labels"]) for e in whole_events]
     assert len(events) >= 3
 
+
+def test_reviews_sent_by_a_version_that_never_reached_the_topic_are_not_sent_again():
+    """Killed after a version's review tasks reached ``labeling.tasks`` but the version itself did
+    not: the learner resumes from the version before, the labels since come again, and a review
+    already out is reopened when its label settles again instead of being picked a second time."""
+    _, whole_rows, _, _ = play()
+    found_at = sorted(r["version"] for t, r in whole_rows if t == "suspect_labels" and r["status"] == "found")
+    restart_after = next(v for v in found_at if found_at.count(v) >= 2 and v > found_at[0])
+    loop, rows, _, tasks = play(restart_after, model_lost=True)
+    reviews = Counter(t["task_id"] for t in tasks if t["reasons"] == ["suspect_label"])
+    assert reviews and max(reviews.values()) == 1  # none sent twice
+    done = {(t, s) for t, s in steps(rows)}
+    assert {t for t, s in done if s == "found"} == set(reviews)  # one found row per review, the lost ones again
+    assert {t for t, s in done if s in ("confirmed", "cleared")} <= set(reviews)
+    assert loop.suspects.found == len(reviews)

@@ -343,6 +343,8 @@ class SuspectLabels:
         self.labels: dict[str, dict] = {}
         self.reviews = 0
         self.found = self.confirmed = self.corrected = 0
+        self.pending: dict[str, tuple[dict | None, bool]] = {}  # reviews to reopen once their label settles
+        self.unscored: list[tuple[str, bool]] = []  # reopened without their found row: (task id, row lost)
 
     def add(self, task_id: str, item_id: str, x: dict, label: str, votes: dict[str, str],
             support: float | None = None) -> None:
@@ -355,6 +357,8 @@ class SuspectLabels:
                                 "annotators": sorted(a for a, y in votes.items() if y == label),
                                 "support": support, "state": "learned", "streak": 0}
         self.crossfit.learn(task_id, x, label)
+        if task_id in self.pending:  # its review was out before a restart
+            self._reopened(task_id, *self.pending.pop(task_id))
 
     def scan(self) -> list[Suspect]:
         """Every label now suspect and not reviewed yet, most suspect first."""
@@ -476,42 +480,64 @@ class SuspectLabels:
                 support = others_support(votes, first, classes, trainer.consensus.gold.estimate) if first else None
                 self.add(row["task_id"], row["item_id"], x, row["label"], votes,
                          None if support is None or support != support else support)
+        rows.extend(("suspect_labels", r) for r in self.restored(ts, learner.version))  # see reopen
         return rows
 
     # -- after a restart ------------------------------------------------------------------
-    def reopen(self, task: events.Task, consensus: Consensus, found: dict | None = None) -> bool:
+    def reopen(self, task: events.Task, consensus: Consensus, found: dict | None = None, lost: bool = False) -> bool:
         """A review task sent before a restart (reason ``suspect_label``), replayed: its label is under
         review again, counted as found and against the quota as when it was picked, so it is never
         picked twice; the task's consensus is in the review's round. ``found`` is its ``found`` row,
-        whose figures the later rows repeat (without one, :meth:`describe` gives them). False for a
-        label not known or not open (reopened already, or corrected).
+        whose figures the later rows repeat; without one they are scored again (:meth:`restored`),
+        and with ``lost`` (ClickHouse has no such row) the row is written again. A label not settled
+        yet (the resumed model is older than the review: its label comes again after the restart)
+        is reopened when it settles (:meth:`add`). False unless reopened now.
 
         >>> from streams.learning.models import make
         >>> s, c = SuspectLabels(lambda: make("knn", offline=True)), Consensus()
         >>> task = {"task_id": "t1", "item_id": "i1", "reasons": ["uncertain"], "label_set": ["a", "b"],
         ...         "overlap": 1, "exclude_annotators": [], "tier": "annotator", "round": 0}
         >>> c.open(task)
+        >>> again = {**task, "reasons": ["suspect_label"], "exclude_annotators": ["ann-1"], "round": 1}
+        >>> s.reopen(again, c), c.tasks["t1"]["round"]     # its label comes after the restart
+        (False, 1)
         >>> _ = c.add("t1", "ann-1", "a")
         >>> s.add("t1", "i1", {"x": 1.0}, "a", {"ann-1": "a"})
-        >>> again = {**task, "reasons": ["suspect_label"], "exclude_annotators": ["ann-1"], "round": 1}
-        >>> s.reopen(again, c), s.reopen(again, c), s.found, s.reviewing("t1"), c.tasks["t1"]["round"]
-        (True, False, 1, True, 1)
+        >>> s.reopen(again, c), s.found, s.reviewing("t1")
+        (False, 1, True)
         >>> s.review("t1", "ann-2", "b")
         'confirmed'
         """
-        e = self.labels.get(task["task_id"])
-        if e is None or e["state"] != "learned":
+        task_id = task["task_id"]
+        e = self.labels.get(task_id)
+        if e is not None and e["state"] != "learned":
             return False
-        entry = consensus.tasks.get(task["task_id"])
+        entry = consensus.tasks.get(task_id)
         if entry is not None:
             entry["round"] = max(entry["round"], task.get("round") or 0)
+        if e is None:
+            self.pending[task_id] = (found, lost)
+            return False
+        self._reopened(task_id, found, lost)
+        return True
+
+    def _reopened(self, task_id: str, found: dict | None, lost: bool) -> None:
+        e = self.labels[task_id]
         suspect = Suspect.from_row(found) if found else Suspect(
-            task["task_id"], e["item_id"], e["label"], e["label"], math.nan, math.nan, math.nan, math.nan,
+            task_id, e["item_id"], e["label"], e["label"], math.nan, math.nan, math.nan, math.nan,
             e["support"], math.nan, list(e["annotators"]))
         e.update(state="reviewing", suspect=suspect, streak=0)
         self.reviews += 1
         self.found += 1
-        return True
+        if not found:
+            self.unscored.append((task_id, lost))
+
+    def restored(self, ts: int, version: int) -> list[dict]:
+        """The labels reopened without their ``found`` row since the last call, scored now (their
+        later rows repeat these figures); the ``found`` rows to write again, for those ``lost``."""
+        todo, self.unscored = self.unscored, []
+        self.describe([t for t, _ in todo])
+        return [self.row(t, "found", ts, version) for t, lost in todo if lost]
 
     def describe(self, task_ids) -> list[Suspect]:
         """The figures of the labels ``task_ids`` reopened without their ``found`` row (lost in a
