@@ -134,9 +134,16 @@ def _records(text: str, name: str) -> Iterator[tuple[int, dict]]:
 
 def _label_set(value, column: str, where: str, required: bool = True) -> str | None:
     """A multi-label answer as its classes sorted and joined by ``|``: from a
-    ``|``-joined string, or in JSONL a list of classes (``[]`` is the empty set)."""
+    ``|``-joined string, or in JSONL a list of classes (``[]`` is the empty set). An
+    empty answer (a blank CSV field) is the empty set where an answer is required.
+
+    >>> _label_set("b|a", "label", "x:2"), _label_set(" ", "label", "x:2"), _label_set("", "gold", "x:2", False)
+    ('a|b', '', None)
+    """
     if isinstance(value, list):
         return set_agreement.SEPARATOR.join(sorted(_text(v, column, where) for v in value))
+    if required and isinstance(value, str) and not value.strip():
+        return ""
     text = _text(value, column, where, required)
     return None if text is None else set_agreement.SEPARATOR.join(sorted(set_agreement.label_set(text)))
 

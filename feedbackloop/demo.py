@@ -486,6 +486,7 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
         "label_share": round(tasks / max(1, sent["events"]), 4),
         "sent": sent,
         "clickhouse_dsn": settings.clickhouse_dsn,
+        "topic_prefix": settings.topic_prefix,  # the run's own topics
         "seconds": round(seconds, 1),
     }
 
@@ -493,7 +494,8 @@ def report_from_clickhouse(settings: Settings, sent: dict, seconds: float, run_d
 def multi_label_figures(client) -> dict:
     """A multi-label run's figures from ClickHouse: the sets settled (consensus rows of method
     ``set_vote``) and their mean size, and the annotators' agreement on the items labeled more than
-    once (Krippendorff's alpha with the MASI distance, exact-set agreement; :func:`streams.labels.set_agreement.report`)."""
+    once (Krippendorff's alpha with the MASI distance, exact-set agreement;
+    :func:`streams.labels.set_agreement.report`)."""
     settled, size = client.query(
         "SELECT uniqExact(task_id), avg(if(label = '', 0, length(splitByChar('|', label)))) "
         "FROM consensus_labels WHERE method = 'set_vote'").result_rows[0]
