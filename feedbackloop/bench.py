@@ -17,8 +17,9 @@ version every later worker resumes):
   while probe predictions flow to every input partition; a label is served once
   every partition's scorer scores with a version that has learned it;
 * **owner admission**: the cost per *input* event of the owner of the global
-  budget (the candidates hop decoded, then :meth:`~streams.loop.Loop.route`),
-  measured in-process, so the system's ceiling is known; with the worker's CPU
+  budget (the preselected decoded from the candidates hop, then
+  :meth:`~streams.loop.Loop.admit`), measured in-process in CPU and wall-clock
+  time (median of 5), so the system's ceiling is known; with the worker's CPU
   cost per event, the owner's share of two cores;
 * **memory**: the bounded state a worker keeps (recent items, decided ids,
   waiting tasks, the novelty sketch), grown in-process: bytes per event, per
@@ -465,10 +466,12 @@ def _wait_members(settings: Settings, n: int, timeout: float = 90) -> None:
 # -- in-process: the owner of the budget, and the state's memory -------------------------------
 
 
-def owner_admission(settings: Settings, n: int, model: dict | None = None) -> dict:
+def owner_admission(settings: Settings, n: int, model: dict | None = None, repeats: int = 5) -> dict:
     """What the owner of the global budget costs per *input* event: of ``n`` scored events, the candidates
     it receives (those preselected at the partitions, where the loop preselects; otherwise every one),
-    decoded from the hop (``CandidateColumns``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`)."""
+    decoded from the hop (``CandidateColumns``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`).
+    Timed ``repeats`` times, each by a fresh owner, in wall-clock and CPU time; the run of the median
+    total of each is reported (on a shared machine the CPU time is the owner's own cost)."""
     scorer = Loop.build(**loop_options(settings))
     if model is not None:
         scorer.resume(model, keys.verify_key(settings))
@@ -480,22 +483,28 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None) -> di
             candidates += scorer.preselect(c, now).candidates if split else [c]
     hop = [codec.encode("CandidateColumns", r, check=False)  # as a scorer sends them (streams.app)
            for i in range(0, len(candidates), 500) for r in to_columns(candidates[i:i + 500])]
-    owner = Loop.build(**loop_options(settings))
-    admit = owner.admit if split else owner.route
-    started = time.perf_counter()
-    received = [c for value in hop
-                for c in candidates_of(codec.decode(value, ("CandidateColumns", "CandidateBatch"), check=False)[1])]
-    decoded = time.perf_counter()
-    selected = 0
-    for c in received:
-        selected += len(admit(c, now).tasks)
-    admitted = time.perf_counter()
-    cost = max(admitted - started, 1e-9) / n
-    return {"input_events": n, "candidates": len(candidates), "selected": selected,
+    runs = []
+    for _ in range(max(1, repeats)):
+        owner = Loop.build(**loop_options(settings))
+        admit = owner.admit if split else owner.route
+        started = (time.perf_counter(), time.process_time())
+        received = [c for value in hop for c in
+                    candidates_of(codec.decode(value, ("CandidateColumns", "CandidateBatch"), check=False)[1])]
+        decoded = (time.perf_counter(), time.process_time())
+        selected = 0
+        for c in received:
+            selected += len(admit(c, now).tasks)
+        admitted = (time.perf_counter(), time.process_time())
+        runs.append([(1e6 * (decoded[k] - started[k]) / n, 1e6 * (admitted[k] - decoded[k]) / n) for k in (0, 1)])
+    wall = sorted((r[0] for r in runs), key=sum)[len(runs) // 2]
+    cpu = sorted((r[1] for r in runs), key=sum)[len(runs) // 2]
+    cost, cpu_cost = max(sum(wall), 1e-3), max(sum(cpu), 1e-3)
+    return {"input_events": n, "candidates": len(candidates), "selected": selected, "repeats": len(runs),
             "admission": "Loop.admit" if split else "Loop.route",
-            "decode_us_per_input_event": round(1e6 * (decoded - started) / n, 2),
-            "admit_us_per_input_event": round(1e6 * (admitted - decoded) / n, 2),
-            "us_per_input_event": round(1e6 * cost, 2), "events_per_second": round(1 / cost)}
+            "decode_us_per_input_event": round(wall[0], 2), "admit_us_per_input_event": round(wall[1], 2),
+            "us_per_input_event": round(cost, 2), "events_per_second": round(1e6 / cost),
+            "cpu_decode_us_per_input_event": round(cpu[0], 2), "cpu_admit_us_per_input_event": round(cpu[1], 2),
+            "cpu_us_per_input_event": round(cpu_cost, 2), "events_per_cpu_second": round(1e6 / cpu_cost)}
 
 
 def deep_size(obj, seen: set | None = None) -> int:
@@ -642,8 +651,8 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         result["owner"] = o = owner_admission(settings, owner_events, model)
         us = w["us_per_event"]
         o["worker_us_per_event"] = us
-        o["share_of_worker_cost"] = round(o["us_per_input_event"] / us, 3)
-        o["two_cores_events_per_second"] = round(min(2e6 / us, o["events_per_second"]))
+        o["share_of_worker_cost"] = round(o["cpu_us_per_input_event"] / us, 3)  # both CPU µs per event
+        o["two_cores_events_per_second"] = round(min(2e6 / us, o["events_per_cpu_second"]))
         progress(f"bounded state grown by {memory_events:,} events, in-process")
         result["memory"] = state_memory(settings, memory_events)
         result["memory"]["worker_peak_rss_mb"] = w["peak_rss_mb"]
@@ -688,9 +697,10 @@ def summary(result: dict) -> str:
          f"({lat['n']} tasks)", f"p99 < {TARGETS['p99_ms']}", _check(lat["p99"], TARGETS["p99_ms"], higher=False)),
         ("label to serving", f"p50 {serve['p50']} p95 {serve['p95']} ms ({serve['n']} labels)",
          f"p95 < {TARGETS['label_p95_ms']:,}", _check(serve["p95"], TARGETS["label_p95_ms"], higher=False)),
-        ("owner admission", f"{owner['events_per_second']:,} events/s ({owner['us_per_input_event']} µs/input "
-         f"event)", f">= {TARGETS['owner_events_per_second']:,}",
-         _check(owner["events_per_second"], TARGETS["owner_events_per_second"])),
+        ("owner admission", f"{owner['events_per_cpu_second']:,} events per CPU-second "
+         f"({owner['cpu_us_per_input_event']} µs/input event); wall {owner['events_per_second']:,}/s",
+         f">= {TARGETS['owner_events_per_second']:,}",
+         _check(owner["events_per_cpu_second"], TARGETS["owner_events_per_second"])),
         ("owner's share, 2 cores", f"{100 * owner['share_of_worker_cost']:.1f}% of the work; "
          f"~{owner['two_cores_events_per_second']:,} events/s", "", ""),
     ]
@@ -729,8 +739,9 @@ figures:
   event-to-task        task created_ts - event ts, p50/p95/p99, at half the worker's measured rate
   label to serving     a label sent until every input partition's scorer serves a version that learned it
                        (labels in bursts of publish_every; resolution: the probe interval)
-  owner admission      input events/s the owner of the global budget admits (candidates hop decoded +
-                       Loop.route, in-process), and its share of the worker's CPU cost per event
+  owner admission      input events per CPU-second the owner of the global budget admits (the preselected
+                       decoded from the CandidateColumns hop + Loop.admit, in-process, median of 5; the
+                       wall-clock rate beside it), and its share of the worker's CPU cost per event
   two workers          (--second-worker) events/s of two workers splitting the partitions
   worker peak RSS      VmHWM of the worker process
   state per million    the bounded state (recent items, decided ids, waiting tasks, novelty sketch) grown

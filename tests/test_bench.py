@@ -119,6 +119,10 @@ def test_owner_admission_and_state_memory_in_process():
     assert owner["us_per_input_event"] == pytest.approx(owner["decode_us_per_input_event"]
                                                         + owner["admit_us_per_input_event"], abs=0.02)
     assert owner["events_per_second"] == pytest.approx(1e6 / owner["us_per_input_event"], rel=0.01)
+    assert owner["cpu_us_per_input_event"] == pytest.approx(owner["cpu_decode_us_per_input_event"]
+                                                            + owner["cpu_admit_us_per_input_event"], abs=0.02)
+    assert owner["events_per_cpu_second"] == pytest.approx(1e6 / owner["cpu_us_per_input_event"], rel=0.01)
+    assert owner["repeats"] == 5 and 0 < owner["selected"] <= owner["candidates"] < 0.3 * 2000  # only the preselected
     memory = bench.state_memory(settings, 4000)["structures"]
     for name in ("recent items", "decided ids", "waiting tasks", "novelty sketch"):
         assert memory[name]["mb_per_million_events"] <= memory[name]["mb_bound"] + 1e-9
@@ -159,7 +163,7 @@ def test_a_small_bench_end_to_end(kafka, tmp_path):
     assert serving["labels"] == 2 * settings.publish_every and serving["ms"]["n"] + serving["not_served"] == 50
     assert serving["ms"]["n"] > 0 and 0 < serving["ms"]["p50"] <= serving["ms"]["p95"]
     owner = result["owner"]
-    assert owner["share_of_worker_cost"] == round(owner["us_per_input_event"] / w["us_per_event"], 3)
+    assert owner["share_of_worker_cost"] == round(owner["cpu_us_per_input_event"] / w["us_per_event"], 3)
     assert result["memory"]["worker_peak_rss_mb"] == w["peak_rss_mb"]
     table = bench.summary(result)
     for figure in ("worker / limit loop", "event-to-task", "label to serving", "owner admission", "peak RSS"):
