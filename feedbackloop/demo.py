@@ -719,7 +719,8 @@ def summary(report: dict) -> str:
         f"model versions    {report['model_versions']:>7}",
         f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
         *version_lines(report),
-        f"production model  {fmt(report['production_accuracy']):>7}",
+        f"production model  {fmt(report['production_accuracy']):>7}"
+        + ("   (the exact set right)" if report.get("multi_label") else ""),
         f"dead letters      {report['dead_letters']:>7}",
         *([] if report.get("multi_label") else [savings_line(report.get("savings"))]),  # single-label only
         *([f"lift over control {report['lift']['lift']:>7.2f}   (95% CI {report['lift']['ci_low']:.2f}-"
