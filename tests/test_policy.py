@@ -215,3 +215,29 @@ def test_density_keeps_uncertainty_off_outliers():
 
     plain, weighed = outliers_bought(0.0), outliers_bought(1.0)
     assert plain > 0.2 and weighed < plain / 3, (plain, weighed)
+
+
+def test_on_text_uncertainty_takes_the_diverse_share_and_is_weighed_by_density():
+    """Text: no diverse picks (odd texts are what novelty finds), and odd texts that look most uncertain
+    are rarely bought; numeric features keep the diverse share and no density weight."""
+    rng = random.Random(3)
+    common = [f"w:c{i}" for i in range(30)]
+
+    def item(odd):
+        words = [f"w:odd{rng.randrange(5000)}" for _ in range(3)] if odd else rng.sample(common, 6)
+        return dict.fromkeys(words, 1.0)
+
+    text, numeric = Policy(Budget(0.1), seed=2), Policy(Budget(0.1), seed=2)
+    reasons, odd_bought, bought = Counter(), 0, 0
+    for t in range(6000):
+        odd = rng.random() < 0.05
+        u = rng.uniform(0.8, 1.0) if odd else rng.betavariate(2, 2)
+        d = text.decide("prediction", {"uncertainty": u}, now_ms=t * 1000, x=item(odd))
+        if d.selected:
+            reasons[d.reasons[0]] += 1
+            bought += d.reasons[0] == "uncertain"
+            odd_bought += odd and d.reasons[0] == "uncertain"
+        numeric.decide("prediction", {"uncertainty": u}, now_ms=t * 1000, x={"a": rng.gauss(0, 1)})
+    assert "diverse" not in reasons and reasons["uncertain"] > 400, reasons
+    assert odd_bought / bought < 0.1, (odd_bought, bought)  # 5% of the stream, at the top of the uncertainty
+    assert numeric.selected["diverse"] > 50 and len(numeric.density) == 0

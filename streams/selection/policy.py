@@ -117,6 +117,20 @@ class Policy:
         Until this many control items are selected, the control slice is
         sampled five times faster (never above half the budget), so there is
         soon an unbiased test set.
+    warmup
+        Over the first ``warmup`` labels of the uncertain and diverse reasons,
+        the uncertain share turns from a uniform draw into uncertainty sampling
+        (0: no warm-up).
+    density
+        Exponent of the density weight on the uncertain score
+        (:class:`~streams.selection.density.Density`: uncertainty times how
+        typical the item is of the recent stream; 0: none). None (default):
+        1 on text, none on numeric features (there it cost labels: see
+        docs/policy.md).
+    text_diverse
+        Whether the diverse share also samples text (False: on text it goes
+        to uncertain; the novelty sketch hashes words into 64 slots, so the
+        items farthest from the chosen ones are odd texts).
     novelty, drift
         The :class:`~streams.selection.diversity.Novelty` and
         :class:`~streams.selection.drift.DriftMonitor` (fresh ones by default).
@@ -126,8 +140,8 @@ class Policy:
 
     def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
                  uncertainty: str = "uncertainty", spread: float = 0.08, step: float = 0.01,
-                 rare_boost: float = 0.5, cold_start: int = 20, warmup: int = 0, density: float = 0.0,
-                 novelty: Novelty | None = None,
+                 rare_boost: float = 0.5, cold_start: int = 20, warmup: int = 0, density: float | None = None,
+                 text_diverse: bool = False, novelty: Novelty | None = None,
                  drift: DriftMonitor | None = None, seed: int | None = None):
         mix = normalize_mix(mix or DEFAULT_MIX)
         if control_share is not None:
@@ -142,8 +156,9 @@ class Policy:
         self.rare_boost = rare_boost
         self.cold_start = cold_start
         self.warmup = warmup
+        self.text_diverse = text_diverse
         self.density_weight = density
-        self.density = Density() if density else None
+        self.density = Density()
         self.novelty = novelty or Novelty()
         self.drift = drift or DriftMonitor()
         self.rng = random.Random(seed)
@@ -245,7 +260,9 @@ class Policy:
         self.drift.tick()
         score = self._score(signals)
         shares = self.shares(cold=score is None)
-        if x is None and shares["diverse"]:  # no features: novelty is unknown, its share moves
+        sketch = self.novelty.sketch.update(x) if x is not None else None
+        # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
+        if shares["diverse"] and (x is None or (self.novelty.sketch.has_text and not self.text_diverse)):
             shares["uncertain" if score is not None else "control"] += shares["diverse"]
             shares["diverse"] = 0.0
         b = self.budget.fraction
@@ -256,12 +273,12 @@ class Policy:
         weight = shares["uncertain"] + shares["diverse"]
         if not weight:
             c = min(1.0, c * pace)
-        sketch = self.novelty.sketch.update(x) if x is not None else None
 
         p_u = p_d = 0.0
         rare = 0.0
-        if self.density is not None and sketch is not None and score is not None:
-            score *= self.density.update(sketch) ** self.density_weight
+        dense = self.density_weight if self.density_weight is not None else float(self.novelty.sketch.has_text)
+        if dense and sketch is not None and score is not None:
+            score *= self.density.update(sketch) ** dense
         if shares["uncertain"] > 0.0 and score is not None:
             rare = self.rare_boost * self.rarity(label)
             target = elastic * shares["uncertain"] / weight
