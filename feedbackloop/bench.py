@@ -507,6 +507,54 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None, repea
             "cpu_us_per_input_event": round(cpu_cost, 2), "events_per_cpu_second": round(1e6 / cpu_cost)}
 
 
+def trained_in_process(settings: Settings, labels: int = 300) -> tuple[dict, object]:
+    """A version of the settings' model kind that learned ``labels`` labels of :func:`training_set`
+    in-process (no stack), signed with a throwaway key pair; ``(record, verify key)``."""
+    signing, verify = keys.generate()
+    local = settings.replace(model_signing_key=signing, model_verify_key=verify)
+    loop, now, record = Loop.build(**loop_options(local)), int(time.time() * 1000), None
+    for task, label in training_set(labels, local.min_control):
+        loop.take("LabelingTask", task, now)
+        loop.take("Label", label, now)
+        if loop.due:
+            record = loop.publish(now, keys.signing_key(local)).models[0]
+    return record, keys.verify_key(local)
+
+
+def scoring_cost(settings: Settings, n: int = 5000, labels: int = 300, warm: int = 20_000, seed: int = 1) -> dict:
+    """CPU µs per event of a scorer's own work, in-process: :meth:`Loop.score` (features, the batch
+    kNN or other shadow model trained on ``labels`` labels, signals) and :meth:`Loop.preselect` (the
+    policy, the novelty sketch and distance, the router), on ``n`` events in messages of 500, after
+    ``warm`` events that fill the novelty ring. ``python -c 'from feedbackloop import bench;
+    from feedbackloop.settings import Settings; print(bench.scoring_cost(Settings(), seed=1))'``"""
+    record, key = trained_in_process(settings, labels)
+    loop = Loop.build(**loop_options(settings))
+    if record is not None:
+        loop.resume(record, key)
+    now = int(time.time() * 1000)
+
+    def message(i: int, prefix: str) -> dict:
+        return {"events": list(_events(500, seed=seed * 100_000 + i, prefix=f"{prefix}{seed}-{i}-"))}
+
+    for i in range(warm // 500):
+        for c in loop.score("PredictionBatch", message(i, "warm"), now).candidates:
+            loop.preselect(c, now)
+    score = preselect = 0.0
+    for i in range(n // 500):
+        msg = message(i, "cost")
+        started = time.process_time()
+        candidates = loop.score("PredictionBatch", msg, now).candidates
+        scored = time.process_time()
+        for c in candidates:
+            loop.preselect(c, now)
+        preselect += time.process_time() - scored
+        score += scored - started
+    done = n // 500 * 500
+    return {"events": done, "labels": labels, "model": settings.model_kind,
+            "centers": len(loop.router.policy.novelty),
+            "score_us_per_event": round(1e6 * score / done, 2), "preselect_us_per_event": round(1e6 * preselect / done, 2)}
+
+
 def deep_size(obj, seen: set | None = None) -> int:
     """Bytes held by ``obj`` and everything it refers to (each object counted once).
 

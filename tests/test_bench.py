@@ -133,6 +133,15 @@ def test_owner_admission_and_state_memory_in_process():
                                                         abs=0.3)
 
 
+def test_the_scorer_cost_in_process_scores_with_a_trained_model():
+    settings = Settings(budget_per_hour=10**9, budget_per_day=10**9)
+    record, key = bench.trained_in_process(settings, labels=100)
+    assert record["labels_seen"] >= 75 and record["version"] >= 1
+    cost = bench.scoring_cost(settings, n=1000, labels=100, warm=1000)
+    assert cost["events"] == 1000 and 0 < cost["centers"] <= 2000
+    assert cost["score_us_per_event"] > 0 and cost["preselect_us_per_event"] > 0
+
+
 def test_the_command_keeps_its_flags():
     args = cli.parser().parse_args(["bench", "--events", "10", "--json", "x.json", "--no-bare"])
     assert (args.events, args.out, args.bare, args.rate, args.model) == (10, "x.json", False, None, None)
