@@ -136,7 +136,7 @@ class Policy:
         :class:`~streams.selection.drift.DriftMonitor` (fresh ones by default).
     """
 
-    version = "mix-2"
+    version = "mix-3"  # 3: on text, no diverse share and density-weighted uncertainty
 
     def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
                  uncertainty: str = "uncertainty", spread: float = 0.08, step: float = 0.01,
