@@ -241,3 +241,16 @@ def test_on_text_uncertainty_takes_the_diverse_share_and_is_weighed_by_density()
     assert "diverse" not in reasons and reasons["uncertain"] > 400, reasons
     assert odd_bought / bought < 0.1, (odd_bought, bought)  # 5% of the stream, at the top of the uncertainty
     assert numeric.selected["diverse"] > 50 and len(numeric.density) == 0
+
+
+def test_warmup_starts_uniform_and_turns_to_uncertainty():
+    """With a warm-up, the first uncertain picks are as uncertain as the stream; later ones are the most uncertain."""
+    policy = Policy(Budget(0.1), mix={"uncertain": 0.95, "control": 0.05}, warmup=200, seed=4)
+    picked = []
+    for t, (x, s, _) in enumerate(stream(8000, seed=4)):
+        d = policy.decide("prediction", s, now_ms=t * 1000, x=x)
+        if d.selected and d.reasons[0] == "uncertain":
+            picked.append(s["uncertainty"])
+    early, late = sum(picked[:40]) / 40, sum(picked[-200:]) / 200
+    assert early < 0.4 and late > 0.5, (early, late)  # the stream's mean uncertainty is 0.25
+    assert policy.warmed == 1.0
