@@ -343,3 +343,22 @@ def test_synthetic_text_stream_is_imbalanced_and_its_ambiguous_texts_are_hard():
             model.learn_one(x, y)
         accuracy[name] = np.mean([model.predict_one(x) == y for x, y in d.rows[800:]])
     assert accuracy["clear"] > accuracy["mixed"] + 0.1
+
+
+def test_snippets_are_balanced_and_their_noise_flattens_the_learning_curve():
+    from collections import Counter
+
+    from feedbackloop.datasets import load, snippets
+    from streams.learning.models import TextLogistic
+
+    d = load("snippets")
+    assert d.text and Counter(y for _, y in d.rows) == {"neg": 4000, "pos": 4000}
+
+    def accuracy(noise, n=600):
+        rows = snippets(n=2000, noise=noise).rows
+        model = TextLogistic(refit=0.5)
+        for x, y in rows[:n]:
+            model.learn_one(x, y)
+        return np.mean([model.predict_one(x) == y for x, y in rows[1200:]])
+
+    assert accuracy(0.1) > accuracy(2.0) + 0.1  # the logistic noise is what keeps the curve low
