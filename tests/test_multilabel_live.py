@@ -93,3 +93,12 @@ def test_a_multi_label_csv_runs_through_the_live_loop(kafka, tmp_path, monkeypat
     out = tmp_path / "a.json"
     assert cli.main(["agreement", report["labels_csv"], "--multi-label", "--out", str(out)]) == 0
     assert abs(json.loads(out.read_text())["krippendorff_alpha"] - alpha) < 1e-9
+    # ... and the reference implementation agrees (each annotator's last answer on an item)
+    from nltk.metrics.agreement import AnnotationTask
+    from nltk.metrics.distance import masi_distance
+
+    with open(report["labels_csv"], newline="") as f:
+        answers = {(r["item_id"], r["annotator_id"]): label_set(r["label"]) for r in csv.DictReader(f)}
+    masi = lambda a, b: masi_distance(a, b) if a or b else 0.0  # noqa: E731 (nltk divides by zero on two empty sets)
+    reference = AnnotationTask(data=[(a, i, s) for (i, a), s in answers.items()], distance=masi).alpha()
+    assert abs(reference - alpha) < 1e-6
