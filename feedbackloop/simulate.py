@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from feedbackloop.annotators_sim import NOISES, Annotation, Panel
-from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATASETS, Dataset, label_sets, load
+from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATASETS, Dataset, load
 from streams.events import label as label_event
 from streams.evaluation.stopping import StoppingSignal
 from streams.learning.committee import Committee
@@ -550,9 +550,6 @@ def run(args, settings=None) -> int:
     features = args.feature_columns.split(",") if args.feature_columns else None
     annotation = Annotation(args.annotator_error, args.overlap, args.annotator_noise)
     data = [load(name, args.label_column, args.text_column, features) for name in args.dataset]
-    if label_sets(data[0]) is not None:  # labels joined by "|": a multi-label replay, scored by micro-F1
-        from feedbackloop import simulate_sets
-        return simulate_sets.run(args, data[0])
     started = time.monotonic()
     result = simulate(data, args.budget, [s.strip() for s in args.strategies.split(",") if s.strip()],
                       seeds=args.seeds, target=args.target, holdout=args.holdout, model=args.model, jobs=args.jobs,

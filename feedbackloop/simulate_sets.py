@@ -1,8 +1,9 @@
 """``feedbackloop simulate`` on a multi-label dataset: sets of labels through the live loop.
 
 A dataset is multi-label when its label column joins the chosen classes with
-``|`` (:func:`feedbackloop.datasets.label_sets`); ``feedbackloop simulate``
-hands such a dataset here. The protocol is :mod:`feedbackloop.simulate`'s, with
+``|`` (:func:`feedbackloop.datasets.label_sets`). The ``simulate`` command is
+registered here (:func:`add_parser`, :mod:`feedbackloop.simulate`'s options): a
+multi-label dataset is replayed here, any other by :func:`feedbackloop.simulate.run`. The protocol is :mod:`feedbackloop.simulate`'s, with
 sets: the worker's own :class:`~streams.loop.Loop`, built ``multi_label``,
 replays the stream (a held-out share kept out, a seeded order, each item a
 prediction event whose draw is fixed by its position and the seed); its
@@ -40,7 +41,8 @@ import time
 from pathlib import Path
 
 from consumers.annotators import SimulatedAnnotator, first_turn
-from feedbackloop.datasets import Dataset, label_sets
+from feedbackloop import simulate
+from feedbackloop.datasets import Dataset, label_sets, load
 from feedbackloop.simulate import STRATEGIES, budget_labels, checkpoints, first_reaching, split
 from streams.labels.set_agreement import label_set
 from streams.learning import one_vs_rest
@@ -179,7 +181,24 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args, dataset: Dataset) -> int:
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``simulate`` command: :func:`feedbackloop.simulate.add_parser`, run by :func:`run`."""
+    p = simulate.add_parser(subparsers)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args, settings=None) -> int:
+    """``feedbackloop simulate``: a multi-label dataset (its first) here, any other by
+    :func:`feedbackloop.simulate.run`."""
+    features = args.feature_columns.split(",") if args.feature_columns else None
+    dataset = load(args.dataset[0], args.label_column, args.text_column, features)
+    if label_sets(dataset) is None:
+        return simulate.run(args, settings)
+    return run_sets(args, dataset)
+
+
+def run_sets(args, dataset: Dataset) -> int:
     """``feedbackloop simulate`` on a multi-label ``dataset`` (one budget; the first if several)."""
     kind = args.model if args.model in one_vs_rest.KINDS else "linear"
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -197,10 +216,8 @@ def run(args, dataset: Dataset) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m feedbackloop.simulate_sets FILE [options]``, the same as ``feedbackloop simulate``."""
-    from feedbackloop import simulate
-
     parser = argparse.ArgumentParser(prog="feedbackloop")
-    simulate.add_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 
