@@ -29,11 +29,16 @@ set (``labels``, and ``label`` joined): wrong with probability ``error_rate``, a
 then one class of the label set, drawn at random, is flipped (added if absent,
 dropped if present). So ``error_rate`` is still the share of wrong answers,
 whatever the number of classes (flipping every class with that probability
-would make most answers wrong on a label set of 14).
+would make most answers wrong on a label set of 14). Like a person at the
+labeling UI, an annotator ticks only the classes the task offers: a true class
+the router had not seen yet when it sent the task (an appeal that overtook the
+first predictions) is left out rather than sent as an unknown label.
 
 >>> sets = SimulatedAnnotator("ann-3", lambda item: "cat|fox", error_rate=0.1, seed=1)
 >>> multi = lambda i: {**task(i), "label_set": ["cat", "dog", "fox"], "multi_label": True}
 >>> answers = [sets.label(multi(i), now_ms=0) for i in range(4000)]
+>>> sets.label({**multi(0), "label_set": ["cat", "dog"]}, now_ms=0)["labels"]  # fox is not offered
+['cat']
 >>> wrong = sum(a["label"] != "cat|fox" for a in answers) / len(answers)
 >>> answers[0]["labels"], answers[0]["label"], abs(wrong - 0.1) < 0.015
 (['cat', 'fox'], 'cat|fox', True)
@@ -89,8 +94,9 @@ class SimulatedAnnotator:
 
     def _label_set(self, task: dict, true: frozenset, rng: random.Random, now_ms: int) -> dict:
         """The answer on a multi-label task: the true set, one class flipped when wrong (see the module)."""
-        answer = set(true)
-        classes = sorted(set(task.get("label_set") or []) | true)
+        offered = set(task.get("label_set") or [])
+        answer = set(true & offered if offered else true)
+        classes = sorted(offered or true)
         if rng.random() < self.error_rate and classes:
             answer ^= {rng.choice(classes)}
         duration = int(rng.expovariate(1.0 / self.seconds_per_label) * 1000)
