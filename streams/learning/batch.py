@@ -9,10 +9,10 @@ items with one float32 matrix product (the k nearest found by ``argpartition``,
 then their distances measured again in float64), with River's semantics: each
 item is scaled with the current means and variances (a feature with no variance
 scales to 0, a feature the item lacks counts as 0), the k nearest stored items vote with
-weight ``1 / distance``, and an exact match is certain. River's index (SWINN)
-searches exhaustively until it holds 500 items and approximately after that;
-this search is always exhaustive, so past 500 labels it may find nearer
-neighbours than River does. Any other model is asked one item at a time
+weight ``1 / distance``, and an exact match is certain. The search is
+exhaustive, as the live learner's kNN is (:func:`streams.learning.learner.exhaustive`
+keeps River from building its approximate search graph), so both find the same
+neighbours. Any other model is asked one item at a time
 (:func:`predict_proba_many`).
 
 >>> import random
