@@ -25,11 +25,11 @@ from typing import Mapping
 
 from consumers import terminal
 from consumers.labeling import cli as labeling, readmit
-from feedbackloop import agreement, bench, dashboard, demo, export, keys, simulate_sets, stack, worker
+from feedbackloop import agreement, bench, dashboard, demo, export, keys, simulate, stack, worker
 from feedbackloop.settings import Settings
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (demo, stack, worker, terminal, labeling, readmit, dashboard, simulate_sets, agreement, export, bench, keys)
+COMMANDS = (demo, stack, worker, terminal, labeling, readmit, dashboard, simulate, agreement, export, bench, keys)
 
 EPILOG = """\
 Every setting also comes from the environment (KAFKA_BOOTSTRAP_SERVERS,

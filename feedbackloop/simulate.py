@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -55,8 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feedbackloop import simulate_sets
 from feedbackloop.annotators_sim import NOISES, Annotation, Panel
-from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATASETS, Dataset, load
+from feedbackloop.datasets import RIVER_DATASETS, SYNTHETIC_DATASETS, TEXT_DATASETS, Dataset, label_sets, load
+from feedbackloop.protocol import STRATEGIES, budget_labels, checkpoints, first_reaching, split
 from streams.events import label as label_event
 from streams.evaluation.stopping import StoppingSignal
 from streams.learning.committee import Committee
@@ -64,44 +65,7 @@ from streams.learning.models import KNN, TextLogistic, make
 from streams.loop import Loop
 from streams.selection import signals
 
-STRATEGIES = {
-    "default": {},
-    "random": {"mix": {"control": 1.0}},
-    "uncertainty": {"mix": {"uncertain": 1.0}},
-    "entropy": {"mix": {"uncertain": 1.0}, "uncertainty": "entropy"},
-    "least_confidence": {"mix": {"uncertain": 1.0}, "uncertainty": "least_confidence"},
-    "margin": {"mix": {"uncertain": 1.0}, "uncertainty": "margin"},
-    "committee": {"mix": {"uncertain": 1.0}, "uncertainty": "committee"},
-    "diversity": {"mix": {"diverse": 1.0}},
-}
-
-
 # -- one replay ----------------------------------------------------------------
-
-
-def split(dataset: Dataset, holdout: float, seed: int, eval_size: int = 2000):
-    """``(stream, test)``: a seeded order of the stream and the held-out rows."""
-    rows = list(dataset.rows)
-    random.Random(seed).shuffle(rows)
-    n_test = max(1, int(round(len(rows) * holdout)))
-    return rows[n_test:], rows[:n_test][:eval_size]
-
-
-def checkpoints(max_labels: int, points: int = 25) -> list[int]:
-    """Label counts at which held-out accuracy is measured: dense early, then even.
-
-    >>> checkpoints(100, points=10)
-    [2, 4, 6, 8, 10, 11, 13, 15, 17, 20, 23, 26, 30, 35, 40, 46, 50, 53, 60, 61, 70, 80, 81, 90, 93, 100]
-    """
-    grid = set(range(2, min(max_labels, 10) + 1, 2))
-    k = 10.0
-    while k < max_labels:
-        grid.add(int(k))
-        k *= 1.15
-    step = max(1, max_labels // points)
-    grid.update(range(step, max_labels + 1, step))
-    grid.add(max_labels)
-    return sorted(g for g in grid if g <= max_labels)
 
 
 def _model(kind: str, committee: bool, seed: int):
@@ -234,17 +198,6 @@ def reference(stream, test, kind: str = "knn", seed: int = 0) -> float:
 # -- the experiment ----------------------------------------------------------
 
 
-def budget_labels(budget: float, n: int) -> int:
-    """A budget as a number of labels: a fraction of ``n`` (at most 1) or a count.
-
-    >>> budget_labels(0.1, 4240), budget_labels(300, 4240)
-    (424, 300)
-    """
-    if budget <= 0:
-        raise ValueError(f"budget must be positive, got {budget}")
-    return max(1, int(round(budget * n))) if budget <= 1.0 else min(n, int(budget))
-
-
 def _task(args):
     kind_of, dataset, holdout, seed, extra = args
     stream, test = split(dataset, holdout, seed)
@@ -258,11 +211,6 @@ def _task(args):
                             **annotators)
     return args, replay(stream, test, extra["strategy"], budget_labels(extra["budget"], len(stream)), seed,
                         extra["model"], extra["classes"], **annotators)
-
-
-def first_reaching(curve, target: float) -> int | None:
-    """Labels at the first point of ``curve`` whose accuracy reaches ``target``."""
-    return next((n for n, acc in curve if acc >= target), None)
 
 
 def _mean_sd(values):
@@ -550,6 +498,8 @@ def run(args, settings=None) -> int:
     features = args.feature_columns.split(",") if args.feature_columns else None
     annotation = Annotation(args.annotator_error, args.overlap, args.annotator_noise)
     data = [load(name, args.label_column, args.text_column, features) for name in args.dataset]
+    if label_sets(data[0]) is not None:  # labels joined by "|": a multi-label replay, scored by micro-F1
+        return simulate_sets.run(args, data[0])
     started = time.monotonic()
     result = simulate(data, args.budget, [s.strip() for s in args.strategies.split(",") if s.strip()],
                       seeds=args.seeds, target=args.target, holdout=args.holdout, model=args.model, jobs=args.jobs,

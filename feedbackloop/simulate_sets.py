@@ -1,11 +1,10 @@
 """``feedbackloop simulate`` on a multi-label dataset: sets of labels through the live loop.
 
 A dataset is multi-label when its label column joins the chosen classes with
-``|`` (:func:`feedbackloop.datasets.label_sets`). The ``simulate`` command is
-registered here (:func:`add_parser`, :mod:`feedbackloop.simulate`'s options): a
-multi-label dataset is replayed here, any other by :func:`feedbackloop.simulate.run`. The protocol is :mod:`feedbackloop.simulate`'s, with
-sets: the worker's own :class:`~streams.loop.Loop`, built ``multi_label``,
-replays the stream (a held-out share kept out, a seeded order, each item a
+``|`` (:func:`feedbackloop.datasets.label_sets`); ``feedbackloop simulate``
+(:func:`feedbackloop.simulate.run`) hands such a dataset to :func:`run`. The
+protocol is :mod:`feedbackloop.protocol`'s, as for single labels, with sets:
+the worker's own :class:`~streams.loop.Loop`, built ``multi_label``, replays the stream (a held-out share kept out, a seeded order, each item a
 prediction event whose draw is fixed by its position and the seed); its
 learner's one-vs-rest model (:mod:`streams.learning.one_vs_rest`) scores each
 item in the production model's place, the set signals (mean per-class entropy,
@@ -23,7 +22,7 @@ when micro-F1 first reaches ``target`` times that of the model learned from ever
 label of the stream (random sampling runs the whole stream, so what it needs is
 never cut short; a strategy that misses the target counts what random needs).
 
->>> from feedbackloop.datasets import Dataset
+>>> from feedbackloop.datasets import Dataset, label_sets
 >>> rows = [({"x": (i % 10) / 10, "y": (i % 7) / 7}, "|".join(c for c, on in (("a", i % 10 > 4), ("b", i % 7 > 3))
 ...          if on)) for i in range(400)]
 >>> out = simulate_sets(Dataset("toy", rows), budget=0.3, seeds=1, progress=False)
@@ -33,7 +32,6 @@ never cut short; a strategy that misses the target counts what random needs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -41,9 +39,8 @@ import time
 from pathlib import Path
 
 from consumers.annotators import SimulatedAnnotator, first_turn
-from feedbackloop import simulate
-from feedbackloop.datasets import Dataset, label_sets, load
-from feedbackloop.simulate import STRATEGIES, budget_labels, checkpoints, first_reaching, split
+from feedbackloop.datasets import Dataset, label_sets
+from feedbackloop.protocol import STRATEGIES, budget_labels, checkpoints, first_reaching, split
 from streams.labels.set_agreement import label_set
 from streams.learning import one_vs_rest
 from streams.loop import Loop
@@ -66,7 +63,7 @@ def team(truth: dict, errors: tuple[float, ...], overlap: int, seed: int) -> lis
 def replay_sets(stream, test, strategy: str, budget: int, seed: int, kind: str = "linear",
                 errors: tuple[float, ...] = (0.0,), overlap: int = 1, grid: list[int] | None = None) -> dict:
     """One strategy over one stream through a multi-label :class:`~streams.loop.Loop`: its
-    micro-F1 curve at the label counts of ``grid`` (:func:`~feedbackloop.simulate.checkpoints`),
+    micro-F1 curve at the label counts of ``grid`` (:func:`~feedbackloop.protocol.checkpoints`),
     labels spent, items bought, and the share of learned sets that differ from the truth."""
     classes = sorted(set().union(*(label_set(y) for _, y in stream)))
     blind = strategy == "random"  # uniform sampling needs no prediction
@@ -181,24 +178,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``simulate`` command: :func:`feedbackloop.simulate.add_parser`, run by :func:`run`."""
-    p = simulate.add_parser(subparsers)
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args, settings=None) -> int:
-    """``feedbackloop simulate``: a multi-label dataset (its first) here, any other by
-    :func:`feedbackloop.simulate.run`."""
-    features = args.feature_columns.split(",") if args.feature_columns else None
-    dataset = load(args.dataset[0], args.label_column, args.text_column, features)
-    if label_sets(dataset) is None:
-        return simulate.run(args, settings)
-    return run_sets(args, dataset)
-
-
-def run_sets(args, dataset: Dataset) -> int:
+def run(args, dataset: Dataset) -> int:
     """``feedbackloop simulate`` on a multi-label ``dataset`` (one budget; the first if several)."""
     kind = args.model if args.model in one_vs_rest.KINDS else "linear"
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -213,14 +193,3 @@ def run_sets(args, dataset: Dataset) -> int:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m feedbackloop.simulate_sets FILE [options]``, the same as ``feedbackloop simulate``."""
-    parser = argparse.ArgumentParser(prog="feedbackloop")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
