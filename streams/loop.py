@@ -272,8 +272,9 @@ class Loop:
     def _save(self, row: dict) -> None:
         """A label the learner just learned or held out, on the savings' learning curves: a control label
         teaches the counterfactual or joins the evaluation half, see :mod:`streams.evaluation.savings`.
-        The policy's label count is the learner's minus the control labels (after a restart it also
-        counts the control labels before it: the estimate errs against the policy, never for it)."""
+        The policy's label count is the learner's minus the control labels and the items settled again (a
+        review that changed a label: one item bought); after a restart it also counts the control labels
+        before it, so the estimate errs against the policy, never for it."""
         if self.savings is None:  # a replay that learns its control labels: no counterfactual to compare with
             return
         learner = self.trainer.learner
@@ -284,7 +285,10 @@ class Loop:
             self.savings.add_control(row["item_id"], featurize(task["features"], task.get("text")), row["label"],
                                      weight=row.get("confidence") or 1.0)
         else:
-            self.savings.policy_learned(learner.model, learner.labels_seen - self.savings.control_seen)
+            labels = learner.labels_seen - self.savings.control_seen - self.savings.repeats
+            if self.savings.policy_due(labels):
+                learner.rescale()  # the point is measured as a published version is
+            self.savings.policy_learned(learner.model, labels, item_id=row["item_id"])
 
     def _measure(self, row: dict, now_ms: int) -> list[tuple[str, dict]]:
         """A settled label: was the shadow model wrong on it? Feeds the live lift
