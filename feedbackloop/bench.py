@@ -27,6 +27,10 @@ version every later worker resumes):
 * **second worker** (``--second-worker``): two workers split the partitions
   and drain a second backlog; the speed-up over one.
 
+Predictions go in ``PredictionColumns`` messages (one array per field, as a
+producer sends a batch of one model's predictions), or with ``--input batch``
+in ``PredictionBatch`` messages (one map per event); the loops read the same.
+
 ``feedbackloop bench`` (:func:`run`) calls :func:`measure` and prints its
 :func:`summary`; ``--out`` writes the figures as JSON.
 """
@@ -51,6 +55,7 @@ from dashboards.connection import connect
 from dashboards.migrate import migrate
 from dashboards.sink import ClickHouseSink
 from feedbackloop import keys, limit_loop, stack, worker
+from feedbackloop.producer import as_columns
 from feedbackloop.settings import Settings
 from schemas import codec
 from schemas.candidate_columns import candidates_of, to_columns
@@ -107,15 +112,31 @@ def _percentiles(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def _encoded_batches(events, batch_size: int) -> list[bytes]:
+#: The forms a bench sends predictions in: one array per field, or one map per event.
+INPUTS = ("columns", "batch")
+
+
+def _message(events: list[dict], form: str = "columns") -> bytes:
+    """One message of ``events``: ``PredictionColumns`` (``form="columns"``) or ``PredictionBatch``.
+
+    >>> [codec.decode(_message(list(_events(3, seed=1)), f), ("PredictionColumns", "PredictionBatch"))[0]
+    ...  for f in INPUTS]
+    ['PredictionColumns', 'PredictionBatch']
+    """
+    if form == "columns":
+        return codec.encode("PredictionColumns", as_columns(events), check=False)
+    return codec.encode("PredictionBatch", {"events": events}, check=False)
+
+
+def _encoded_batches(events, batch_size: int, form: str = "columns") -> list[bytes]:
     batch, out = [], []
     for event in events:
         batch.append(event)
         if len(batch) == batch_size:
-            out.append(codec.encode("PredictionBatch", {"events": batch}, check=False))
+            out.append(_message(batch, form))
             batch = []
     if batch:
-        out.append(codec.encode("PredictionBatch", {"events": batch}, check=False))
+        out.append(_message(batch, form))
     return out
 
 
@@ -240,7 +261,7 @@ def bare_loop(settings: Settings, n: int, run_dir: Path, model: dict | None = No
             started = started or time.perf_counter()
             now = int(time.time() * 1000)
             for message in messages:
-                name, record = codec.decode(message.value(), ("Prediction", "PredictionBatch"))
+                name, record = codec.decode(message.value(), ("Prediction", "PredictionBatch", "PredictionColumns"))
                 scored = loop.score(name, record, now)
                 effects = Effects(rows=scored.rows)
                 for c in scored.candidates:
@@ -249,7 +270,8 @@ def bare_loop(settings: Settings, n: int, run_dir: Path, model: dict | None = No
                     producer.produce(tasks_topic, codec.encode("LabelingTask", task, check=False))
                 for table, row in effects.rows:
                     sink.add(table, row, project=True)
-                done += len(record["events"]) if name == "PredictionBatch" else 1
+                done += (len(record["events"]) if name == "PredictionBatch" else
+                         len(record["event_id"]) if name == "PredictionColumns" else 1)
             producer.poll(0)
             sink.flush()
             producer.flush(30)
@@ -298,7 +320,7 @@ def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, p
             "peak_rss_mb": drained["peak_rss_mb"], "shadow_version": shadow}
 
 
-def latency(settings: Settings, rate: float, seconds: float, batch_size: int, process) -> dict:
+def latency(settings: Settings, rate: float, seconds: float, batch_size: int, process, form: str = "columns") -> dict:
     """Event-to-task latency at a steady ``rate`` through the running worker ``process``."""
     producer = Producer({**settings.kafka_config(), "linger.ms": 1})
     topic, n = settings.topic("predictions"), int(rate * seconds)
@@ -307,7 +329,7 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
         event["ts"] = int(time.time() * 1000)
         batch.append(event)
         if len(batch) == batch_size:
-            producer.produce(topic, codec.encode("PredictionBatch", {"events": batch}, check=False))
+            producer.produce(topic, _message(batch, form))
             producer.poll(0)
             batch = []
             ahead = (i + 1) / rate - (time.monotonic() - started)
@@ -415,7 +437,8 @@ def input_partitions(settings: Settings) -> int:
         consumer.close()
 
 
-def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path, seed: int = 2) -> dict:
+def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path, seed: int = 2,
+                  form: str = "columns") -> dict:
     """Two workers split the partitions and drain a backlog produced once both are ready."""
     dsns = ["chdb://" + str(run_dir / f"ch-two-{i}") for i in (1, 2)]
     processes = [worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / f"worker-two-{i}.log")
@@ -425,7 +448,7 @@ def second_worker(settings: Settings, n: int, batch_size: int, run_dir: Path, se
             worker.wait_ready(settings, process)
         _wait_members(settings, 2)
         _warm_up(settings, processes)
-        _produce(settings, "predictions", _encoded_batches(_events(n, seed=seed), batch_size))
+        _produce(settings, "predictions", _encoded_batches(_events(n, seed=seed), batch_size, form))
         for process in processes:
             if not worker.wait_drained(settings, process, timeout=900, settle=0.5):
                 raise RuntimeError("two workers did not drain the backlog in 15 minutes")
@@ -647,7 +670,7 @@ def state_memory(settings: Settings, n: int) -> dict:
 def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str | None = None,
             latency_rate: float | None = None, latency_seconds: float = 10.0, labels: int = 300,
             label_rounds: int = 10, owner_events: int = 20_000, memory_events: int = 20_000, bare: bool = True,
-            second: bool = False, core: int | None = None, seed: int = 1) -> dict:
+            second: bool = False, core: int | None = None, seed: int = 1, form: str = "columns") -> dict:
     """Every measurement of the module's description, on fresh topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
@@ -658,14 +681,14 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
     started_stack = not settings.kafka_bootstrap_servers and not stack.local_stack(settings).status()["running"]
     progress(f"run {run_id}: starting the stack" if started_stack else f"run {run_id}")
     settings = stack.start(settings)
-    result = {"events": events, "batch_size": batch_size, "model": settings.model_kind, "seed": seed}
+    result = {"events": events, "batch_size": batch_size, "input": form, "model": settings.model_kind, "seed": seed}
     try:
         progress(f"training the {settings.model_kind} shadow model on {labels} labels")
         trained = train(settings, labels, run_dir)
         model = trained.pop("record")
         result["trained"] = trained
-        progress(f"backlog of {events:,} predictions in messages of {batch_size}")
-        backlog = _encoded_batches(_events(events, seed=seed), batch_size)
+        progress(f"backlog of {events:,} predictions in {form} messages of {batch_size}")
+        backlog = _encoded_batches(_events(events, seed=seed), batch_size, form)
         _produce(settings, _backlog_topic(settings), backlog)  # the loops' copy; the worker's comes later
         progress("columnar limit loop, one core")
         pairs = [(t["features"], label["label"]) for t, label in training_set(trained["labels"], settings.min_control)
@@ -690,7 +713,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         try:
             worker.wait_ready(settings, process)
             _warm_up(settings, [process])
-            result["latency"] = latency(settings, rate, latency_seconds, max(1, int(rate / 100)), process)
+            result["latency"] = latency(settings, rate, latency_seconds, max(1, int(rate / 100)), process, form)
             progress(f"label-to-serving latency, {label_rounds} bursts of {settings.publish_every} labels")
             result["label_to_serving"] = label_to_serving(settings, process, dsn, label_rounds, trained["labels"])
         finally:
@@ -706,7 +729,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         result["memory"]["worker_peak_rss_mb"] = w["peak_rss_mb"]
         if second:
             progress(f"two workers draining {events:,} more")
-            result["two_workers"] = t = second_worker(settings, events, batch_size, run_dir, seed + 1000)
+            result["two_workers"] = t = second_worker(settings, events, batch_size, run_dir, seed + 1000, form)
             t["speedup"] = round(t["events_per_second"] / w["events_per_second"], 2)
     finally:
         if started_stack:
@@ -762,7 +785,8 @@ def summary(result: dict) -> str:
     ]
     width = max(len(r[0]) for r in rows)
     value = max(len(r[1]) for r in rows)
-    lines = [f"{result['events']:,} events in messages of {result['batch_size']}; shadow model {t['kind']} "
+    lines = [f"{result['events']:,} events in {result.get('input', 'batch')} messages of {result['batch_size']}; "
+             f"shadow model {t['kind']} "
              f"trained on {t['labels']} labels (version {t['version']}); {result['machine']['cpus']} cores, "
              f"load {result['machine']['load_average'][0]}",
              f"{'figure':<{width}}  {'measured':<{value}}  {'target':<14} met"]
@@ -817,6 +841,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "the bounded state per million events. Progress goes to stderr, the table to stdout.")
     b.add_argument("--events", type=int, default=100_000, help="predictions in the backlog the loops drain")
     b.add_argument("--batch-size", type=int, default=500, help="predictions per Kafka message")
+    b.add_argument("--input", choices=INPUTS, default="columns",
+                   help="the form of the messages: PredictionColumns (one array per field) or PredictionBatch "
+                        "(one map per event)")
     b.add_argument("--model", choices=["knn", "linear", "tree"],
                    help="shadow model kind (default: the worker's, FEEDBACKLOOP_MODEL_KIND)")
     b.add_argument("--labels", type=int, default=300, help="labels the shadow model learns before the measurement")
@@ -841,7 +868,7 @@ def run(args, settings: Settings) -> int:
                      latency_rate=args.rate, latency_seconds=args.seconds, labels=args.labels,
                      label_rounds=args.label_rounds, owner_events=args.owner_events,
                      memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core,
-                     seed=args.seed)
+                     seed=args.seed, form=args.input)
     print(summary(result))
     if args.out:
         with open(args.out, "w") as f:

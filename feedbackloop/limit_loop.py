@@ -1,9 +1,9 @@
 """The columnar limit loop: the most one core of this machine does with the worker's work.
 
 It is the benchmark's yardstick, not the product. On the same broker and
-ClickHouse as the worker, pinned to one core, it consumes ``PredictionBatch``
-messages with confluent-kafka, decodes them with fastavro, turns them into
-numpy columns, scores them (the production model's uncertainty and a trained
+ClickHouse as the worker, pinned to one core, it consumes ``PredictionColumns``
+(or ``PredictionBatch``) messages with confluent-kafka, decodes them with
+fastavro, turns them into numpy columns, scores them (the production model's uncertainty and a trained
 shadow :class:`~streams.learning.models.KNN`, vectorised), selects (a
 probability per event, the draw fixed by the event id as the router's is),
 encodes and produces the selected events' tasks, inserts one decision row per
@@ -55,6 +55,8 @@ from streams.selection.router import stable_draw, task_id_of
 SIGNALS = ("uncertainty", "margin", "entropy", "disagreement")
 _BATCH = codec.schema("PredictionBatch")
 _HEADER = codec.MARKER + codec.fingerprint("PredictionBatch")
+_COLUMNS = codec.schema("PredictionColumns")
+_COLUMNS_HEADER = codec.MARKER + codec.fingerprint("PredictionColumns")
 
 
 class Columns(NamedTuple):
@@ -72,6 +74,59 @@ def decode(value: bytes) -> list[dict]:
     if value[:10] != _HEADER:
         raise ValueError("not a PredictionBatch message")
     return schemaless_reader(BytesIO(value[10:]), _BATCH, None)["events"]
+
+
+def decode_columns(value: bytes) -> dict:
+    """The record of one ``PredictionColumns`` message (fastavro, no checks)."""
+    if value[:10] != _COLUMNS_HEADER:
+        raise ValueError("not a PredictionColumns message")
+    return schemaless_reader(BytesIO(value[10:]), _COLUMNS, None)
+
+
+class Rows:
+    """The events of ``PredictionColumns`` records, built one at a time as :func:`tasks` asks for them.
+
+    >>> r = Rows([{"event_id": ["e1"], "item_id": ["i1"], "ts": [5], "model_name": ["m"], "model_version": ["1"],
+    ...            "predicted_label": ["a"], "classes": ["a", "b"], "probabilities": [0.6, 0.4],
+    ...            "feature_names": ["x"], "features": [2.0], "text": [], "context": []}])
+    >>> r[0]["features"], r[0]["predicted_label"], len(r)
+    ({'x': 2.0}, 'a', 1)
+    """
+
+    def __init__(self, records: list[dict]):
+        self.at = [(r, i) for r in records for i in range(len(r["event_id"]))]
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def __getitem__(self, row: int) -> dict:
+        r, i = self.at[row]
+        f = len(r["feature_names"])
+        return {**{k: r[k][i] for k in ("event_id", "item_id", "ts", "model_name", "model_version",
+                                        "predicted_label")},
+                "features": dict(zip(r["feature_names"], r["features"][i * f:i * f + f]))}
+
+
+def columns_of(records: list[dict], classes: tuple, features: tuple) -> Columns:
+    """``PredictionColumns`` records as one :class:`Columns` (classes and features in the given order),
+    straight from their arrays.
+
+    >>> rec = {"event_id": ["e1", "e2"], "item_id": ["i1", "i2"], "ts": [5, 6], "classes": ["yes", "no"],
+    ...        "probabilities": [0.9, 0.1, 0.2, 0.8], "feature_names": ["b", "a"], "features": [1.0, 2.0, 3.0, 4.0]}
+    >>> cols = columns_of([rec], ("no", "yes"), ("a", "b"))
+    >>> cols.proba.tolist(), cols.X.tolist(), cols.ts.tolist()
+    ([[0.1, 0.9], [0.8, 0.2]], [[2.0, 1.0], [4.0, 3.0]], [5, 6])
+    """
+    probas, xs = [], []
+    for r in records:
+        n = len(r["event_id"])
+        p = np.asarray(r["probabilities"], float).reshape(n, len(r["classes"]))
+        x = np.asarray(r["features"], float).reshape(n, len(r["feature_names"]))
+        have, names = {c: j for j, c in enumerate(r["classes"])}, {f: j for j, f in enumerate(r["feature_names"])}
+        probas.append(np.column_stack([p[:, have[c]] if c in have else np.zeros(n) for c in classes]))
+        xs.append(np.column_stack([x[:, names[f]] if f in names else np.zeros(n) for f in features]))
+    return Columns([e for r in records for e in r["event_id"]], [i for r in records for i in r["item_id"]],
+                   np.fromiter((t for r in records for t in r["ts"]), np.int64), np.vstack(probas), np.vstack(xs))
 
 
 def to_columns(events: list[dict], classes: tuple, features: tuple) -> Columns:
@@ -192,12 +247,17 @@ def run(kafka: dict, topic: str, tasks_topic: str, dsn: str, events: int, traini
             t1 = time.perf_counter()
             if started is None:  # the clocks start with the first messages, not with the wait for them
                 started, t, cpu = t1, t1, time.process_time()
-            batch = [e for m in messages for e in decode(m.value())]
+            columnar = messages[0].value()[:10] == _COLUMNS_HEADER  # a backlog is all of one form
+            if columnar:
+                records = [decode_columns(m.value()) for m in messages]
+                batch = Rows(records)
+            else:
+                batch = [e for m in messages for e in decode(m.value())]
             t2 = time.perf_counter()
             if classes is None:
-                classes = tuple(sorted(batch[0]["probabilities"]))
-                features = tuple(sorted(batch[0]["features"]))
-            cols = to_columns(batch, classes, features)
+                classes = tuple(sorted(records[0]["classes"] if columnar else batch[0]["probabilities"]))
+                features = tuple(sorted(records[0]["feature_names"] if columnar else batch[0]["features"]))
+            cols = columns_of(records, classes, features) if columnar else to_columns(batch, classes, features)
             t3 = time.perf_counter()
             signals = score(cols, shadow, classes, features)
             probability, selected = select(cols.event_id, signals, fraction, seed)
