@@ -226,14 +226,16 @@ class ClickHouseSink:
         written as it is. The row is kept as given until it is flushed: don't
         change it meanwhile.
         """
-        if table not in self.keys:
-            raise ValueError(f"unknown table {table!r}; the sink writes {', '.join(self.keys)}")
-        columns = self._columns.get(table) or self._describe(table)
-        if project and not columns.keys() >= row.keys():
-            row = {k: v for k, v in row.items() if k in columns}
+        columns = self._columns.get(table)
+        if columns is None:
+            if table not in self.keys:
+                raise ValueError(f"unknown table {table!r}; the sink writes {', '.join(self.keys)}")
+            columns = self._describe(table)
         if not columns.keys() >= row.keys():
-            unknown = [c for c in row if c not in columns]
-            raise ValueError(f"{table} has no column {', '.join(map(repr, unknown))}")
+            if not project:
+                unknown = [c for c in row if c not in columns]
+                raise ValueError(f"{table} has no column {', '.join(map(repr, unknown))}")
+            row = {k: row[k] for k in columns if k in row}  # the table's dozen columns, not the event's keys
         times = self._times[table]
         convert = [c for c, p in times.items() if c in row and (p != 3 or type(row[c]) is not int)]
         if convert:  # epoch millis into DateTime64(3) go as they are
