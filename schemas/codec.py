@@ -749,6 +749,41 @@ def schema(name: str) -> dict:
     return _entry(name).parsed
 
 
+def leading_string(data: bytes, name: str, field: int) -> str | None:
+    """String field number ``field`` (counted from 0; it and every field before it a string) of an Avro
+    message written with this version of schema ``name``, read without decoding the rest; None for
+    anything else (JSON, another schema or version, a short message): decode those whole.
+
+    >>> task = {"task_id": "t1", "event_id": "e1", "item_id": "i1", "created_ts": 1, "source_ts": 1,
+    ...         "kind": "prediction", "reasons": [], "signals": {}, "selection_probability": 1.0, "priority": 0.0,
+    ...         "confidence": 0.0, "label_set": [], "model_name": "m", "model_version": "1", "shadow_version": 0,
+    ...         "policy_version": "p"}
+    >>> data = encode("LabelingTask", task)
+    >>> leading_string(data, "LabelingTask", 1), leading_string(data, "Label", 1), leading_string(b"{}", "LabelingTask", 0)
+    ('e1', None, None)
+    """
+    entry = _entry(name)
+    if data[:10] != entry.header or any(f["type"] != "string" for f in entry.parsed["fields"][:field + 1]):
+        return None
+    at = 10
+    for _ in range(field + 1):
+        length = shift = 0
+        while True:  # a zig-zag varint
+            if at >= len(data):
+                return None
+            byte = data[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        length = (length >> 1) ^ -(length & 1)
+        start, at = at, at + length
+        if length < 0 or at > len(data):
+            return None
+    return bytes(data[start:at]).decode("utf-8", "replace")
+
+
 # --------------------------------------------------------------------------- encode
 
 

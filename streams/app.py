@@ -319,6 +319,9 @@ class Runtime:
         for message in self.task_follower.consume(500, timeout=0):
             if message.error():
                 continue
+            event_id = codec.leading_string(message.value(), "LabelingTask", 1)
+            if event_id is not None and self.loop.router.preselected(event_id):
+                continue  # preselected here: a novelty center already, not worth decoding
             try:
                 _, task = codec.decode(message.value(), ("LabelingTask",), check=False)
             except codec.DecodeError:
@@ -347,9 +350,12 @@ class Runtime:
     async def deliver(self, effects: Effects) -> None:
         """Send the effects' records and wait until Kafka has them; then buffer their rows."""
         # built here by the router, from decoded input: fastavro's validation (about two thirds of the
-        # encoding, most of it building errors for union branches it rules out) is skipped
-        sent = [await self.topics.tasks.send(key=t["task_id"].encode(),
-                                             value=codec.encode("LabelingTask", t, check=False))
+        # encoding, most of it building errors for union branches it rules out) is skipped; a task goes
+        # straight to the producer Faust's topics send with (its futures, sensors and callbacks cost
+        # more than the encoding, once per task)
+        tasks = self.topics.tasks
+        send, name = tasks.app.producer.send, tasks.get_topic_name()
+        sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False), None, None, None)
                 for t in effects.tasks]
         sent += [await self.topics.models.send(key=m["model_name"].encode(), value=codec.encode("ModelVersion", m))
                  for m in effects.models]

@@ -169,6 +169,11 @@ class Router:
         self.policy.novelty.add(featurize(task.get("features") or {}, task.get("text")))
         return True
 
+    def preselected(self, event_id: str) -> bool:
+        """True if this router preselected ``event_id`` (or knows it decided): its task, followed,
+        would add nothing (:meth:`follow`), so a follower may skip it undecoded."""
+        return event_id in self._preselected
+
     def decided(self, event_id: str) -> None:
         """Remember ``event_id`` as decided (its decision was recorded elsewhere)."""
         self._decided.add(event_id)
