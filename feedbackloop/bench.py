@@ -38,6 +38,7 @@ in ``PredictionBatch`` messages (one map per event); the loops read the same.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ from schemas import codec
 from schemas.candidate_columns import candidates_of, to_columns
 from streams import events as ev
 from streams import model_feed
-from streams.app import loop_options
+from streams.app import freeze_startup_heap, loop_options
 from streams.loop import Effects, Loop
 from streams.selection.router import task_id_of
 
@@ -493,8 +494,9 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None, repea
     """What the owner of the global budget costs per *input* event: of ``n`` scored events, the candidates
     it receives (those preselected at the partitions, where the loop preselects; otherwise every one),
     decoded from the hop (``CandidateColumns``) and admitted (:meth:`Loop.admit`, else :meth:`Loop.route`).
-    Timed ``repeats`` times, each by a fresh owner, in wall-clock and CPU time; the run of the median
-    total of each is reported (on a shared machine the CPU time is the owner's own cost)."""
+    Timed ``repeats`` times, each by a fresh owner, in wall-clock and CPU time, with the garbage collector
+    set as in a worker (:func:`~streams.app.freeze_startup_heap`); the run of the median total of each is
+    reported (on a shared machine the CPU time is the owner's own cost)."""
     scorer = Loop.build(**loop_options(settings))
     if model is not None:
         scorer.resume(model, keys.verify_key(settings))
@@ -506,10 +508,11 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None, repea
             candidates += scorer.preselect(c, now).candidates if split else [c]
     hop = [codec.encode("CandidateColumns", r, check=False)  # as a scorer sends them (streams.app)
            for i in range(0, len(candidates), 500) for r in to_columns(candidates[i:i + 500])]
-    runs = []
+    runs, threshold = [], gc.get_threshold()
     for _ in range(max(1, repeats)):
         owner = Loop.build(**loop_options(settings))
         admit = owner.admit if split else owner.route
+        freeze_startup_heap()  # the collector as the worker runs it (its heap frozen at start), not this process's
         started = (time.perf_counter(), time.process_time())
         received = [c for value in hop for c in
                     candidates_of(codec.decode(value, ("CandidateColumns", "CandidateBatch"), check=False)[1])]
@@ -518,6 +521,8 @@ def owner_admission(settings: Settings, n: int, model: dict | None = None, repea
         for c in received:
             selected += len(admit(c, now).tasks)
         admitted = (time.perf_counter(), time.process_time())
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
         runs.append([(1e6 * (decoded[k] - started[k]) / n, 1e6 * (admitted[k] - decoded[k]) / n) for k in (0, 1)])
     wall = sorted((r[0] for r in runs), key=sum)[len(runs) // 2]
     cpu = sorted((r[1] for r in runs), key=sum)[len(runs) // 2]
