@@ -216,14 +216,7 @@ class Learner:
             return self.learn_set(x, label_set(label), control=control, weight=weight)
         proba = self.model.predict_proba_one(x) if self.classes and self.prequential else {}
         predicted = signals.top_label(proba)
-        if predicted is not None:
-            self.prequential_total += 1
-            self.prequential_hits += predicted == label
-        self.labels_seen += 1
-        self._since_publish += 1
-        if control and self.hold_out_control:
-            self.control.append((x, label))
-        else:
+        if not self._book(x, label, None if predicted is None else predicted == label, control):
             self.classes.add(label)
             self._learn(x, label, weight)
             if knn_step(self.model):
@@ -251,16 +244,24 @@ class Learner:
         self.classes.update(labels)
         proba = one_vs_rest.proba(self.model, x, sorted(self.classes)) if self.prequential and \
             self.labels_seen else {}
-        if proba:
+        hit = ({c for c, p in proba.items() if p > 0.5} == labels) if proba else None
+        if not self._book(x, one_vs_rest.joined(labels), hit, control):
+            one_vs_rest.learn(self.model, x, labels, classes=sorted(self.classes), weight=weight)
+        return proba
+
+    def _book(self, x: dict, label: str, hit: bool | None, control: bool) -> bool:
+        """The bookkeeping of one label: the prequential score (``hit``: whether the prediction before
+        learning was right; None: no prediction), the label counts, and a control label held out.
+        Returns True if it was held out (not to be learned)."""
+        if hit is not None:
             self.prequential_total += 1
-            self.prequential_hits += {c for c, p in proba.items() if p > 0.5} == labels
+            self.prequential_hits += hit
         self.labels_seen += 1
         self._since_publish += 1
         if control and self.hold_out_control:
-            self.control.append((x, one_vs_rest.joined(labels)))
-        else:
-            one_vs_rest.learn(self.model, x, labels, classes=sorted(self.classes), weight=weight)
-        return proba
+            self.control.append((x, label))
+            return True
+        return False
 
     def predict_one(self, x: dict[str, float]) -> str | None:
         """The model's label for ``x``; a multi-label model's predicted set joined by ``|``."""
