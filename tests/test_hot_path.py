@@ -28,3 +28,21 @@ def test_the_follower_skips_exactly_the_tasks_follow_ignores():
         followed = here.follow_task(codec.decode(data, ("LabelingTask",), check=False)[1])
         assert not (skipped and followed)  # skipped only where follow would add nothing
         assert followed == (loop is there)
+
+
+def test_columns_score_as_the_same_events_one_map_each():
+    from feedbackloop.producer import as_columns
+    from feedbackloop.settings import Settings
+
+    record, key = bench.trained_in_process(Settings(), 100)
+    by_maps, by_columns = Loop.build(), Loop.build()
+    for loop in (by_maps, by_columns):
+        loop.resume(record, key)
+    events = list(bench._events(300, seed=12))
+    a = by_maps.score("PredictionBatch", {"events": events}, 7).candidates
+    b = by_columns.score("PredictionColumns", as_columns(events), 7).candidates
+    assert by_columns.scorer._batch[1] is not None and len(a) == len(b) == 300
+    for x, y in zip(a, b):
+        assert x["event_id"] == y["event_id"] and x["shadow_label"] == y["shadow_label"]
+        assert x["signals"].keys() == y["signals"].keys()
+        assert max(abs(x["signals"][k] - y["signals"][k]) for k in x["signals"]) < 1e-9

@@ -86,6 +86,35 @@ class BatchKNN:
             return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in items]
         order, nan = list(self.keys), float("nan")  # a feature an item lacks is NaN here, 0 once scaled
         X = np.array([[x.get(key, nan) for key in order] for x in items], dtype=float).reshape(len(items), len(order))
+        return self._proba(X)
+
+    def predict_proba_columns(self, values, names: list[str], m: int) -> list[dict[str, float]]:
+        """:meth:`predict_proba` of ``m`` items given as a row-major array of ``names`` features (one row
+        an item, as a ``PredictionColumns`` message holds them), without a dict per item.
+
+        >>> from streams.learning.models import make
+        >>> model = make("knn")
+        >>> for v, y in [(0.0, "a"), (1.0, "b"), (0.2, "a"), (0.9, "b")]:
+        ...     model.learn_one({"x": v, "y": 1 - v}, y)
+        >>> batch = BatchKNN.of(model)
+        >>> rows = [[0.1, 0.9, 5.0], [0.8, 0.2, 5.0]]  # "z" is no feature of the model's: left out
+        >>> by_columns = batch.predict_proba_columns([v for r in rows for v in r], ["x", "y", "z"], 2)
+        >>> by_columns == batch.predict_proba([dict(zip("xyz", r)) for r in rows])
+        True
+        """
+        given = np.asarray(values, dtype=float).reshape(m, len(names))
+        X = np.full((m, len(self.keys)), np.nan)  # a feature an item lacks is NaN here, 0 once scaled
+        for j, name in enumerate(names):
+            if name in self.keys:
+                X[:, self.keys[name]] = given[:, j]
+        return self._proba(X)
+
+    def _proba(self, X: np.ndarray) -> list[dict[str, float]]:
+        """The probabilities of the items of ``X`` (one row an item, the columns of :attr:`keys`)."""
+        n, classes = len(self.y), self.classes
+        if not n:
+            return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in range(len(X))]
+        items = X
         Q = np.nan_to_num((X - self.mean) * self.inv, nan=0.0)
         m, k = len(items), min(self.k, n)
         if k < n:  # the candidates by one float32 matrix product, then their distances exactly

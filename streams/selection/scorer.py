@@ -88,18 +88,28 @@ class Scorer:
         ...     and max(abs(a["signals"][k] - b["signals"][k]) for k in a["signals"]) < 1e-9 for a, b in pairs)
         True
         """
+        return self._scored(events, now_ms)
+
+    def _knn(self) -> BatchKNN | None:
+        """The served version's :class:`BatchKNN` (built once a version), or None if it is no kNN."""
+        if self._batch[0] is not self.model:  # a new version: its arrays, once
+            self._batch = (self.model, BatchKNN.of(self.model.model) if self.model.model is not None else None)
+        return self._batch[1]
+
+    def _scored(self, events: list[dict], now_ms: int, shadows: list | None = None) -> list[Candidate]:
+        """:meth:`predictions`, given the shadow model's probabilities if they were found already."""
         xs = [featurize(e["features"], e.get("text")) for e in events]
         if self.live:
             return [self._candidate(e, x, None, now_ms) for e, x in zip(events, xs)]
         model = self.model
         if self.multi_label:
             return self._sets(events, xs, now_ms)
-        if model.model is None or not model.classes or len(events) < 2:
+        if shadows is not None:
+            pass
+        elif model.model is None or not model.classes or len(events) < 2:
             shadows = [model.predict_proba(x) for x in xs]
         else:
-            if self._batch[0] is not model:  # a new version: its arrays, once
-                self._batch = (model, BatchKNN.of(model.model))
-            shadows = predict_proba_many(model.model, xs, self._batch[1])
+            shadows = predict_proba_many(model.model, xs, self._knn())
         known = set(model.classes)
         counts = [self.n_classes or len(known.union(e["probabilities"])) for e in events]
         scored = signals.score_many([e["probabilities"] for e in events], shadows, counts)
@@ -150,7 +160,11 @@ class Scorer:
                   for i, (event_id, item_id, ts, model_name, model_version, predicted, text, context)
                   in enumerate(zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
                                    record["model_version"], record["predicted_label"], texts, contexts))]
-        return self.predictions(events, now_ms)
+        shadows = None
+        if not self.live and not self.multi_label and n > 1 and f and not record["text"] and \
+                self.model.model is not None and self.model.classes and self._knn() is not None:
+            shadows = self._batch[1].predict_proba_columns(x, names, n)  # the features as they came: no dicts
+        return self._scored(events, now_ms, shadows)
 
     # -- multi-label: probabilities are per class, P(in the set) (streams.learning.one_vs_rest) --------------
     @staticmethod
