@@ -267,6 +267,10 @@ class ClickHouseSink:
         columns; times in it are ticks (epoch millis for ``DateTime64(3)``)."""
         return key in self._seen[table]
 
+    def remembered(self, table: str) -> Callable[[object], bool]:
+        """:meth:`remembers` for ``table``, as one function of the key: for a loop over many keys."""
+        return self._seen[table].__contains__
+
     def pending(self) -> dict[str, int]:
         """Table -> rows buffered."""
         return {t: len(rows) for t, rows in self._buffers.items() if rows}

@@ -219,12 +219,12 @@ class Runtime:
             effects = self.loop.score(name, record, now)
             scored += len(effects.candidates)
             self.add_rows(effects.rows)
-            remembers = self.sink.remembers
-            for c in effects.candidates:  # preselected here; the rest have their decision row at once
-                chosen = self.loop.preselect(c, now, recorded=remembers("routing_decisions", c["event_id"]))
-                decisions.extend(chosen.rows)
-                out.extend(chosen.candidates)
-                sources.extend([message] * len(chosen.candidates))
+            # preselected here; the rest have their decision row at once (none for those written before a restart)
+            recorded = self.sink.remembered("routing_decisions")
+            chosen = self.loop.preselect_many(effects.candidates, now, recorded=recorded)
+            decisions.extend(chosen.rows)
+            out.extend(chosen.candidates)
+            sources.extend([message] * len(chosen.candidates))
 
         # predictions first: an override or appeal in the same batch then finds its item
         await self.each(sorted(events, key=lambda e: e.message.topic != self.topics.predictions), handle)

@@ -198,6 +198,30 @@ class Loop:
             out.candidates.append(chosen)
         return out
 
+    def preselect_many(self, candidates: list[Candidate], now_ms: int, recorded=None) -> Effects:
+        """:meth:`preselect` of each of ``candidates`` (those ``recorded(event_id)`` says were
+        decided before a restart left out), in one :class:`Effects`: a scorer's message at a time.
+
+        >>> loop = Loop.build(budget_fraction=0.5, model_kind="linear")
+        >>> scored = loop.score("PredictionBatch", {"events": [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": 5,
+        ...     "model_name": "m", "model_version": "1", "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4},
+        ...     "features": {"x": float(i)}, "text": None, "context": {}} for i in range(40)]}, now_ms=6)
+        >>> out = loop.preselect_many(scored.candidates, 7, recorded=lambda event_id: event_id == "e0")
+        >>> len(out.rows) + len(out.candidates)
+        39
+        """
+        out = Effects()
+        rows, chosen, preselect = out.rows, out.candidates, self.router.preselect
+        for c in candidates:
+            if recorded is not None and recorded(c["event_id"]):
+                continue
+            decision, candidate = preselect(c, now_ms)
+            if decision is not None:
+                rows.append(("routing_decisions", decision))
+            if candidate is not None:
+                chosen.append(candidate)
+        return out
+
     def admit(self, candidate: Candidate, now_ms: int, recorded: bool = False) -> Effects:
         """At the owner of the global budget: the decision for one preselected
         candidate; its task (and a gold task after it) if the caps admit it. A
