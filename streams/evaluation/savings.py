@@ -115,12 +115,13 @@ class Savings:
     bootstrap, seed
         Resamples of the evaluation items for the interval, and their seed.
     memory
-        Items remembered to tell a label settled again (a review) from a new item.
+        Items remembered to tell a label settled again (a review, soon after the first) from a new item
+        (about 150 bytes each).
     """
 
     def __init__(self, model=None, kind: str = "knn", min_eval: int = 40, eval_window: int = 1000,
                  first_point: int = 5, growth: float = 1.2, bootstrap: int = 400, seed: int = 0,
-                 memory: int = 1 << 20):
+                 memory: int = 100_000):
         self.counterfactuals: dict[str, Learner] = {}
         for name in HALVES:
             # the learner's learning code (sample weights) around the given model; "linear" only builds a placeholder
