@@ -170,6 +170,83 @@ def _proc(pid: int) -> dict:
     return {"cpu_seconds": cpu, "peak_rss_mb": mb("VmHWM"), "rss_mb": mb("VmRSS")}
 
 
+def _threads(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (name, CPU seconds) of each thread of process ``pid`` (the main thread's id is ``pid``).
+
+    >>> me = _threads(os.getpid())
+    >>> os.getpid() in me and all(cpu >= 0 for _, cpu in me.values())
+    True
+    """
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                         (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def _thread_cost(pid: int, before: dict, after: dict, events: int) -> dict[str, float]:
+    """CPU µs per event of each kind of thread between two :func:`_threads` readings: the main thread
+    (the event loop), the other Python threads, and each name the embedded engine or librdkafka gives."""
+    cost: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        kind = "main" if tid == pid else name
+        cost[kind] = cost.get(kind, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    return {k: round(1e6 * v / max(events, 1), 1) for k, v in sorted(cost.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+#: Stages of the worker's main thread: a py-spy sample counts under the first whose frames all appear in
+#: its stack. Waiting (the event loop's select, a socket write that wakes the broker) is left out.
+STAGES = (
+    ("score: decode the input", ("Runtime.score", "decode (schemas/codec.py")),
+    ("score: Loop.score (features, shadow model, signals, candidates)", ("Runtime.score", "Loop.score")),
+    ("score: Policy.decide", ("Runtime.score", "Policy.decide")),
+    ("score: the router's glue (labels, draw, decision rows)", ("Runtime.score", "preselect")),
+    ("score: rows into the sink", ("Runtime.score", "add_rows")),
+    ("score: the candidates hop", ("Runtime.score", "encode_candidates")),
+    ("score: the candidates hop", ("Runtime.score", "Topic.send")),
+    ("score: the rest", ("Runtime.score",)),
+    ("route: encode tasks", ("Runtime.route", "encode (schemas/codec.py")),
+    ("route: send tasks", ("Runtime.route", "deliver")),
+    ("route: decode the hop and admit", ("Runtime.route",)),
+    ("learn agent", ("Runtime.learn",)),
+    ("timers (follow tasks and models, standing)", ("follow_tasks",)),
+    ("timers (follow tasks and models, standing)", ("follow_models",)),
+    ("timers (follow tasks and models, standing)", ("standing",)),
+    ("aiokafka's producer", ("aiokafka/producer",)),
+    ("Faust and aiokafka consuming", ("faust/",)),
+    ("Faust and aiokafka consuming", ("aiokafka/",)),
+    ("asyncio and mode", ("",)),
+)
+
+
+def stages(stacks: str, thread: int, cpu_us: float) -> dict[str, float]:
+    """CPU µs per event of each of :data:`STAGES` in ``thread``, from py-spy's raw ``stacks`` (one
+    ``frames count`` line a stack, ``--threads``): the thread's ``cpu_us`` per event shared out by samples.
+
+    >>> raw = ("thread (7): MainThread;run (streams/app.py:1);Runtime.score (a.py:2);Policy.decide (p.py:3) 3\\n"
+    ...        "thread (7): MainThread;Runtime.route (streams/app.py:4) 1\\n"
+    ...        "thread (7): MainThread;EpollSelector.select (selectors.py:468) 5\\n"
+    ...        "thread (8): clickhouse_0;flush (dashboards/sink.py:1) 9\\n")
+    >>> stages(raw, 7, 100.0)
+    {'score: Policy.decide': 75.0, 'route: decode the hop and admit': 25.0}
+    """
+    counts: dict[str, int] = {}
+    for line in stacks.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack.startswith(f"thread ({thread})") or "EpollSelector.select" in stack or \
+                stack.endswith("_SelectorSocketTransport.write (asyncio/selector_events.py:1057)"):
+            continue
+        name = next(name for name, frames in STAGES if all(f in stack for f in frames))
+        counts[name] = counts.get(name, 0) + int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(cpu_us * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
 def _query(dsn: str, sql: str) -> list:
     client = connect(dsn)
     try:
@@ -293,21 +370,38 @@ def _warm_up(settings: Settings, processes, n: int = 200) -> None:
             raise RuntimeError("the worker did not take its first events in 5 minutes")
 
 
-def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, prefix: str = "ev-1-") -> dict:
+def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, prefix: str = "ev-1-",
+                      profile: str | None = None) -> dict:
     """One worker, warmed up, drains the backlog: events/s, events per CPU-second, peak RSS, the
-    shadow version served."""
+    shadow version served, and the CPU per event of each kind of thread. With ``profile``, py-spy
+    (if installed) samples the worker while it drains, into that file (raw stacks, 200 a second)."""
+    import shutil
+    import subprocess
+
     dsn = "chdb://" + str(run_dir / "ch-worker")
     process = worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / "worker.log")
+    spy = None
     try:
         worker.wait_ready(settings, process)
         _warm_up(settings, [process])
-        ready, wall = _proc(process.pid), time.monotonic()
+        spy_path = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if profile and spy_path:
+            spy = subprocess.Popen([spy_path, "record", "--pid", str(process.pid), "--rate", "200", "--format",
+                                    "raw", "--threads", "--nonblocking", "-o", profile],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        elif profile:
+            progress("py-spy is not installed: no profile")
+        ready, threads, wall = _proc(process.pid), _threads(process.pid), time.monotonic()
         _produce(settings, "predictions", backlog)
         if not worker.wait_drained(settings, process, timeout=900, settle=0.5):
             raise RuntimeError("the worker did not drain the backlog in 15 minutes")
-        drained = _proc(process.pid)
+        drained, threads_after = _proc(process.pid), _threads(process.pid)
         wall = time.monotonic() - wall
     finally:
+        if spy is not None:
+            spy.send_signal(2)  # py-spy writes its file on SIGINT
+            spy.wait(60)
         worker.stop(process)
     count, first, last, shadow = _query(dsn, (
         "SELECT count(), toUnixTimestamp64Milli(min(scored_at)), toUnixTimestamp64Milli(max(decided_at)), "
@@ -315,10 +409,14 @@ def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, p
         f"WHERE startsWith(event_id, '{prefix}')"))[0]
     seconds = max((last - first) / 1000, 1e-3)
     cpu = drained["cpu_seconds"] - ready["cpu_seconds"]
-    return {"events": count, "seconds": round(seconds, 2), "events_per_second": round(count / seconds),
-            "cpu_seconds": round(cpu, 2), "cores_used": round(cpu / wall, 2),
-            "events_per_cpu_second": round(count / max(cpu, 1e-3)), "us_per_event": round(1e6 * cpu / max(count, 1), 1),
-            "peak_rss_mb": drained["peak_rss_mb"], "shadow_version": shadow}
+    out = {"events": count, "seconds": round(seconds, 2), "events_per_second": round(count / seconds),
+           "cpu_seconds": round(cpu, 2), "cores_used": round(cpu / wall, 2),
+           "events_per_cpu_second": round(count / max(cpu, 1e-3)), "us_per_event": round(1e6 * cpu / max(count, 1), 1),
+           "peak_rss_mb": drained["peak_rss_mb"], "shadow_version": shadow,
+           "threads_us_per_event": _thread_cost(process.pid, threads, threads_after, count)}
+    if spy is not None and Path(profile).exists():
+        out["main_thread_stages"] = stages(Path(profile).read_text(), process.pid, out["threads_us_per_event"]["main"])
+    return out
 
 
 def latency(settings: Settings, rate: float, seconds: float, batch_size: int, process, form: str = "columns") -> dict:
@@ -675,7 +773,8 @@ def state_memory(settings: Settings, n: int) -> dict:
 def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, model_kind: str | None = None,
             latency_rate: float | None = None, latency_seconds: float = 10.0, labels: int = 300,
             label_rounds: int = 10, owner_events: int = 20_000, memory_events: int = 20_000, bare: bool = True,
-            second: bool = False, core: int | None = None, seed: int = 1, form: str = "columns") -> dict:
+            second: bool = False, core: int | None = None, seed: int = 1, form: str = "columns",
+            profile: str | None = None) -> dict:
     """Every measurement of the module's description, on fresh topics; return the figures."""
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
@@ -706,7 +805,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
             progress("the worker's Loop without Faust")
             result["bare_loop"] = bare_loop(settings, events, run_dir, model)
         progress("worker draining the backlog")
-        result["worker"] = w = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-")
+        result["worker"] = w = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-", profile=profile)
         limit = result["limit_loop"]
         result["worker_vs_limit"] = round(w["events_per_second"] / limit["events_per_second"], 3)
         # per CPU-second: less swayed by whatever else runs on the machine
@@ -783,6 +882,9 @@ def summary(result: dict) -> str:
     if "two_workers" in result:
         two = result["two_workers"]
         rows.append(("two workers", f"{two['events_per_second']:,} events/s (x{two['speedup']})", "", ""))
+    if w.get("threads_us_per_event"):
+        rows.append(("worker CPU by thread", ", ".join(f"{k} {v} µs" for k, v in
+                                                      list(w["threads_us_per_event"].items())[:3]), "", ""))
     rows += [
         ("worker peak RSS", f"{w['peak_rss_mb']:,} MB", "", ""),
         ("state per million events", f"{mem['total']['mb_per_million_events']} MB (bound "
@@ -820,6 +922,8 @@ figures:
                        decoded from the CandidateColumns hop + Loop.admit, in-process, median of 5; the
                        wall-clock rate beside it), and its share of the worker's CPU cost per event
   two workers          (--second-worker) events/s of two workers splitting the partitions
+  worker CPU by thread CPU µs per event of the worker's main thread (the event loop) and of its busiest
+                       other threads (the ClickHouse writer, the embedded engine's pools)
   worker peak RSS      VmHWM of the worker process
   state per million    the bounded state (recent items, decided ids, waiting tasks, novelty sketch) grown
                        in-process: MB after a million events, and at its bound
@@ -863,6 +967,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--core", type=int, help="CPU the limit loop is pinned to (default: the last one)")
     b.add_argument("--seed", type=int, default=1, help="seed of the backlog's events")
     b.add_argument("--out", "--json", dest="out", metavar="PATH", help="write the figures as JSON")
+    b.add_argument("--profile", metavar="PATH", help="sample the worker with py-spy while it drains the backlog "
+                                                     "(raw stacks into PATH; docs/scaling.md reads them)")
     b.set_defaults(func=run)
     return b
 
@@ -873,7 +979,7 @@ def run(args, settings: Settings) -> int:
                      latency_rate=args.rate, latency_seconds=args.seconds, labels=args.labels,
                      label_rounds=args.label_rounds, owner_events=args.owner_events,
                      memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core,
-                     seed=args.seed, form=args.input)
+                     seed=args.seed, form=args.input, profile=args.profile)
     print(summary(result))
     if args.out:
         with open(args.out, "w") as f:
