@@ -759,8 +759,10 @@ def leading_string(data: bytes, name: str, field: int) -> str | None:
     ...         "confidence": 0.0, "label_set": [], "model_name": "m", "model_version": "1", "shadow_version": 0,
     ...         "policy_version": "p"}
     >>> data = encode("LabelingTask", task)
-    >>> leading_string(data, "LabelingTask", 1), leading_string(data, "Label", 1), leading_string(b"{}", "LabelingTask", 0)
-    ('e1', None, None)
+    >>> leading_string(data, "LabelingTask", 1), leading_string(data, "Label", 1)
+    ('e1', None)
+    >>> leading_string(b'{"task_id": "t1"}', "LabelingTask", 0) is None  # JSON: decode it whole
+    True
     """
     entry = _entry(name)
     if data[:10] != entry.header or any(f["type"] != "string" for f in entry.parsed["fields"][:field + 1]):

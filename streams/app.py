@@ -355,7 +355,8 @@ class Runtime:
         # more than the encoding, once per task)
         tasks = self.topics.tasks
         send, name = tasks.app.producer.send, tasks.get_topic_name()
-        sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False), None, None, None)
+        sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False),
+                           partition=None, timestamp=None, headers=None)
                 for t in effects.tasks]
         sent += [await self.topics.models.send(key=m["model_name"].encode(), value=codec.encode("ModelVersion", m))
                  for m in effects.models]

@@ -104,11 +104,9 @@ class Scorer:
         model = self.model
         if self.multi_label:
             return self._sets(events, xs, now_ms)
-        if shadows is not None:
-            pass
-        elif model.model is None or not model.classes or len(events) < 2:
+        if shadows is None and (model.model is None or not model.classes or len(events) < 2):
             shadows = [model.predict_proba(x) for x in xs]
-        else:
+        elif shadows is None:
             shadows = predict_proba_many(model.model, xs, self._knn())
         known = set(model.classes)
         counts = [self.n_classes or len(known.union(e["probabilities"])) for e in events]
