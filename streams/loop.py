@@ -310,9 +310,10 @@ class Loop:
                                      weight=row.get("confidence") or 1.0)
         else:
             labels = learner.labels_seen - self.savings.control_seen - self.savings.repeats
-            if self.savings.policy_due(labels):
-                learner.rescale()  # the point is measured as a published version is
-            self.savings.policy_learned(learner.model, labels, item_id=row["item_id"])
+            model = learner.model
+            if self.savings.policy_due(labels):  # the point is measured as a published version is
+                model = learner.rescale(copy.deepcopy(model))
+            self.savings.policy_learned(model, labels, item_id=row["item_id"])
 
     def _measure(self, row: dict, now_ms: int) -> list[tuple[str, dict]]:
         """A settled label: was the shadow model wrong on it? Feeds the live lift

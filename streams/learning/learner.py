@@ -294,16 +294,35 @@ class Learner:
         except TypeError:  # a model that takes no sample weight
             self.model.learn_one(x, label)
 
-    def rescale(self) -> None:
-        """A kNN pipeline's stored items scaled again with the scaler's moments now (see the module)."""
-        name = knn_step(self.model)
+    def rescale(self, model=None):
+        """A kNN pipeline's stored items scaled again with the scaler's moments now (see the module).
+        With ``model`` (a copy of this learner's model) that copy is rescaled instead, and the learner is
+        left as it is: what a measurement takes, so measuring does not change what the learner predicts
+        meanwhile. Returns the model rescaled.
+
+        >>> learner = Learner("m")
+        >>> for i in range(20):
+        ...     _ = learner.learn({"x": float(i)}, "ab"[i % 2])
+        >>> import copy
+        >>> xs = [{"x": v / 2} for v in range(40)]
+        >>> predict = lambda model: [model.predict_one(x) for x in xs]
+        >>> before = predict(learner.model)
+        >>> copied = learner.rescale(copy.deepcopy(learner.model))
+        >>> predict(learner.model) == before  # the learner left as it is
+        True
+        >>> learner.rescale() is learner.model, predict(copied) == predict(learner.model)
+        (True, True)
+        """
+        model = self.model if model is None else model
+        name = knn_step(model)
         if name is None or not self.learned:
-            return
-        scaler, knn = self.model.steps[next(iter(self.model.steps))], self.model.steps[name]
+            return model
+        scaler, knn = model.steps[next(iter(model.steps))], model.steps[name]
         exhaustive(knn)  # a model resumed from a version that built River's search graph: no graph any more
         knn._nn = knn.engine.clone(include_attributes=True)  # emptied in place: the pipeline caches its steps
         for x, label in self.learned:
             knn._nn.append((scaler.transform_one(x), label))
+        return model
 
     @property
     def prequential_accuracy(self) -> float | None:
