@@ -5,9 +5,10 @@ learner never learns it. :func:`half` splits it in two by a hash of the item
 id, and each half teaches its own *counterfactual* learner, of the live
 learner's kind: what random sampling would have taught. Every control item is
 a test item: the policy's model is tested on all of them, and random
-sampling's curve judges each item by the counterfactual of the *other* half
-(cross-fitting: twice the test items of a train/test split, and a curve that
-averages two random draws).
+sampling's curve on a half's items is the counterfactual of the *other* half
+(cross-fitting: twice the test items of a train/test split). Each half's
+items compare the two curves, and the estimate is the mean of the two
+comparisons.
 
 Both models are snapshotted along the way (at 5, 10, 15, ... labels, then
 about every 20% more), and each snapshot is tested on every control item,
@@ -24,9 +25,9 @@ snapshots by linear interpolation) and their ``ratio`` (below 1: the policy
 saved labels). Both curves are judged by the same rule, so a policy that
 samples as random sampling does gets 1 in expectation: taking instead the best
 accuracy random sampling reached as the target favoured random sampling,
-whose own noisy best it reaches by construction (eight seeds of the demo with a
-uniformly sampling policy gave a median ratio of 2.0 that way, 0.94 this
-way). What the policy learned past ``m`` is not counted (``target_accuracy``
+whose own noisy best it reaches by construction (on the demo's stream a
+uniformly sampling policy gave a median ratio of 2.0 that way over six seeds,
+0.94 this way over eight). What the policy learned past ``m`` is not counted (``target_accuracy``
 below ``policy_accuracy`` says so). An item settled again (a review that
 changed its label) stays one item on the curves. The 95% interval is a
 percentile bootstrap over the test items, refitting both curves on each
