@@ -188,15 +188,7 @@ class Loop:
         preselected, or the preselected candidate (in ``candidates``) for the
         owner of the budget to :meth:`admit`. Nothing for an event whose
         decision is ``recorded`` already (before a restart)."""
-        out = Effects()
-        if recorded:
-            return out
-        decision, chosen = self.router.preselect(candidate, now_ms)
-        if decision is not None:
-            out.rows.append(("routing_decisions", decision))
-        if chosen is not None:
-            out.candidates.append(chosen)
-        return out
+        return Effects() if recorded else self.preselect_many([candidate], now_ms)
 
     def preselect_many(self, candidates: list[Candidate], now_ms: int, recorded=None) -> Effects:
         """:meth:`preselect` of each of ``candidates`` (those ``recorded(event_id)`` says were
@@ -310,10 +302,8 @@ class Loop:
                                      weight=row.get("confidence") or 1.0)
         else:
             labels = learner.labels_seen - self.savings.control_seen - self.savings.repeats
-            model = learner.model
-            if self.savings.policy_due(labels):  # the point is measured as a published version is
-                model = learner.rescale(copy.deepcopy(model))
-            self.savings.policy_learned(model, labels, item_id=row["item_id"])
+            # a point is measured as a published version is: on a rescaled copy, the learner left as it is
+            self.savings.policy_learned(learner.model, labels, item_id=row["item_id"], tidy=learner.rescale)
 
     def _measure(self, row: dict, now_ms: int) -> list[tuple[str, dict]]:
         """A settled label: was the shadow model wrong on it? Feeds the live lift

@@ -83,9 +83,7 @@ def test_a_policy_that_learns_like_random_sampling_saves_nothing():
                 savings.add_control(f"item-{item}", x, y)
                 continue
             policy.learn(x, y)
-            if savings.policy_due(policy.labels_seen):
-                policy.rescale()
-            savings.policy_learned(policy.model, policy.labels_seen, item_id=f"item-{item}")
+            savings.policy_learned(policy.model, policy.labels_seen, item_id=f"item-{item}", tidy=policy.rescale)
         policy.rescale()
         e = savings.estimate(policy.model)
         assert e["ci_low"] <= e["ratio"] <= e["ci_high"]

@@ -173,28 +173,27 @@ class Savings:
         self._snapshot(self.random[name], learner.model, learner.labels_seen)
         return name
 
-    def policy_learned(self, model, labels: int | None = None, item_id: str | None = None) -> None:
+    def policy_learned(self, model, labels: int | None = None, item_id: str | None = None, tidy=None) -> None:
         """The live learner learned one more policy label (``labels`` in all, if known), of ``item_id``;
-        ``model`` is its model. An item settled before adds no label."""
+        ``model`` is its model, and ``tidy`` (say :meth:`~streams.learning.learner.Learner.rescale`) what
+        readies a copy of it as a published version is readied, applied to the point's copy alone. An item
+        settled before adds no label."""
         if item_id is not None and self.repeat(item_id):
             return
         self.policy_labels = self.policy_labels + 1 if labels is None else labels
-        self._snapshot(self.policy, model, self.policy_labels)
-
-    def policy_due(self, labels: int) -> bool:
-        """Whether the policy's curve takes a point at ``labels`` (the caller may tidy its model first)."""
-        return self._due(self.policy, labels)
+        self._snapshot(self.policy, model, self.policy_labels, tidy=tidy)
 
     def _points(self):
-        return [*self.policy, *self.random[HALVES[0]], *self.random[HALVES[1]]]
+        return [*self.policy, *(point for curve in self.random.values() for point in curve)]
 
     def _due(self, curve: list[_Point], labels: int) -> bool:
         last = next((p.labels for p in reversed(curve) if p.scheduled), 0)
         return labels >= max(self.first_point, last + self.first_point, math.ceil(last * self.growth))
 
-    def _snapshot(self, curve: list[_Point], model, labels: int, force: bool = False) -> None:
+    def _snapshot(self, curve: list[_Point], model, labels: int, force: bool = False, tidy=None) -> None:
         """A point on the curve when the schedule says so (a few dozen even after a million labels), or
-        ``force``: then it stands in for the newest state until the next point, so curves stay short."""
+        ``force``: then it stands in for the newest state until the next point, so curves stay short.
+        ``tidy`` readies the point's copy of ``model``."""
         if labels <= 0 or (curve and curve[-1].labels == labels):
             return
         scheduled = self._due(curve, labels)
@@ -203,6 +202,8 @@ class Savings:
         if curve and not curve[-1].scheduled:
             curve.pop()
         model = copy.deepcopy(model)
+        if tidy is not None:
+            model = tidy(model)
         curve.append(_Point(labels, model, deque(model.predict_one(x) == y for x, y, _ in self.evaluation),
                             scheduled))
 

@@ -81,9 +81,6 @@ class BatchKNN:
 
     def predict_proba(self, items: list[dict]) -> list[dict[str, float]]:
         """Class probabilities of each of ``items`` (feature dicts), as River's ``predict_proba_one`` gives them."""
-        n, classes = len(self.y), self.classes
-        if not n:
-            return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in items]
         order, nan = list(self.keys), float("nan")  # a feature an item lacks is NaN here, 0 once scaled
         X = np.array([[x.get(key, nan) for key in order] for x in items], dtype=float).reshape(len(items), len(order))
         return self._proba(X)
@@ -114,9 +111,8 @@ class BatchKNN:
         n, classes = len(self.y), self.classes
         if not n:
             return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in range(len(X))]
-        items = X
         Q = np.nan_to_num((X - self.mean) * self.inv, nan=0.0)
-        m, k = len(items), min(self.k, n)
+        m, k = len(X), min(self.k, n)
         if k < n:  # the candidates by one float32 matrix product, then their distances exactly
             Q32 = Q.astype(np.float32)
             d2 = Q32 @ self.S32.T
