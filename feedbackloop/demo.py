@@ -321,7 +321,8 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
     (built from the same settings, as the worker builds it), each task labeled at once by the
     annotators the live pool would ask, versions published as the worker publishes them. Returns what
     the live run's report holds of it: ``control_accuracy`` and ``control_labels`` per version, and the
-    newest ``savings`` and ``lift`` rows.
+    newest ``savings`` and ``lift`` rows; and ``versions``, each published ``ModelVersion`` record by its
+    version (signed with ``key``), as the live run leaves them on its ``models`` topic.
 
     >>> rows = [({"x": float(i % 40), "y": float(i % 7)}, "a" if i % 40 < 20 else "b") for i in range(400)]
     >>> traffic = stream(rows, seed=0, events=400)
@@ -337,7 +338,7 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
         key = Ed25519PrivateKey.generate()
     loop = Loop.build(**loop_options(settings))
     pool = AnnotatorPool(settings, annotators)
-    out = {"control_accuracy": {}, "control_labels": {}, "savings": None, "lift": None}
+    out = {"control_accuracy": {}, "control_labels": {}, "savings": None, "lift": None, "versions": {}}
 
     def label(tasks, now):
         while tasks:
@@ -353,6 +354,7 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
                     record = done.models[0]
                     out["control_accuracy"][str(record["version"])] = record["control_accuracy"]
                     out["control_labels"][str(record["version"])] = record["control_labels"]
+                    out["versions"][str(record["version"])] = record
                     rows = dict(done.rows)
                     out["savings"], out["lift"] = rows.get("label_savings"), rows.get("policy_lift")
 
