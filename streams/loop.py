@@ -203,11 +203,10 @@ class Loop:
         39
         """
         out = Effects()
-        rows, chosen, preselect = out.rows, out.candidates, self.router.preselect
-        for c in candidates:
-            if recorded is not None and recorded(c["event_id"]):
-                continue
-            decision, candidate = preselect(c, now_ms)
+        rows, chosen = out.rows, out.candidates
+        if recorded is not None:
+            candidates = [c for c in candidates if not recorded(c["event_id"])]
+        for decision, candidate in self.router.preselect_many(candidates, now_ms):
             if decision is not None:
                 rows.append(("routing_decisions", decision))
             if candidate is not None:

@@ -104,6 +104,48 @@ class Sketch:
             v[self.dims:] = text / norm if norm > 0.0 else text
         return v
 
+    def update_many(self, xs: list[dict[str, float]]) -> np.ndarray | None:
+        """:meth:`update` of each of ``xs`` in order, as the rows of one array: the same
+        running statistics and the same sketches, bit for bit (Welford's recurrence runs
+        item by item in plain floats; the standardising is elementwise, rounded as one item's).
+        None, with nothing learned, unless every item has the same numeric features in the
+        same order (text, or a stream whose features vary, is sketched item by item).
+
+        >>> a, b = Sketch(dims=4), Sketch(dims=4)
+        >>> xs = [{"x": float(i % 7), "y": i / 3, "z": 1.0} for i in range(20)]
+        >>> bool((a.update_many(xs) == np.array([b.update(x) for x in xs])).all()), a._stats == b._stats
+        (True, True)
+        >>> a.update_many([{"x": 1.0}, {"y": 2.0}]) is None, a.update_many([{"w:word": 1.0}]) is None
+        (True, True)
+        """
+        if not xs:
+            return None
+        names = list(xs[0])
+        if any(key.startswith(TEXT_PREFIX) for key in names) or any(list(x) != names for x in xs):
+            return None
+        m = len(xs)
+        values = np.array([list(x.values()) for x in xs], dtype=float).reshape(m, len(names))
+        out = np.zeros((m, self.dims + self.text_dims))
+        means, m2s = [0.0] * m, [0.0] * m
+        for j, key in enumerate(names):
+            stats = self._stats.get(key)
+            if stats is None:
+                stats = self._stats[key] = [0, 0.0, 0.0, *self._place(key, self.dims, 0)]
+            n0, mean, m2, i, sign = stats
+            for r, value in enumerate(values[:, j].tolist()):  # Welford, as update does item by item
+                delta = value - mean
+                mean += delta / (n0 + r + 1)
+                m2 += delta * (value - mean)
+                means[r], m2s[r] = mean, m2
+            stats[0], stats[1], stats[2] = n0 + m, mean, m2
+            n = np.arange(n0 + 1, n0 + m + 1)
+            spread = np.array(m2s)
+            ok = (n > 1) & (spread > 0.0)
+            if ok.any():
+                scale = np.sqrt(spread[ok] / (n[ok] - 1))
+                out[ok, i] += sign * (values[ok, j] - np.array(means)[ok]) / scale
+        return out
+
 
 class Novelty:
     """Distance from an item to the nearest chosen item (a center).
@@ -120,8 +162,8 @@ class Novelty:
         self.sketch = sketch or Sketch()
         self.memory = memory
         # a center c is the row (|c|^2, -2 c) in float32, column-major, so |c - v|^2 - |v|^2 of every
-        # center is one matrix-vector product with (1, v) over the first 1 + width columns of the first
-        # len rows (each column one contiguous run): at 2,000 centers a third of the float64 row-major cost
+        # center is one matrix product with (1, v) over the first 1 + width columns (each column one
+        # contiguous run): at 2,000 centers a third of the float64 row-major cost
         self._centers = np.zeros((memory, 1 + self.sketch.dims + self.sketch.text_dims), dtype=np.float32,
                                  order="F")
         self._count = 0
@@ -129,16 +171,33 @@ class Novelty:
     def __len__(self) -> int:
         return min(self._count, self.memory)
 
+    def products(self, q: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """``|c|^2 - 2 c.v`` of the centers in ``rows`` (all the ring's rows, filled or not, by default)
+        and each column ``(1, v)`` of ``q`` (float32, ``1 + width`` rows, at least two columns).
+
+        Every product of centers and sketches goes through here, one shape of matrix product: the
+        whole ring (or an aligned block of 64 of its rows, :class:`Nearest`) times two or more
+        columns. OpenBLAS sums each entry of such a product in the same order whichever the block
+        or the number of columns (checked on 500 random shapes), while a matrix-vector product may
+        not (its 4-column sums differ in the last bits), so one event's distance and a whole
+        message's (:class:`Nearest`) come out bit for bit the same."""
+        return self._centers[rows, :q.shape[0]] @ q
+
     def distance(self, v: np.ndarray) -> float:
         """Distance from sketch ``v`` to the nearest center (``inf`` with none)."""
         n = len(self)
         if n == 0:
             return math.inf
         w = self.sketch.width  # the columns past it are zero in every sketch
-        q = np.empty(1 + w, dtype=np.float32)
-        q[0], q[1:] = 1.0, v[:w]
-        # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix-vector product, no n x w temporary
-        return math.sqrt(max(0.0, float((self._centers[:n, :1 + w] @ q).min()) + float(v[:w] @ v[:w])))
+        q = np.zeros((1 + w, 2), dtype=np.float32)  # (1, v) and a column of zeros: see products
+        q[0, 0], q[1:, 0] = 1.0, v[:w]
+        # |c - v|^2 = |c|^2 - 2 c.v + |v|^2: one matrix product, no n x w temporary
+        return math.sqrt(max(0.0, float(self.products(q)[:n, 0].min()) + float(v[:w] @ v[:w])))
+
+    def nearest(self, sketches: np.ndarray) -> "Nearest":
+        """The distances of a message's ``sketches`` (rows, in order) to the nearest center, as
+        :meth:`distance` gives them one at a time while the chosen ones become centers: see :class:`Nearest`."""
+        return Nearest(self, sketches)
 
     def score(self, x: dict[str, float]) -> float:
         """Distance from ``x`` to the nearest center."""
@@ -152,3 +211,77 @@ class Novelty:
         self._centers[i, 1:] = -2.0 * c
         self._centers[i, 0] = float(c @ c)
         self._count += 1
+
+
+class Nearest:
+    """:meth:`Novelty.distance` of each row of ``sketches`` in turn, while the rows chosen become centers.
+
+    One matrix product gives every row's products with the centers present at the start; a
+    center added since (:meth:`Novelty.add`, between two rows) is one small product (its aligned
+    block of 64 ring rows) with the rows still to come, and a row whose nearest center was
+    overwritten in the ring is measured again in full. The entries are those
+    :meth:`Novelty.distance` computes, summed in the same order (see :meth:`Novelty.products`),
+    so the distances are the same bit for bit.
+
+    >>> novelty = Novelty(Sketch(dims=3))
+    >>> rng = np.random.default_rng(0)
+    >>> for i in range(30):
+    ...     novelty.add(novelty.sketch.update(dict(zip("abc", rng.normal(size=3)))))
+    >>> rows = np.array([novelty.sketch.update(dict(zip("abc", rng.normal(size=3)))) for i in range(4)])
+    >>> nearest = novelty.nearest(rows)
+    >>> nearest.distance(0, rows[0]) == novelty.distance(rows[0])
+    True
+    >>> novelty.add(rows[0])  # chosen: a center for the rows after it
+    >>> nearest.distance(1, rows[1]) == novelty.distance(rows[1])
+    True
+    """
+
+    BLOCK = 64  # rows of the ring a new center is multiplied with: a multiple of any BLAS kernel's tile
+
+    def __init__(self, novelty: Novelty, sketches: np.ndarray):
+        self.novelty = novelty
+        self.width = w = novelty.sketch.width
+        self.m = m = len(sketches)
+        # row i is (1, v_i) as distance builds it (a row of zeros after a lone one: two columns at least)
+        q = np.zeros((max(m, 2), 1 + w), dtype=np.float32, order="F")
+        q[:m, 0], q[:m, 1:] = 1.0, sketches[:, :w]
+        self._q = q.T  # (1 + w) x rows, row-major, as distance's
+        self._n = n = len(novelty)
+        self._start = self._seen = novelty._count
+        if n:  # ring rows x message rows: |c|^2 - 2 c.v of every center and row
+            self._products = novelty.products(self._q)
+            self._best = self._products[:n].min(0)
+        else:
+            self._products, self._best = None, np.full(q.shape[0], np.inf, dtype=np.float32)
+        self._added = np.full(m, np.inf, dtype=np.float32)  # the nearest of the centers added since the start
+        self._stale = np.zeros(m, dtype=bool)  # rows whose nearest center at the start has left the ring
+
+    def _add(self, k: int, i: int) -> None:
+        """The center added ``k``-th, for rows ``i`` on: the products distance would take for it."""
+        novelty, block = self.novelty, self.BLOCK
+        row = k % novelty.memory
+        if k >= novelty.memory and row < self._n:  # a center of the start leaves the ring
+            self._stale[i:] |= self._products[row, i:self.m] == self._best[i:self.m]
+        first = row - row % block
+        last = min(first + block, novelty.memory)
+        if last - first < 2:  # a lone last row: with the block before it, as the whole ring has it
+            first = max(0, first - block)
+        start = min(i, self._q.shape[1] - 2)  # two columns at least
+        values = novelty.products(self._q[:, start:], slice(first, last))[row - first, i - start:self.m - start]
+        np.minimum(self._added[i:], values, out=self._added[i:])
+
+    def distance(self, i: int, v: np.ndarray) -> float:
+        """:meth:`Novelty.distance` of row ``i`` (its sketch ``v``), the centers as they are now."""
+        novelty = self.novelty
+        count = novelty._count
+        if count - self._start >= novelty.memory:  # the ring went round within the message: in full
+            return novelty.distance(v)
+        for k in range(self._seen, count):
+            self._add(k, i)
+        self._seen = count
+        if self._stale[i]:
+            return novelty.distance(v)
+        if not len(novelty):
+            return math.inf
+        w = self.width
+        return math.sqrt(max(0.0, min(float(self._best[i]), float(self._added[i])) + float(v[:w] @ v[:w])))

@@ -240,6 +240,50 @@ class Policy:
             return self._failure(kind, signals, now_ms, draw)
         return self._prediction(signals, now_ms, draw, x, label)
 
+    def decide_many(self, kinds: list[str], signals: list[dict[str, float]], now_ms: list[int],
+                    draws: list[float] | None = None, xs: list[dict[str, float] | None] | None = None,
+                    labels: list[str | None] | None = None) -> list[Decision]:
+        """:meth:`decide` of each event in order (a message at a time): the same decisions and
+        the same state after, with the per-event work that does not hang on earlier decisions
+        done for the whole message at once: the novelty sketches (:meth:`Sketch.update_many
+        <streams.selection.diversity.Sketch.update_many>`, bit for bit) and the distances to the
+        nearest centers (:meth:`Novelty.nearest <streams.selection.diversity.Novelty.nearest>`,
+        one matrix product; equal to float32 precision, see there, so a probability that hangs on a
+        distance may differ in its sixth digit). The thresholds, the pacing,
+        the budget and the centers added on selection go event by event, as in :meth:`decide`.
+
+        >>> from streams.selection.budget import Budget
+        >>> one, many = Policy(Budget(fraction=0.2), seed=1), Policy(Budget(fraction=0.2), seed=1)
+        >>> xs = [{"x": float(i % 7), "y": float(i % 3)} for i in range(300)]
+        >>> signals = [{"uncertainty": (i * 37 % 100) / 100} for i in range(300)]
+        >>> draws = [(i * 61 % 97) / 97 for i in range(300)]
+        >>> a = [one.decide("prediction", s, 0, draw=d, x=x) for s, d, x in zip(signals, draws, xs)]
+        >>> b = many.decide_many(["prediction"] * 300, signals, [0] * 300, draws, xs)
+        >>> [d.selected for d in a] == [d.selected for d in b], one.state() == many.state()
+        (True, True)
+        """
+        n = len(kinds)
+        draws = draws if draws is not None else [None] * n
+        xs = xs if xs is not None else [None] * n
+        labels = labels if labels is not None else [None] * n
+        at = [i for i, (kind, x) in enumerate(zip(kinds, xs)) if kind not in ERROR_KINDS and x is not None]
+        sketches = self.novelty.sketch.update_many([xs[i] for i in at]) if len(at) > 1 else None
+        nearest = self.novelty.nearest(sketches) if sketches is not None else None
+        row = dict(zip(at, range(len(at)))) if sketches is not None else {}
+        out = []
+        for i, kind in enumerate(kinds):
+            draw = draws[i]
+            if draw is None:
+                draw = self.rng.random()
+            if kind in ERROR_KINDS:
+                out.append(self._failure(kind, signals[i], now_ms[i], draw))
+            elif i in row:
+                j = row[i]
+                out.append(self._prediction(signals[i], now_ms[i], draw, xs[i], labels[i], sketches[j], nearest, j))
+            else:
+                out.append(self._prediction(signals[i], now_ms[i], draw, xs[i], labels[i]))
+        return out
+
     def _failure(self, kind: str, signals: dict[str, float], now_ms: int, draw: float) -> Decision:
         self._failure_rate += 1.0 - self._failure_decay
         target = self.budget.fraction * self.shares()["failure"]
@@ -254,13 +298,17 @@ class Policy:
         self.selected[kind] += 1
         return Decision(True, [kind], p, 1.0 + signals.get("uncertainty", 0.0), {kind: p})
 
-    def _prediction(self, signals, now_ms, draw, x, label) -> Decision:
+    def _prediction(self, signals, now_ms, draw, x, label, sketch=None, nearest=None, row=0) -> Decision:
+        """One prediction's decision; ``sketch`` (of ``x``, learned already) and ``nearest`` (its
+        message's :class:`~streams.selection.diversity.Nearest`, ``row`` its place there) from
+        :meth:`decide_many`."""
         self._failure_rate *= self._failure_decay
         self._failure_weight = self._failure_decay * self._failure_weight + 1.0 - self._failure_decay
         self.drift.tick()
         score = self._score(signals)
         shares = self.shares(cold=score is None)
-        sketch = self.novelty.sketch.update(x) if x is not None else None
+        if sketch is None and x is not None:
+            sketch = self.novelty.sketch.update(x)
         # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
         if shares["diverse"] and (x is None or (self.novelty.sketch.has_text and not self.text_diverse)):
             shares["uncertain" if score is not None else "control"] += shares["diverse"]
@@ -289,7 +337,7 @@ class Policy:
             p_u = min(1.0, pace * p_u)
         if shares["diverse"] > 0.0 and sketch is not None:
             target = elastic * shares["diverse"] / weight
-            distance = self.novelty.distance(sketch)
+            distance = self.novelty.distance(sketch) if nearest is None else nearest.distance(row, sketch)
             p_d = 1.0 if distance == float("inf") else min(
                 1.0, pace * self.thresholds["diverse"].probability(distance, target))
         p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)

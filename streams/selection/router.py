@@ -231,6 +231,50 @@ class Router:
         return None, {**c, "selection_probability": d.probability, "reasons": d.reasons, "priority": d.priority,
                       "policy_version": self.policy.version}
 
+    def preselect_many(self, candidates: list[Candidate], now_ms: int) -> list[tuple[Decision | None,
+                                                                                 Candidate | None]]:
+        """:meth:`preselect` of each of ``candidates`` in order, the policy deciding them in one
+        :meth:`~streams.selection.policy.Policy.decide_many` (a scorer's message at a time).
+
+        >>> from streams.selection.budget import Budget
+        >>> cands = [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": 1, "kind": "prediction", "model_name": "m",
+        ...     "model_version": "1", "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4},
+        ...     "features": {"x": float(i % 5)}, "text": None, "context": {}, "shadow_label": None,
+        ...     "shadow_version": 0, "signals": {"uncertainty": i / 40}, "user_label": None, "note": None,
+        ...     "scored_ts": 1} for i in range(40)]
+        >>> one, many = Router(Policy(Budget(fraction=0.3))), Router(Policy(Budget(fraction=0.3)))
+        >>> [one.preselect(c, 2) for c in cands] == many.preselect_many(cands, 2)
+        True
+        """
+        ids = [c["event_id"] for c in candidates]
+        if len(set(ids)) < len(ids):  # an event twice in one message: the second sees the first's decision
+            return [self.preselect(c, now_ms) for c in candidates]
+        out: list = [None] * len(candidates)
+        todo = []
+        for i, c in enumerate(candidates):
+            event_id = c["event_id"]
+            if event_id in self._preselected or event_id in self._sent:
+                out[i] = self.preselect(c, now_ms)
+            else:
+                self._learn_labels(c)
+                todo.append(i)
+        chosen = [candidates[i] for i in todo]
+        xs = [None if not (c["features"] or c["text"]) else c.get("x") or featurize(c["features"], c["text"])
+              for c in chosen]
+        decisions = self.policy.decide_many(
+            [c["kind"] for c in chosen], [c["signals"] for c in chosen], [c["ts"] for c in chosen],
+            [stable_draw(c["event_id"], self.seed) for c in chosen], xs,
+            [c["shadow_label"] or c["predicted_label"] for c in chosen])
+        version = self.policy.version
+        for i, c, d in zip(todo, chosen, decisions):
+            if not d.selected:
+                out[i] = self._row(c, now_ms, False, d.reasons, d.probability, d.priority, None, version), None
+                continue
+            self._preselected.add(c["event_id"])
+            out[i] = None, {**c, "selection_probability": d.probability, "reasons": d.reasons,
+                            "priority": d.priority, "policy_version": version}
+        return out
+
     def admit(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
         """At the owner: ``(decision_row, task)`` for a preselected candidate; task
         is None when the caps refuse it, and both are None for a candidate already
