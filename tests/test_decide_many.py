@@ -197,3 +197,45 @@ def test_the_router_preselects_a_message_as_one_event_at_a_time(seed):
                     assert x.keys() == y.keys() and all(close(x[k], y[k]) for k in x), (x, y)
     assert one.labels == many.labels and set(one._preselected) == set(many._preselected)
     same_state(one.policy, many.policy)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_columns_message_scores_as_its_events_one_map_each(seed):
+    """Scorer.columns with a kNN shadow model (arrays all the way) gives the candidates the map per
+    event path gives: the same signals, shadow labels (ties broken by label order), every field."""
+    import numpy as np
+
+    from streams.learning.learner import ShadowModel
+    from streams.learning.models import make
+    from streams.selection.scorer import Scorer
+
+    rng = random.Random(seed)
+    model = make("knn")
+    for _ in range(60):  # a few items twice: exact matches, and votes that tie
+        v = round(rng.uniform(-1, 1), 1)
+        model.learn_one({"a": v, "b": -v}, rng.choice(["yes", "no", "maybe"] if seed else ["yes", "no"]))
+    classes = ["yes", "no", "other"][:2 + seed % 2]  # a class only production knows, in no sorted order
+    n = 300
+    record = {"event_id": [f"e{i}" for i in range(n)], "item_id": [f"i{i % 250}" for i in range(n)],
+              "ts": list(range(n)), "model_name": ["m"] * n, "model_version": ["1"] * n,
+              "predicted_label": [rng.choice(classes) for _ in range(n)], "classes": classes,
+              "probabilities": [], "feature_names": ["a", "b", "c"], "features": [], "text": [],
+              "context": [{"k": str(i)} for i in range(n)] if seed == 1 else []}
+    for _ in range(n):
+        p = [rng.random() for _ in classes]
+        record["probabilities"] += [v / sum(p) for v in p]
+        v = round(rng.uniform(-1, 1), 1)
+        record["features"] += [v, -v, rng.gauss(0, 1)]
+    shadow = ShadowModel("s", 3, model, ["maybe", "no", "yes"] if seed else ["no", "yes"])
+    fast, slow = Scorer(shadow), Scorer(shadow)
+    knn = slow._knn()
+    fast._batch = slow._batch
+    votes = knn._votes  # rounded to halves, so that classes tie for the largest vote (in both paths)
+    knn._votes = lambda X: np.round(votes(X) * 2) / 2
+    got = fast.columns(record, 9)
+    want = slow._scored(slow._events(record), 9, knn.predict_proba_columns(record["features"], ["a", "b", "c"], n))
+    votes = knn.votes_columns(record["features"], ["a", "b", "c"], n)
+    assert ((votes == votes.max(1, keepdims=True)).sum(1) > 1).any()  # ties to break
+    assert [c["shadow_label"] for c in got] == [c["shadow_label"] for c in want]
+    assert got == want
+    assert dict(fast._recent) == dict(slow._recent)

@@ -99,18 +99,44 @@ class BatchKNN:
         >>> by_columns == batch.predict_proba([dict(zip("xyz", r)) for r in rows])
         True
         """
+        return self._proba(self._columns(values, names, m))
+
+    def votes_columns(self, values, names: list[str], m: int) -> np.ndarray:
+        """:meth:`predict_proba_columns` as one array: a row an item, a column a class of
+        :attr:`classes` (the same numbers, no dicts).
+
+        >>> from streams.learning.models import make
+        >>> model = make("knn")
+        >>> for v, y in [(0.0, "a"), (1.0, "b"), (0.2, "a")]:
+        ...     model.learn_one({"x": v}, y)
+        >>> batch = BatchKNN.of(model)
+        >>> votes = batch.votes_columns([0.1, 0.9], ["x"], 2)
+        >>> [dict(zip(batch.classes, row)) for row in votes.tolist()] == batch.predict_proba_columns([0.1, 0.9], ["x"], 2)
+        True
+        """
+        X = self._columns(values, names, m)
+        if not len(self.y):
+            return np.full((m, len(self.classes)), 1.0 / len(self.classes)) if self.classes else np.zeros((m, 0))
+        return self._votes(X)
+
+    def _columns(self, values, names: list[str], m: int) -> np.ndarray:
         given = np.asarray(values, dtype=float).reshape(m, len(names))
         X = np.full((m, len(self.keys)), np.nan)  # a feature an item lacks is NaN here, 0 once scaled
         for j, name in enumerate(names):
             if name in self.keys:
                 X[:, self.keys[name]] = given[:, j]
-        return self._proba(X)
+        return X
 
     def _proba(self, X: np.ndarray) -> list[dict[str, float]]:
         """The probabilities of the items of ``X`` (one row an item, the columns of :attr:`keys`)."""
-        n, classes = len(self.y), self.classes
-        if not n:
+        classes = self.classes
+        if not len(self.y):
             return [{c: 1.0 / len(classes) for c in classes} if classes else {} for _ in range(len(X))]
+        return [dict(zip(classes, row)) for row in self._votes(X).tolist()]
+
+    def _votes(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`_proba` as an array (a column a class), with at least one stored item."""
+        n, classes = len(self.y), self.classes
         Q = np.nan_to_num((X - self.mean) * self.inv, nan=0.0)
         m, k = len(X), min(self.k, n)
         if k < n:  # the candidates by one float32 matrix product, then their distances exactly
@@ -133,7 +159,7 @@ class BatchKNN:
             votes[rows] = 0.0
             votes[rows, self.y[idx[rows, nearest[rows]]]] = 1.0
         votes /= votes.sum(1, keepdims=True)
-        return [dict(zip(classes, row)) for row in votes.tolist()]
+        return votes
 
 
 def predict_proba_many(model, items: list[dict], batch: BatchKNN | None = None) -> list[dict[str, float]]:

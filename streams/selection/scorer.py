@@ -146,23 +146,66 @@ class Scorer:
         >>> [(c["event_id"], c["probabilities"], c["features"], c["text"]) for c in Scorer().columns(cols, 7)]
         [('e1', {'a': 0.6, 'b': 0.4}, {'x': 1.0}, None), ('e2', {'a': 0.1, 'b': 0.9}, {'x': 2.0}, None)]
         """
+        n, f = len(record["event_id"]), len(record["feature_names"])
+        if not self.live and not self.multi_label and n > 1 and f and not record["text"] and \
+                self.model.model is not None and self.model.classes and self._knn() is not None:
+            return self._knn_columns(record, now_ms)
+        return self._scored(self._events(record), now_ms)
+
+    @staticmethod
+    def _events(record: dict) -> list[dict]:
+        """The ``Prediction`` events of a ``PredictionColumns`` message, one map each."""
         classes, names = record["classes"], record["feature_names"]
         n, k, f = len(record["event_id"]), len(classes), len(names)
         p, x = record["probabilities"], record["features"]
         texts = record["text"] or [None] * n
         contexts = record["context"] or [{}] * n
-        events = [{"event_id": event_id, "item_id": item_id, "ts": ts, "model_name": model_name,
-                   "model_version": model_version, "predicted_label": predicted,
-                   "probabilities": dict(zip(classes, p[i * k:i * k + k])),
-                   "features": dict(zip(names, x[i * f:i * f + f])), "text": text, "context": dict(context)}
-                  for i, (event_id, item_id, ts, model_name, model_version, predicted, text, context)
-                  in enumerate(zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
-                                   record["model_version"], record["predicted_label"], texts, contexts))]
-        shadows = None
-        if not self.live and not self.multi_label and n > 1 and f and not record["text"] and \
-                self.model.model is not None and self.model.classes and self._knn() is not None:
-            shadows = self._batch[1].predict_proba_columns(x, names, n)  # the features as they came: no dicts
-        return self._scored(events, now_ms, shadows)
+        return [{"event_id": event_id, "item_id": item_id, "ts": ts, "model_name": model_name,
+                 "model_version": model_version, "predicted_label": predicted,
+                 "probabilities": dict(zip(classes, p[i * k:i * k + k])),
+                 "features": dict(zip(names, x[i * f:i * f + f])), "text": text, "context": dict(context)}
+                for i, (event_id, item_id, ts, model_name, model_version, predicted, text, context)
+                in enumerate(zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
+                                 record["model_version"], record["predicted_label"], texts, contexts))]
+
+    def _knn_columns(self, record: dict, now_ms: int) -> list[Candidate]:
+        """:meth:`columns` of a message of numeric features scored by a kNN shadow model, from the
+        arrays as they came: the kNN's votes (:meth:`BatchKNN.votes_columns
+        <streams.learning.batch.BatchKNN.votes_columns>`) and the production probabilities go into
+        :func:`~streams.selection.signals.score_matrix` as they are, the shadow label is the
+        votes' first largest in label order; no map per event on the way, the same candidates
+        as :meth:`_scored` of :meth:`_events` (``tests/test_decide_many.py``)."""
+        import numpy as np
+
+        knn, model = self._batch[1], self.model
+        classes, names = record["classes"], record["feature_names"]
+        n, k, f = len(record["event_id"]), len(classes), len(names)
+        p, x = record["probabilities"], record["features"]
+        votes, shadow_classes = knn.votes_columns(x, names, n), knn.classes
+        labels = sorted(set(classes).union(shadow_classes))
+        index = {c: i for i, c in enumerate(labels)}
+        P, Q = np.zeros((n, max(len(labels), 2))), np.zeros((n, max(len(labels), 2)))
+        P[:, [index[c] for c in classes]] = np.asarray(p, dtype=float).reshape(n, k)
+        Q[:, [index[c] for c in shadow_classes]] = votes
+        count = self.n_classes or len(set(model.classes).union(classes))
+        scored = signals.score_matrix(P, Q, np.full(n, count), np.full(n, bool(shadow_classes)))
+        by_label = sorted(range(len(shadow_classes)), key=shadow_classes.__getitem__)  # ties: the first label
+        shadow_labels = ([shadow_classes[by_label[j]] for j in votes[:, by_label].argmax(1).tolist()]
+                         if shadow_classes else [None] * n)
+        contexts = record["context"] or [{}] * n
+        recent, version, out = self._recent, model.version, []
+        for i, (event_id, item_id, ts, model_name, model_version, predicted, context, shadow_label, s) in enumerate(
+                zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
+                    record["model_version"], record["predicted_label"], contexts, shadow_labels, scored)):
+            features = dict(zip(names, x[i * f:i * f + f]))
+            c = candidate(event_id=event_id, item_id=item_id, ts=ts, kind="prediction", model_name=model_name,
+                          model_version=model_version, predicted_label=predicted,
+                          probabilities=dict(zip(classes, p[i * k:i * k + k])), features=features, text=None,
+                          context=dict(context), shadow_label=shadow_label, shadow_version=version, signals=s,
+                          user_label=None, note=None, scored_ts=now_ms, x=features)
+            recent[item_id] = c
+            out.append(c)
+        return out
 
     # -- multi-label: probabilities are per class, P(in the set) (streams.learning.one_vs_rest) --------------
     @staticmethod

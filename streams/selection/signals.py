@@ -180,6 +180,23 @@ def score_many(production: list[Proba], shadow: list[Proba] | None, n_classes: l
             P[row, index[c]] = v
         for c, v in q.items():
             Q[row, index[c]] = v
+    return score_matrix(P, Q, n_classes, np.array([bool(q) for q in shadow]))
+
+
+def score_matrix(P, Q, n_classes, has) -> list[dict[str, float]]:
+    """:func:`score_many` of items given as arrays: ``P`` and ``Q`` the production and shadow
+    probabilities (a row an item, a column a label, the labels in sorted order and at least
+    two columns, 0 for a label an item lacks), ``n_classes`` each item's class count and
+    ``has`` whether it has shadow probabilities (numpy arrays).
+
+    >>> import numpy as np
+    >>> P, Q = np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([[0.2, 0.8], [0.0, 0.0]])
+    >>> score_matrix(P, Q, np.array([2, 2]), np.array([True, False])) == score_many(
+    ...     [{"a": 0.9, "b": 0.1}, {"a": 0.5, "b": 0.5}], [{"a": 0.2, "b": 0.8}, {}], [2, 2])
+    True
+    """
+    import numpy as np
+
     k = np.maximum(np.asarray(n_classes, dtype=float), 2.0)
 
     def measures(M):
@@ -191,17 +208,20 @@ def score_many(production: list[Proba], shadow: list[Proba] | None, n_classes: l
 
     lc, m, e = measures(P)
     uncertainty = 1.0 - m
-    has = np.array([bool(q) for q in shadow])
     out = [{"least_confidence": a, "margin": b, "entropy": c} for a, b, c in zip(lc.tolist(), m.tolist(), e.tolist())]
     if has.any():
         slc, sm, se = measures(Q)
         dis = 0.5 * np.abs(P - Q).sum(1)
         label_dis = (P.argmax(1) != Q.argmax(1)).astype(float)
         uncertainty = np.where(has, np.maximum(0.5 * (uncertainty + 1.0 - sm), dis), uncertainty)
-        for row, values in enumerate(zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
-            if has[row]:
-                out[row].update(zip(("shadow_least_confidence", "shadow_margin", "shadow_entropy", "disagreement",
-                                     "label_disagreement"), values))
+        names = ("shadow_least_confidence", "shadow_margin", "shadow_entropy", "disagreement", "label_disagreement")
+        if has.all():
+            for row, values in zip(out, zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
+                row.update(zip(names, values))
+        else:
+            for row, values in enumerate(zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
+                if has[row]:
+                    out[row].update(zip(names, values))
     for row, u in zip(out, uncertainty.tolist()):
         row["uncertainty"] = u
     return out
