@@ -289,8 +289,8 @@ class ClickHouseSink:
         """:meth:`flush` if :meth:`due`; the rows written (0 if not due)."""
         return self.flush() if self.due() else 0
 
-    def flush(self) -> int:
-        """Insert every buffer, one batch per table; the rows written.
+    def flush(self, tables: Iterable[str] | None = None) -> int:
+        """Insert every buffer (or only those of ``tables``), one batch per table; the rows written.
 
         A block ClickHouse refuses for its rows is bisected: every part that goes
         in is written, and each row refused on its own is rejected (see
@@ -300,9 +300,11 @@ class ClickHouseSink:
         of this flush are written last, in the same flush.
         """
         with self._flush_lock:
-            self._last_flush = self.clock()
+            if tables is None:  # a flush of some tables leaves the others' age as it is
+                self._last_flush = self.clock()
             written = 0
-            for table in sorted(self.keys, key=lambda t: t == "dead_letters"):
+            for table in sorted(self.keys if tables is None else set(tables) & self.keys.keys(),
+                                key=lambda t: t == "dead_letters"):
                 with self._swap_lock:
                     rows, self._buffers[table] = self._buffers[table], []
                 if not rows:
