@@ -423,7 +423,7 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
     """Event-to-task latency at a steady ``rate`` through the running worker ``process``."""
     producer = Producer({**settings.kafka_config(), "linger.ms": 1})
     topic, n = settings.topic("predictions"), int(rate * seconds)
-    started, batch = time.monotonic(), []
+    started, batch, first = time.monotonic(), [], int(time.time() * 1000)
     for i, event in enumerate(_events(n, seed=7, prefix="lat")):
         event["ts"] = int(time.time() * 1000)
         batch.append(event)
@@ -435,11 +435,12 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
             if ahead > 0:
                 time.sleep(ahead)
     producer.flush(30)
+    window = (first, int(time.time() * 1000))
     worker.wait_drained(settings, process, timeout=120, settle=0.5)
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-latency",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([settings.topic("labeling.tasks")])
-    values, idle = [], 0
+    values, times, idle = [], {}, 0
     try:
         while idle < 3:
             messages = consumer.consume(1000, timeout=1.0)
@@ -451,9 +452,80 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
                     continue  # not a task of this run's schema: not ours to time
                 if task["event_id"].startswith("lat-7-"):
                     values.append(task["created_ts"] - task["source_ts"])
+                    times[task["event_id"]] = (task["source_ts"], task["created_ts"], message.timestamp()[1])
     finally:
         consumer.close()
-    return {"rate": round(rate), "batch_size": batch_size, "ms": _percentiles(values)}
+    return {"rate": round(rate), "batch_size": batch_size, "ms": _percentiles(values), "window_ms": window,
+            "_times": times}
+
+
+#: The stages of an event on its way to a task, each from the time the one before ends.
+EVENT_STAGES = ("produced -> scored", "scored -> candidates sent", "candidates sent -> admitted",
+                "admitted -> task sent")
+
+
+def event_to_task_stages(settings: Settings, dsn: str, times: dict, window: tuple[int, int]) -> dict:
+    """Where an event's time to its task goes, from what the run recorded (read once the worker has
+    stopped): its producer's timestamp (``source_ts``), the score agent's batch start (``scored_at`` in
+    ``predictions``), the candidates message's timestamp on ``labeling.candidates`` (its send), the
+    task's ``created_ts`` (the route agent admitting it) and the task message's timestamp. Per stage of
+    :data:`EVENT_STAGES`: p50/p95/p99 over the tasks and the mean over the slowest 1%; and the waits the
+    worker recorded in ``agent_stats`` during ``window`` (``wait:*``: rows written, collections,
+    publishes) beside its agents' batches: count, total and longest seconds."""
+    scored = dict(_query(dsn, "SELECT event_id, toUnixTimestamp64Milli(scored_at) FROM predictions FINAL "
+                              "WHERE startsWith(event_id, 'lat-7-')"))
+    hop = {}
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-stages",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([settings.topic("labeling.candidates")])
+    idle = 0
+    try:
+        while idle < 3:
+            messages = consumer.consume(1000, timeout=1.0)
+            idle = 0 if messages else idle + 1
+            for message in messages:
+                try:
+                    _, record = codec.decode(message.value(), ("CandidateColumns", "CandidateBatch"), check=False)
+                except codec.DecodeError:
+                    continue
+                for c in candidates_of(record):
+                    if c["event_id"].startswith("lat-7-"):
+                        hop[c["event_id"]] = message.timestamp()[1]
+    finally:
+        consumer.close()
+    return {**stage_times(times, scored, hop), "agents": agent_waits(dsn, window)}
+
+
+def stage_times(times: dict, scored: dict, hop: dict) -> dict:
+    """Per stage of :data:`EVENT_STAGES`, p50/p95/p99/max and the mean over the slowest 1% of the tasks,
+    from each task's ``times`` (event id -> source, created, task sent), ``scored`` and ``hop`` (event id ->
+    epoch ms); the stages of a task add up to its latency.
+
+    >>> out = stage_times({"a": (1000, 1090, 1091), "b": (1000, 1300, 1310)}, {"a": 1040, "b": 1200},
+    ...                   {"a": 1060, "b": 1250})
+    >>> out["tasks"], out["ms"]["produced -> scored"]["max"], out["ms"]["admitted -> task sent"]["slowest_1pct_mean"]
+    (2, 200, 10)
+    """
+    rows = []
+    for event_id, (source, created, sent) in times.items():
+        if event_id in scored and event_id in hop:
+            marks = (source, scored[event_id], hop[event_id], created, sent)
+            rows.append([b - a for a, b in zip(marks, marks[1:])])
+    slowest = sorted(rows, key=sum)[-max(1, len(rows) // 100):] if rows else []
+    return {"tasks": len(rows), "ms": {
+        name: {**_percentiles([r[i] for r in rows]),
+               "slowest_1pct_mean": round(statistics.mean(r[i] for r in slowest), 1) if slowest else None}
+        for i, name in enumerate(EVENT_STAGES)}}
+
+
+def agent_waits(dsn: str, window: tuple[int, int]) -> dict:
+    """Per agent of ``agent_stats`` (its batches, and the waits ``wait:*``) in ``window`` (epoch ms):
+    rows, events, total and longest seconds."""
+    rows = _query(dsn, "SELECT agent, count(), sum(events), sum(seconds), max(seconds) FROM agent_stats FINAL "
+                       f"WHERE ts >= fromUnixTimestamp64Milli({int(window[0])}) "
+                       f"AND ts <= fromUnixTimestamp64Milli({int(window[1])}) GROUP BY agent ORDER BY agent")
+    return {agent: {"n": n, "events": events, "seconds": round(total, 3), "max_ms": round(1000 * longest, 1)}
+            for agent, n, events, total, longest in rows}
 
 
 def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: int,
@@ -507,12 +579,14 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
         thread.join()
     worker.wait_drained(settings, process, timeout=120, settle=0.5)
     worker.stop(process)
-    versions = _query(dsn, "SELECT version, labels_seen FROM model_versions FINAL ORDER BY version")
+    versions = _query(dsn, "SELECT version, labels_seen, toUnixTimestamp64Milli(ts) FROM model_versions FINAL "
+                           "ORDER BY version")
+    published = {v: ts for v, _, ts in versions}
     probes = _query(dsn, "SELECT splitByChar('-', event_id)[2], shadow_version, toUnixTimestamp64Milli(scored_at) "
                          "FROM predictions FINAL WHERE startsWith(event_id, 'probe-')")
-    values, missing = [], 0
+    values, missing, stages_ = [], 0, []
     for j, sent_ms in enumerate(sent):
-        version = next((v for v, seen in versions if seen >= base + j + 1), None)
+        version = next((v for v, seen, _ in versions if seen >= base + j + 1), None)
         served = {}
         for part, shadow, ts in probes:
             if version is not None and shadow >= version:
@@ -521,9 +595,15 @@ def label_to_serving(settings: Settings, process, dsn: str, rounds: int, base: i
             missing += 1
             continue
         values.append(max(served.values()) - sent_ms)
+        stages_.append((published[version] - sent_ms, max(served.values()) - published[version]))
+    window = (sent[0], sent[-1] + (max(values) if values else 0)) if sent else (0, 0)
     return {"labels": len(sent), "publish_every": settings.publish_every, "partitions": partitions,
             "probe_interval_ms": round(1000 * partitions / probe_rate, 1), "not_served": missing,
-            "ms": _percentiles(values)}
+            "ms": _percentiles(values),
+            # sent -> the publish starting (the label learned, the rows written), -> every scorer serving it
+            "stages_ms": {"sent -> publish started": _percentiles([a for a, _ in stages_]),
+                          "publish started -> served everywhere": _percentiles([b for _, b in stages_])},
+            "agents": agent_waits(dsn, window)}
 
 
 def input_partitions(settings: Settings) -> int:
@@ -774,8 +854,11 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
             latency_rate: float | None = None, latency_seconds: float = 10.0, labels: int = 300,
             label_rounds: int = 10, owner_events: int = 20_000, memory_events: int = 20_000, bare: bool = True,
             second: bool = False, core: int | None = None, seed: int = 1, form: str = "columns",
-            profile: str | None = None) -> dict:
-    """Every measurement of the module's description, on fresh topics; return the figures."""
+            profile: str | None = None, only: str | None = None) -> dict:
+    """Every measurement of the module's description, on fresh topics; return the figures. With
+    ``only="latency"``: the trained model and the two latencies alone, at ``latency_rate`` (required)."""
+    if only == "latency" and not latency_rate:
+        raise ValueError("--only latency needs --rate (half the rate a full run measured)")
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = Path(settings.state_dir).resolve() / "bench" / run_id
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-{run_id}.", app_id=f"bench-{run_id}",
@@ -791,6 +874,9 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         trained = train(settings, labels, run_dir)
         model = trained.pop("record")
         result["trained"] = trained
+        if only == "latency":
+            return _latencies(settings, result, run_dir, latency_rate, latency_seconds, form, label_rounds,
+                              trained["labels"])
         progress(f"backlog of {events:,} predictions in {form} messages of {batch_size}")
         backlog = _encoded_batches(_events(events, seed=seed), batch_size, form)
         _produce(settings, _backlog_topic(settings), backlog)  # the loops' copy; the worker's comes later
@@ -811,17 +897,7 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
         # per CPU-second: less swayed by whatever else runs on the machine
         result["worker_vs_limit_cpu"] = round(w["events_per_cpu_second"] / limit["events_per_cpu_second"], 3)
         rate = latency_rate or max(10.0, w["events_per_second"] / 2)
-        progress(f"event-to-task latency at {rate:,.0f} events/s for {latency_seconds:g} s")
-        dsn = "chdb://" + str(run_dir / "ch-latency")
-        process = worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / "worker-latency.log")
-        try:
-            worker.wait_ready(settings, process)
-            _warm_up(settings, [process])
-            result["latency"] = latency(settings, rate, latency_seconds, max(1, int(rate / 100)), process, form)
-            progress(f"label-to-serving latency, {label_rounds} bursts of {settings.publish_every} labels")
-            result["label_to_serving"] = label_to_serving(settings, process, dsn, label_rounds, trained["labels"])
-        finally:
-            worker.stop(process)
+        _latencies(settings, result, run_dir, rate, latency_seconds, form, label_rounds, trained["labels"])
         progress(f"owner admission on {owner_events:,} events, in-process")
         result["owner"] = o = owner_admission(settings, owner_events, model)
         us = w["us_per_event"]
@@ -838,9 +914,29 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
     finally:
         if started_stack:
             stack.stop(settings)
-    result["machine"] = {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-                         "python": platform.python_version(), "platform": platform.platform()}
-    progress("done")
+        result["machine"] = {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                             "python": platform.python_version(), "platform": platform.platform()}
+        progress("done")
+    return result
+
+
+def _latencies(settings: Settings, result: dict, run_dir: Path, rate: float, seconds: float, form: str,
+               label_rounds: int, base: int) -> dict:
+    """Event-to-task latency at ``rate`` and label-to-serving latency through one fresh worker, each with
+    where its time went (:func:`event_to_task_stages`, ``label_to_serving``'s stages), into ``result``."""
+    progress(f"event-to-task latency at {rate:,.0f} events/s for {seconds:g} s")
+    dsn = "chdb://" + str(run_dir / "ch-latency")
+    process = worker.spawn(settings.replace(clickhouse_dsn=dsn), run_dir / "worker-latency.log")
+    try:
+        worker.wait_ready(settings, process)
+        _warm_up(settings, [process])
+        result["latency"] = latency(settings, rate, seconds, max(1, int(rate / 100)), process, form)
+        progress(f"label-to-serving latency, {label_rounds} bursts of {settings.publish_every} labels")
+        result["label_to_serving"] = label_to_serving(settings, process, dsn, label_rounds, base)
+    finally:
+        worker.stop(process)
+    lat = result["latency"]
+    lat["stages"] = event_to_task_stages(settings, dsn, lat.pop("_times"), lat["window_ms"])
     return result
 
 
@@ -852,6 +948,8 @@ def _check(value, target, higher: bool = True) -> str:
 
 def summary(result: dict) -> str:
     """The figures as a table, each beside the issue's target where it has one."""
+    if "worker" not in result:  # --only latency
+        return latency_summary(result)
     w, limit, lat = result["worker"], result["limit_loop"], result["latency"]["ms"]
     serve, owner, mem = result["label_to_serving"]["ms"], result["owner"], result["memory"]["structures"]
     t = result["trained"]
@@ -898,6 +996,28 @@ def summary(result: dict) -> str:
              f"load {result['machine']['load_average'][0]}",
              f"{'figure':<{width}}  {'measured':<{value}}  {'target':<14} met"]
     lines += [f"{a:<{width}}  {b:<{value}}  {c:<14} {d}".rstrip() for a, b, c, d in rows]
+    return "\n".join(lines + [latency_summary(result, head=False)])
+
+
+def latency_summary(result: dict, head: bool = True) -> str:
+    """The two latencies and where their time went (the stages and the worker's waits)."""
+    lat, serve = result["latency"], result["label_to_serving"]
+    lines = [f"shadow model {result['trained']['kind']} trained on {result['trained']['labels']} labels; "
+             f"load {result['machine']['load_average'][0]}",
+             f"event-to-task at {lat['rate']:,}/s: p50 {lat['ms']['p50']} p95 {lat['ms']['p95']} p99 "
+             f"{lat['ms']['p99']} ms ({lat['ms']['n']} tasks; target p99 < {TARGETS['p99_ms']})",
+             f"label to serving: p50 {serve['ms']['p50']} p95 {serve['ms']['p95']} ms ({serve['ms']['n']} labels; "
+             f"target p95 < {TARGETS['label_p95_ms']:,})"] if head else []
+    lines.append("event-to-task by stage (ms): p50 / p95 / p99 / mean of the slowest 1%")
+    for name, p in lat.get("stages", {}).get("ms", {}).items():
+        lines.append(f"  {name:<30} {p['p50']} / {p['p95']} / {p['p99']} / {p['slowest_1pct_mean']}")
+    lines.append("label to serving by stage (ms): p50 / p95")
+    for name, p in serve.get("stages_ms", {}).items():
+        lines.append(f"  {name:<36} {p['p50']} / {p['p95']}")
+    for what, agents in (("event-to-task", lat.get("stages", {}).get("agents", {})),
+                         ("label-to-serving", serve.get("agents", {}))):
+        lines.append(f"worker's batches and waits during {what}: agent n, total s, longest ms")
+        lines += [f"  {a:<22} {v['n']:>6} {v['seconds']:>8} {v['max_ms']:>8}" for a, v in agents.items()]
     return "\n".join(lines)
 
 
@@ -967,6 +1087,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--core", type=int, help="CPU the limit loop is pinned to (default: the last one)")
     b.add_argument("--seed", type=int, default=1, help="seed of the backlog's events")
     b.add_argument("--out", "--json", dest="out", metavar="PATH", help="write the figures as JSON")
+    b.add_argument("--only", choices=["latency"], help="measure only this (after training the model): the two "
+                                                       "latencies, at --rate, with where their time went")
     b.add_argument("--profile", metavar="PATH", help="sample the worker with py-spy while it drains the backlog "
                                                      "(raw stacks into PATH; docs/scaling.md reads them)")
     b.set_defaults(func=run)
@@ -979,7 +1101,7 @@ def run(args, settings: Settings) -> int:
                      latency_rate=args.rate, latency_seconds=args.seconds, labels=args.labels,
                      label_rounds=args.label_rounds, owner_events=args.owner_events,
                      memory_events=args.memory_events, bare=args.bare, second=args.second_worker, core=args.core,
-                     seed=args.seed, form=args.input, profile=args.profile)
+                     seed=args.seed, form=args.input, profile=args.profile, only=args.only)
     print(summary(result))
     if args.out:
         with open(args.out, "w") as f:

@@ -65,9 +65,12 @@ log = logging.getLogger("feedbackloop")
 #: Largest number of candidates packed into one message on ``labeling.candidates``.
 CANDIDATES_PER_MESSAGE = 500
 #: Scorers take up to this many messages at a time, waiting at most WITHIN seconds.
-BATCH, WITHIN = 1000, 0.05
+BATCH, WITHIN = 1000, 0.01
 #: Seconds between two looks at ``models`` for a version another worker's learner published.
 FOLLOW_MODELS = 0.25
+#: A wait of an agent (for its rows to be written) or of the whole worker (a garbage collection) at least
+#: this long is recorded in ``agent_stats`` as agent ``wait:<what>``, its length in ``seconds``.
+WAIT_RECORDED = 0.005
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -150,6 +153,8 @@ class Runtime:
         self._rebuilding = asyncio.Lock()
         self.follower = self.task_follower = None
         self._started = asyncio.Lock()
+        self.waits: list[tuple[int, str, float]] = []  # (ts, what, seconds), into agent_stats at the next batch
+        self._learned_tables: set[str] = set()  # tables the learner buffered rows in since its last publish
 
     # -- start --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,7 +212,9 @@ class Runtime:
             if not self.trainer_ready:  # the trainer, suspect labels, releases and milestones (streams.replay)
                 run = asyncio.get_running_loop().run_in_executor
                 held = await run(self.writer, recorded, self.sink.client, self.settings.model_name)  # between writes
-                self.add_rows(await run(None, rebuild_learner, self.loop, self.settings, held))
+                rows = await run(None, rebuild_learner, self.loop, self.settings, held)
+                self._learned_tables.update(table for table, _ in rows)
+                self.add_rows(rows)
                 self.trainer_ready = True
 
     # -- the agents' work -----------------------------------------------------------------
@@ -264,17 +271,29 @@ class Runtime:
 
         for event in events:
             await self.each([event], handle)
-            if self.loop.due:  # published only once the labels it learned are recorded
-                await self.deliver(done)
+            if self.loop.due:  # published only once the rows of the labels it learned are written
+                await self.deliver_learned(done)
                 done = Effects()
-                await self.write_rows()
+                # only the tables the learner wrote to since its last version, not every agent's rows (a
+                # flush inserts each table it holds rows of, 5-15 ms each in the embedded engine)
+                tables, self._learned_tables = self._learned_tables, set()
+                await self.write_rows("learned", tables)
                 try:  # rescaled, measured, pickled and signed on its own thread: the other agents go on
-                    await self.deliver(await asyncio.get_running_loop().run_in_executor(
-                        self.publisher, self.loop.publish, now_ms(), self.key))
+                    started = time.perf_counter()
+                    published = await asyncio.get_running_loop().run_in_executor(
+                        self.publisher, self.loop.publish, now_ms(), self.key)
+                    self.waited("publish", time.perf_counter() - started)
+                    await self.deliver(published)
                 except Exception:  # a version that cannot be published must not stop the learner
                     log.exception("publishing version %s failed", self.loop.trainer.learner.version)
-        await self.deliver(done)
+        await self.deliver_learned(done)
         await self.write_due()
+
+    async def deliver_learned(self, effects: Effects) -> None:
+        """:meth:`deliver` the learner's effects, and note the tables of their rows: the next version is
+        published once those are written."""
+        self._learned_tables.update(table for table, _ in effects.rows)
+        await self.deliver(effects)
 
     async def audit(self, events) -> None:
         async def handle(name, record, message):
@@ -286,7 +305,7 @@ class Runtime:
     async def standing(self) -> None:
         if self.sink is not None:
             self.add_rows(self.loop.standing(now_ms()).rows)
-            await self.write_rows()  # rows no offset stands for: a commit may not come to write them
+            await self.write_due()  # rows no offset stands for (a commit may not come to write them), once due
 
     async def follow_models(self) -> None:
         """Serve model versions published by the learner of another worker (read, verified and
@@ -411,22 +430,24 @@ class Runtime:
         """Write the buffered rows if a block is full or old enough (:meth:`write_rows`
         waits there while ClickHouse is down, so consumption pauses); every row is
         written anyway before the offsets it stands for are committed
-        (:class:`DurableConsumer`)."""
+        (:class:`DurableConsumer`). The agent waits for the write: in the runs that
+        wrote in the background instead, the tail of event-to-task latency grew
+        (docs/scaling.md)."""
         if self.sink.due():
-            await self.write_rows()
+            await self.write_rows("due")
 
-    async def write_rows(self) -> None:
-        """Make the buffered rows durable, on the writer thread, never on the event loop.
+    async def write_rows(self, why: str = "rows", tables: set[str] | None = None) -> None:
+        """Make the buffered rows (of ``tables``, else all) durable, on the writer thread, never on the event loop.
 
         While ClickHouse cannot take them the calling agent waits here with
         backoff: its batch stays unacknowledged, so consumption pauses, nothing is
         lost, and the worker keeps its group membership. Rows ClickHouse refuses
         for what they hold are set aside by the sink and go to ``deadletter``."""
         loop = asyncio.get_running_loop()
-        delay, down = 0.5, None
+        delay, down, started = 0.5, None, time.perf_counter()
         while True:
             try:
-                await loop.run_in_executor(self.writer, self.sink.flush)
+                await loop.run_in_executor(self.writer, self.sink.flush, tables)
                 break
             except Exception as exc:
                 down = down or time.monotonic()
@@ -439,13 +460,38 @@ class Runtime:
             log.warning("ClickHouse back after %.0f s: consumption resumed", outage)
             self.sink.add("agent_stats", {"ts": now_ms(), "worker": WORKER, "agent": "clickhouse_outage",
                                           "events": 0, "seconds": outage, "lag": -1})
+        self.waited(f"write:{why}", time.perf_counter() - started)
         for table, row, error in self.sink.take_rejected():
             await self.dead_letter_row(table, row, error)
 
+    def waited(self, what: str, seconds: float) -> None:
+        """Remember a wait of ``seconds`` if it is at least :data:`WAIT_RECORDED` (safe from any thread, and
+        from the garbage collector's callbacks: only a list append); :meth:`agent_stats` writes it."""
+        if seconds >= WAIT_RECORDED:
+            self.waits.append((now_ms(), what, seconds))
+
     def agent_stats(self, agent: str, events: int, started: float) -> None:
-        """Throughput of one agent batch (lag is measured from outside, by `feedbackloop.worker.lag`)."""
+        """Throughput of one agent batch (lag is measured from outside, by `feedbackloop.worker.lag`), and
+        the waits recorded since the last batch (:meth:`waited`)."""
         self.sink.add("agent_stats", {"ts": now_ms(), "worker": WORKER, "agent": agent, "events": events,
                                       "seconds": time.perf_counter() - started, "lag": -1})
+        while self.waits:
+            ts, what, seconds = self.waits.pop(0)
+            self.sink.add("agent_stats", {"ts": ts, "worker": WORKER, "agent": f"wait:{what}", "events": 0,
+                                          "seconds": seconds, "lag": -1})
+
+    def time_collections(self) -> None:
+        """Record every garbage collection of this process that pauses it :data:`WAIT_RECORDED` or more
+        (``wait:gc<generation>``)."""
+        started = []
+
+        def timed(phase, info):
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                self.waited(f"gc{info['generation']}", time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)
 
 
 def freeze_startup_heap() -> None:
@@ -482,7 +528,7 @@ class DurableConsumer(aiokafka_driver.Consumer):
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
         runtime = getattr(self.app, "runtime", None)
         if runtime is not None and runtime.sink is not None:
-            await runtime.write_rows()
+            await runtime.write_rows("commit")
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
 
@@ -518,6 +564,7 @@ def create_app(settings: Settings) -> faust.App:
     app.transport.Consumer = DurableConsumer
     topics = Topics(app, settings)
     rt = Runtime(settings, topics)
+    rt.time_collections()
     app.runtime = rt
 
     @app.agent(topics.inputs)

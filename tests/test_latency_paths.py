@@ -1,0 +1,77 @@
+"""What the latency work relies on: a flush of only some tables (the learner's, before it publishes a
+version), on the real embedded ClickHouse engine; and the bench's breakdown of an event's time by stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboards.connection import connect
+from dashboards.migrate import migrate
+from dashboards.sink import ClickHouseSink, counts
+
+T0 = 1_764_000_000_000
+
+
+@pytest.fixture
+def db(tmp_path):
+    client = connect("chdb://" + str(tmp_path / "ch"))
+    migrate(client)
+    yield client
+    client.close()
+
+
+def label(i: int) -> dict:
+    return {"event_id": f"l-{i}", "task_id": f"t-{i}", "item_id": f"i-{i}", "label": "a", "annotator_id": "ann",
+            "ts": T0 + i}
+
+
+def stats(i: int) -> dict:
+    return {"ts": T0 + i, "worker": "w", "agent": "score", "events": 500, "seconds": 0.1, "lag": -1}
+
+
+def test_a_flush_of_some_tables_writes_those_and_leaves_the_others_buffered(db):
+    now = [0.0]
+    sink = ClickHouseSink(db, batch_size=1000, flush_interval=1.0, clock=lambda: now[0])
+    for i in range(3):
+        sink.add("labels", label(i))
+        sink.add("agent_stats", stats(i))
+    now[0] = 2.0
+    assert sink.flush({"labels", "no_such_table"}) == 3
+    assert counts(db)["labels"] == 3 and counts(db)["agent_stats"] == 0
+    assert sink.pending() == {"agent_stats": 3}
+    assert sink.due(), "a flush of some tables leaves the age of the others' rows as it was"
+    assert sink.flush(set()) == 0
+    assert sink.flush() == 3
+    assert counts(db)["agent_stats"] == 3 and not sink.due()
+
+
+def test_the_stages_of_an_event_add_up_to_its_latency():
+    from feedbackloop.bench import EVENT_STAGES, stage_times
+
+    times = {f"e{i}": (1000, 1100 + 7 * i, 1101 + 8 * i) for i in range(200)}  # source, created, task sent
+    scored = {f"e{i}": 1010 + 3 * i for i in range(200)}
+    hop = {f"e{i}": 1050 + 5 * i for i in range(199)}  # one candidates message not found: its task is left out
+    out = stage_times(times, scored, hop)
+    assert out["tasks"] == 199
+    worst = max(sent - source for e, (source, created, sent) in times.items() if e in hop)
+    assert sum(out["ms"][name]["slowest_1pct_mean"] for name in EVENT_STAGES) == pytest.approx(worst, abs=0.5)
+    assert out["ms"]["produced -> scored"]["max"] == 10 + 3 * 198
+
+
+@pytest.mark.kafka
+def test_the_latency_bench_says_where_the_time_went(kafka, tmp_path):
+    from feedbackloop import bench
+
+    settings = kafka.replace(state_dir=str(tmp_path / "state"))
+    result = bench.measure(settings, labels=50, latency_rate=200, latency_seconds=2, label_rounds=2, only="latency")
+    lat, serving = result["latency"], result["label_to_serving"]
+    assert "worker" not in result and lat["rate"] == 200 and lat["ms"]["n"] > 0
+    stages = lat["stages"]
+    assert stages["tasks"] == lat["ms"]["n"], "every task's candidates message and decision row were found"
+    assert all(stages["ms"][name]["max"] <= lat["ms"]["max"] for name in bench.EVENT_STAGES)
+    assert stages["ms"]["produced -> scored"]["p50"] >= 0
+    assert stages["agents"]["score"]["n"] > 0 and stages["agents"]["route"]["n"] > 0
+    assert serving["ms"]["n"] > 0 and set(serving["stages_ms"]) == {"sent -> publish started",
+                                                                     "publish started -> served everywhere"}
+    assert serving["agents"]["wait:publish"]["n"] >= 1  # a publish takes more than WAIT_RECORDED
+    assert "event-to-task by stage" in bench.summary(result)
