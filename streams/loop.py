@@ -177,8 +177,13 @@ class Loop:
             candidates = [self.scorer.override(record, now_ms)]
         else:
             candidates = [self.scorer.appeal(record, now_ms)]
-        rows = [("predictions", {**c, "confidence": max(c["probabilities"].values(), default=0.0),
-                                 "scored_at": c["scored_ts"]})
+        # the fields the predictions table keeps, no more: the sink stores the row as it is, no projection
+        rows = [("predictions", {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"],
+                                 "model_name": c["model_name"], "model_version": c["model_version"],
+                                 "predicted_label": c["predicted_label"],
+                                 "confidence": max(c["probabilities"].values(), default=0.0),
+                                 "shadow_label": c["shadow_label"], "shadow_version": c["shadow_version"],
+                                 "signals": c["signals"], "scored_at": c["scored_ts"]})
                 for c in candidates if c["kind"] == "prediction"]
         return Effects(candidates=candidates, rows=rows)
 

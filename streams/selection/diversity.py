@@ -126,17 +126,19 @@ class Sketch:
         m = len(xs)
         values = np.array([list(x.values()) for x in xs], dtype=float).reshape(m, len(names))
         out = np.zeros((m, self.dims + self.text_dims))
-        means, m2s = [0.0] * m, [0.0] * m
         for j, key in enumerate(names):
             stats = self._stats.get(key)
             if stats is None:
                 stats = self._stats[key] = [0, 0.0, 0.0, *self._place(key, self.dims, 0)]
             n0, mean, m2, i, sign = stats
-            for r, value in enumerate(values[:, j].tolist()):  # Welford, as update does item by item
+            means, m2s = [], []
+            add_mean, add_m2 = means.append, m2s.append
+            for value, count in zip(values[:, j].tolist(), range(n0 + 1, n0 + m + 1)):  # Welford, as update
                 delta = value - mean
-                mean += delta / (n0 + r + 1)
+                mean += delta / count
                 m2 += delta * (value - mean)
-                means[r], m2s[r] = mean, m2
+                add_mean(mean)
+                add_m2(m2)
             stats[0], stats[1], stats[2] = n0 + m, mean, m2
             n = np.arange(n0 + 1, n0 + m + 1)
             spread = np.array(m2s)
