@@ -43,6 +43,7 @@ diverse shares are raised for a while.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -200,10 +201,10 @@ class Policy:
     @property
     def control_rate(self) -> float:
         """Probability that any prediction enters the control slice."""
-        return self._control_rate(self.shares())
+        return self._control_rate(self.shares()["control"])
 
-    def _control_rate(self, shares: dict[str, float]) -> float:
-        rate = self.budget.fraction * shares["control"]
+    def _control_rate(self, share: float) -> float:
+        rate = self.budget.fraction * share
         if self.control_selected < self.cold_start and rate < 1.0:
             rate = max(rate, min(5.0 * rate, self.budget.fraction / 2.0))
         return rate
@@ -302,57 +303,68 @@ class Policy:
         """One prediction's decision; ``sketch`` (of ``x``, learned already) and ``nearest`` (its
         message's :class:`~streams.selection.diversity.Nearest`, ``row`` its place there) from
         :meth:`decide_many`."""
-        self._failure_rate *= self._failure_decay
-        self._failure_weight = self._failure_decay * self._failure_weight + 1.0 - self._failure_decay
+        decay = self._failure_decay
+        self._failure_rate *= decay
+        self._failure_weight = decay * self._failure_weight + 1.0 - decay
         self.drift.tick()
         score = self._score(signals)
         shares = self.shares(cold=score is None)
+        share_u, share_d, share_f, share_c = shares["uncertain"], shares["diverse"], shares["failure"], shares["control"]
+        novelty = self.novelty
         if sketch is None and x is not None:
-            sketch = self.novelty.sketch.update(x)
+            sketch = novelty.sketch.update(x)
+        has_text = novelty.sketch.has_text
         # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
-        if shares["diverse"] and (x is None or (self.novelty.sketch.has_text and not self.text_diverse)):
-            shares["uncertain" if score is not None else "control"] += shares["diverse"]
-            shares["diverse"] = 0.0
-        b = self.budget.fraction
-        pace = self.budget.pace
-        c = self._control_rate(shares)
-        failures = min(self._failure_rate / self._failure_weight, b * shares["failure"])
+        if share_d and (x is None or (has_text and not self.text_diverse)):
+            if score is not None:
+                share_u += share_d
+            else:
+                share_c += share_d
+            share_d = 0.0
+        budget = self.budget
+        b = budget.fraction
+        pace = budget.pace
+        c = self._control_rate(share_c)
+        failures = min(self._failure_rate / self._failure_weight, b * share_f)
         elastic = max(0.0, b - c - failures)
-        weight = shares["uncertain"] + shares["diverse"]
+        weight = share_u + share_d
         if not weight:
             c = min(1.0, c * pace)
 
         p_u = p_d = 0.0
         rare = 0.0
-        dense = self.density_weight if self.density_weight is not None else float(self.novelty.sketch.has_text)
+        dense = self.density_weight if self.density_weight is not None else float(has_text)
         if dense and sketch is not None and score is not None:
             score *= self.density.update(sketch) ** dense
-        if shares["uncertain"] > 0.0 and score is not None:
+        if share_u > 0.0 and score is not None:
             rare = self.rare_boost * self.rarity(label)
-            target = elastic * shares["uncertain"] / weight
+            target = elastic * share_u / weight
             p_u = self.thresholds["uncertain"].probability(score + rare, target)
-            warm = self.warmed
-            if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
-                p_u = warm * p_u + (1.0 - warm) * target
+            if self.warmup:
+                warm = self.warmed
+                if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
+                    p_u = warm * p_u + (1.0 - warm) * target
             p_u = min(1.0, pace * p_u)
-        if shares["diverse"] > 0.0 and sketch is not None:
-            target = elastic * shares["diverse"] / weight
-            distance = self.novelty.distance(sketch) if nearest is None else nearest.distance(row, sketch)
-            p_d = 1.0 if distance == float("inf") else min(
+        if share_d > 0.0 and sketch is not None:
+            target = elastic * share_d / weight
+            distance = novelty.distance(sketch) if nearest is None else nearest.distance(row, sketch)
+            p_d = 1.0 if distance == math.inf else min(
                 1.0, pace * self.thresholds["diverse"].probability(distance, target))
         p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)
         probability = c + (1.0 - c) * p_elastic
+        if not budget.allows(now_ms):
+            budget.observe(False)
+            return Decision(False, [], 0.0, 0.0, {"control": 0.0, "uncertain": 0.0, "diverse": 0.0})
         parts = {"control": c, "uncertain": p_u, "diverse": p_d}
-        if not self.budget.allows(now_ms):
-            self.budget.observe(False)
-            return Decision(False, [], 0.0, 0.0, dict.fromkeys(parts, 0.0))
+        if not (draw < c or draw < probability):  # not selected (the usual case)
+            budget.observe(False)
+            return Decision(False, [], probability, 0.0, parts)
 
-        reasons: list[str] = []
         if draw < c:
-            reasons.append("control")
-        elif draw < probability:
+            reasons = ["control"]
+        else:
             u = (draw - c) / (1.0 - c)
-            reasons.append("uncertain" if u < p_u else "diverse")
+            reasons = ["uncertain" if u < p_u else "diverse"]
             if reasons[0] == "uncertain":
                 if rare > 0.0 and score is not None and rare >= score:
                     reasons.append("rare")
@@ -360,16 +372,19 @@ class Policy:
                     reasons.append("disagreement")
             if self.drift.boost != 1.0:
                 reasons.append("drift")
-        self.budget.observe(bool(reasons))
-        if not reasons:
-            return Decision(False, [], probability, 0.0, parts)
-        self.budget.spend(now_ms)
-        self.selected[reasons[0]] += 1
-        self.control_selected += reasons[0] == "control"
+        budget.observe(True)
+        budget.spend(now_ms)
+        reason = reasons[0]
+        self.selected[reason] += 1
+        self.control_selected += reason == "control"
         if sketch is not None:
-            self.novelty.add(sketch)
-        priority = {"control": 0.5, "uncertain": min(1.0, (score or 0.0) + rare),
-                    "diverse": 0.5 * p_d + 0.25}[reasons[0]]
+            novelty.add(sketch)
+        if reason == "control":
+            priority = 0.5
+        elif reason == "uncertain":
+            priority = min(1.0, (score or 0.0) + rare)
+        else:
+            priority = 0.5 * p_d + 0.25
         return Decision(True, reasons, probability, priority, parts)
 
     # -- feedback -----------------------------------------------------------
