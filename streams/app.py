@@ -13,12 +13,13 @@
 * ``audit``: the labeling service's audit events, into ``audit_log``.
 
 A router's tasks are delivered before the decisions naming them are buffered;
-rows go to ClickHouse in blocks (off the event loop, :meth:`Runtime.write_rows`)
-and every buffered row is written before offsets are committed
-(:class:`DurableConsumer`), so a committed offset never runs ahead of what it
-stands for. While ClickHouse is down the writes wait with backoff, the agents
-and the commits with them: consumption pauses and the worker keeps its group
-membership. The router and
+rows go to ClickHouse in blocks, on a writer thread while the agents go on
+(:meth:`Runtime.write_due`), and every buffered row is written before offsets
+are committed (:class:`DurableConsumer`), so a committed offset never runs
+ahead of what it stands for; a version is published once the rows of the
+labels it learned are written. While ClickHouse is down the writes wait with
+backoff, the commits and (once rows pile up) the agents with them: consumption
+pauses and the worker keeps its group membership. The router and
 the learner rebuild their state from the topics after a restart
 (:mod:`streams.replay`), when their partitions are assigned, before the first
 event. The learner publishes each version from a thread of its own (the kNN
@@ -71,6 +72,8 @@ FOLLOW_MODELS = 0.25
 #: A wait of an agent (for its rows to be written) or of the whole worker (a garbage collection) at least
 #: this long is recorded in ``agent_stats`` as agent ``wait:<what>``, its length in ``seconds``.
 WAIT_RECORDED = 0.005
+#: Blocks of rows (the sink's batch size) that may wait behind a running write before an agent waits for it.
+ROWS_AHEAD = 2
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -155,6 +158,7 @@ class Runtime:
         self._started = asyncio.Lock()
         self.waits: list[tuple[int, str, float]] = []  # (ts, what, seconds), into agent_stats at the next batch
         self._learned_tables: set[str] = set()  # tables the learner buffered rows in since its last publish
+        self._writing: asyncio.Future | None = None  # the write write_due started (write_rows retries in it)
 
     # -- start --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -259,7 +263,8 @@ class Runtime:
         await self.each(events, handle)
         await self.deliver(done)  # the tasks are delivered before the decisions that name them are written
         self.agent_stats("route", seen, started)
-        await self.write_due()
+        # its rows are written with the scorer's next block, the standing timer's or the commit's: a route
+        # batch that waited for a write held up every candidate behind it (docs/scaling.md)
 
     async def learn(self, events) -> None:
         if not self.trainer_ready:
@@ -271,7 +276,7 @@ class Runtime:
 
         for event in events:
             await self.each([event], handle)
-            if self.loop.due:  # published only once the rows of the labels it learned are written
+            if self.loop.due:  # made and served only once the rows of the labels it learned are written
                 await self.deliver_learned(done)
                 done = Effects()
                 # only the tables the learner wrote to since its last version, not every agent's rows (a
@@ -286,8 +291,7 @@ class Runtime:
                     await self.deliver(published)
                 except Exception:  # a version that cannot be published must not stop the learner
                     log.exception("publishing version %s failed", self.loop.trainer.learner.version)
-        await self.deliver_learned(done)
-        await self.write_due()
+        await self.deliver_learned(done)  # written before the next version, or with the next block or commit
 
     async def deliver_learned(self, effects: Effects) -> None:
         """:meth:`deliver` the learner's effects, and note the tables of their rows: the next version is
@@ -427,14 +431,19 @@ class Runtime:
         await self.topics.deadletter.send(key=key, value=codec.encode("DeadLetter", record, check=False))
 
     async def write_due(self) -> None:
-        """Write the buffered rows if a block is full or old enough (:meth:`write_rows`
-        waits there while ClickHouse is down, so consumption pauses); every row is
-        written anyway before the offsets it stands for are committed
-        (:class:`DurableConsumer`). The agent waits for the write: in the runs that
-        wrote in the background instead, the tail of event-to-task latency grew
-        (docs/scaling.md)."""
+        """Start writing the buffered rows if a block is full or old enough, on the writer thread, and go
+        on: one write at a time runs while the agents carry on, and the next block waits for it. An agent
+        that waited for its write held up every event behind it for the whole insert (0.2-0.6 s, the tail
+        of event-to-task latency; docs/scaling.md). Once :data:`ROWS_AHEAD` blocks wait behind a running
+        write (ClickHouse down or behind) the agent waits for it, so consumption pauses while
+        :meth:`write_rows` retries. Every row is written before the offsets it stands for are committed
+        (:class:`DurableConsumer`)."""
+        if self._writing is not None and not self._writing.done():
+            if len(self.sink) >= ROWS_AHEAD * self.sink.batch_size:
+                await asyncio.shield(self._writing)
+            return
         if self.sink.due():
-            await self.write_rows("due")
+            self._writing = asyncio.ensure_future(self.write_rows("due"))
 
     async def write_rows(self, why: str = "rows", tables: set[str] | None = None) -> None:
         """Make the buffered rows (of ``tables``, else all) durable, on the writer thread, never on the event loop.
