@@ -856,7 +856,8 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
             second: bool = False, core: int | None = None, seed: int = 1, form: str = "columns",
             profile: str | None = None, only: str | None = None) -> dict:
     """Every measurement of the module's description, on fresh topics; return the figures. With
-    ``only="latency"``: the trained model and the two latencies alone, at ``latency_rate`` (required)."""
+    ``only="latency"``: the trained model and the two latencies alone, at ``latency_rate`` (required);
+    ``only="worker"``: the trained model and the worker's drain alone."""
     if only == "latency" and not latency_rate:
         raise ValueError("--only latency needs --rate (half the rate a full run measured)")
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -879,6 +880,10 @@ def measure(settings: Settings, events: int = 100_000, batch_size: int = 500, mo
                               trained["labels"])
         progress(f"backlog of {events:,} predictions in {form} messages of {batch_size}")
         backlog = _encoded_batches(_events(events, seed=seed), batch_size, form)
+        if only == "worker":
+            progress("worker draining the backlog")
+            result["worker"] = worker_throughput(settings, backlog, run_dir, prefix=f"ev-{seed}-", profile=profile)
+            return result
         _produce(settings, _backlog_topic(settings), backlog)  # the loops' copy; the worker's comes later
         progress("columnar limit loop, one core")
         pairs = [(t["features"], label["label"]) for t, label in training_set(trained["labels"], settings.min_control)
@@ -950,6 +955,11 @@ def summary(result: dict) -> str:
     """The figures as a table, each beside the issue's target where it has one."""
     if "worker" not in result:  # --only latency
         return latency_summary(result)
+    if "latency" not in result:  # --only worker
+        w = result["worker"]
+        return (f"worker: {w['events_per_second']:,} events/s, {w['events_per_cpu_second']:,} per CPU-second "
+                f"({w['us_per_event']} µs/event; by thread {w['threads_us_per_event']}); load "
+                f"{result['machine']['load_average'][0]}")
     w, limit, lat = result["worker"], result["limit_loop"], result["latency"]["ms"]
     serve, owner, mem = result["label_to_serving"]["ms"], result["owner"], result["memory"]["structures"]
     t = result["trained"]
@@ -1087,8 +1097,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--core", type=int, help="CPU the limit loop is pinned to (default: the last one)")
     b.add_argument("--seed", type=int, default=1, help="seed of the backlog's events")
     b.add_argument("--out", "--json", dest="out", metavar="PATH", help="write the figures as JSON")
-    b.add_argument("--only", choices=["latency"], help="measure only this (after training the model): the two "
-                                                       "latencies, at --rate, with where their time went")
+    b.add_argument("--only", choices=["latency", "worker"],
+                   help="measure only this (after training the model): the two latencies, at --rate, with where "
+                        "their time went; or the worker draining the backlog")
     b.add_argument("--profile", metavar="PATH", help="sample the worker with py-spy while it drains the backlog "
                                                      "(raw stacks into PATH; docs/scaling.md reads them)")
     b.set_defaults(func=run)
