@@ -17,7 +17,7 @@ accuracy (what the worker reports) is checked too, more loosely: a control
 slice of a few hundred items scatters by about 2 points around the models'
 difference. Measured (6,000 events, this test's settings, a quiet machine),
 live minus offline: on the unseen rows +0.9, +0.4, +0.9 and +0.8 points (seeds
-2-5; reported control accuracies +0.2, +2.8, +3.5, +2.6 on 469-491 control
+2-5; reported control accuracies -0.2, +2.8, +3.5, +2.6 on 469-491 control
 items); on all 5,300 rows -0.7, 0.0, +0.5 and +0.2 (seeds 1-4; reported 0.0,
 +3.7, +1.4, +0.2 on 464-516 items). At a 10% budget and 40% control (about
 230 control items) the models differed by up to 1.9 points and the reported
