@@ -18,8 +18,8 @@ slice of a few hundred items scatters by about 2 points around the models'
 difference. Measured (6,000 events, this test's settings, a quiet machine),
 live minus offline: on the unseen rows +0.9, +0.4, +0.9 and +0.8 points (seeds
 2-5; reported control accuracies -0.2, +2.8, +3.5, +2.6 on 469-491 control
-items); on all 5,300 rows -0.7, 0.0, +0.5 and +0.2 (seeds 1-4; reported 0.0,
-+3.7, +1.4, +0.2 on 464-516 items). At a 10% budget and 40% control (about
+items); on all 5,300 rows -0.7, +0.5, +0.2 and 0.0 (seeds 1-4; reported 0.0,
++1.4, +0.2, +3.7 on 464-516 items). At a 10% budget and 40% control (about
 230 control items) the models differed by up to 1.9 points and the reported
 figures by up to 5.2 (-4.0 in one CI run), which is why this test buys more
 labels than the demo does.
