@@ -419,6 +419,27 @@ def worker_throughput(settings: Settings, backlog: list[bytes], run_dir: Path, p
     return out
 
 
+def _read_back(settings: Settings, topic: str, group: str, accept: tuple[str, ...]):
+    """``(message, record)`` of every message on ``topic`` that decodes as one of ``accept``, read from
+    the start by a group of its own until the topic has been quiet for 3 s; others are not this run's."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-{group}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([settings.topic(topic)])
+    idle = 0
+    try:
+        while idle < 3:
+            messages = consumer.consume(1000, timeout=1.0)
+            idle = 0 if messages else idle + 1
+            for message in messages:
+                try:
+                    _, record = codec.decode(message.value(), accept, check=False)
+                except codec.DecodeError:
+                    continue
+                yield message, record
+    finally:
+        consumer.close()
+
+
 def latency(settings: Settings, rate: float, seconds: float, batch_size: int, process, form: str = "columns") -> dict:
     """Event-to-task latency at a steady ``rate`` through the running worker ``process``."""
     producer = Producer({**settings.kafka_config(), "linger.ms": 1})
@@ -437,24 +458,11 @@ def latency(settings: Settings, rate: float, seconds: float, batch_size: int, pr
     producer.flush(30)
     window = (first, int(time.time() * 1000))
     worker.wait_drained(settings, process, timeout=120, settle=0.5)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-latency",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([settings.topic("labeling.tasks")])
-    values, times, idle = [], {}, 0
-    try:
-        while idle < 3:
-            messages = consumer.consume(1000, timeout=1.0)
-            idle = 0 if messages else idle + 1
-            for message in messages:
-                try:
-                    _, task = codec.decode(message.value(), ("LabelingTask",), check=False)
-                except codec.DecodeError:
-                    continue  # not a task of this run's schema: not ours to time
-                if task["event_id"].startswith("lat-7-"):
-                    values.append(task["created_ts"] - task["source_ts"])
-                    times[task["event_id"]] = (task["source_ts"], task["created_ts"], message.timestamp()[1])
-    finally:
-        consumer.close()
+    values, times = [], {}
+    for message, task in _read_back(settings, "labeling.tasks", "latency", ("LabelingTask",)):
+        if task["event_id"].startswith("lat-7-"):
+            values.append(task["created_ts"] - task["source_ts"])
+            times[task["event_id"]] = (task["source_ts"], task["created_ts"], message.timestamp()[1])
     return {"rate": round(rate), "batch_size": batch_size, "ms": _percentiles(values), "window_ms": window,
             "_times": times}
 
@@ -474,25 +482,10 @@ def event_to_task_stages(settings: Settings, dsn: str, times: dict, window: tupl
     publishes) beside its agents' batches: count, total and longest seconds."""
     scored = dict(_query(dsn, "SELECT event_id, toUnixTimestamp64Milli(scored_at) FROM predictions FINAL "
                               "WHERE startsWith(event_id, 'lat-7-')"))
-    hop = {}
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-stages",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([settings.topic("labeling.candidates")])
-    idle = 0
-    try:
-        while idle < 3:
-            messages = consumer.consume(1000, timeout=1.0)
-            idle = 0 if messages else idle + 1
-            for message in messages:
-                try:
-                    _, record = codec.decode(message.value(), ("CandidateColumns", "CandidateBatch"), check=False)
-                except codec.DecodeError:
-                    continue
-                for c in candidates_of(record):
-                    if c["event_id"].startswith("lat-7-"):
-                        hop[c["event_id"]] = message.timestamp()[1]
-    finally:
-        consumer.close()
+    hop = {c["event_id"]: message.timestamp()[1]
+           for message, record in _read_back(settings, "labeling.candidates", "stages",
+                                             ("CandidateColumns", "CandidateBatch"))
+           for c in candidates_of(record) if c["event_id"].startswith("lat-7-")}
     return {**stage_times(times, scored, hop), "agents": agent_waits(dsn, window)}
 
 
