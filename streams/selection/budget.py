@@ -116,13 +116,11 @@ class Budget:
     @property
     def pace(self) -> float:
         """Factor on selection probabilities that brings the spend back on schedule."""
-        ahead = self.total_bought - self.fraction * self.total_seen  # self.ahead, asked once per event
-        return 2.0 ** max(-4.0, min(4.0, -ahead / self.stiffness))
+        return 2.0 ** max(-4.0, min(4.0, -self.ahead / self.stiffness))
 
     def allows(self, now_ms: int) -> bool:
         """True if the caps have room and the spend is not too far ahead of schedule."""
-        ahead = self.total_bought - self.fraction * self.total_seen  # self.ahead, asked once per event
-        return ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
+        return self.ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
 
     def observe(self, bought: bool) -> None:
         """Count one item of the stream, bought or not, in the realised spend."""
@@ -205,11 +203,7 @@ class VariableThreshold:
         self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
 
     def probability(self, score: float, rate: float | None = None) -> float:
-        """The selection probability of ``score``, then adapt to it: :meth:`peek`, then :meth:`update`
-        (written out once more: the policy asks it twice an event)."""
-        p = 0.5 * math.erfc(-((max(score, 0.0) / self.threshold - 1.0) / self.spread) / _SQRT2)
-        target = self.rate if rate is None else rate
-        if target > 0.0:
-            change = self.step * (p - target) / max(target, 0.02)
-            self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
+        """The selection probability of ``score``, then adapt to it."""
+        p = self.peek(score)
+        self.update(p, rate)
         return p
