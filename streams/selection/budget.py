@@ -7,10 +7,10 @@ Drifting Streaming Data", IEEE TNNLS 25(1), 2014):
 * :class:`Budget` owns the global spend. Hard caps count labels per calendar
   hour, day and week of event time. The spend is *paced*: the number of labels
   bought is kept close to ``fraction`` times the items seen, so labels are spread
-  over the stream instead of spent on its first items. ``pace`` is the factor by
-  which selection probabilities are scaled to catch up (behind schedule) or hold
-  back (ahead of it), and :meth:`Budget.allows` refuses labels more than
-  ``burst`` ahead of schedule. The realised spend is also estimated over a
+  over the stream instead of spent on its first items. :meth:`Budget.pacing` gives
+  the factor by which selection probabilities are scaled to catch up (behind
+  schedule) or hold back (ahead of it), and refuses labels more than ``burst``
+  ahead of schedule. The realised spend is also estimated over a
   window of ``window`` items, as in the paper (``u = λu + bought``).
 * :class:`VariableThreshold` turns a score (higher: more worth a label) into a
   selection probability for one reason, with the paper's randomised variable
@@ -43,11 +43,6 @@ WEEK_MS = 7 * DAY_MS
 
 
 _SQRT2 = math.sqrt(2.0)
-
-
-def normal_cdf(z: float) -> float:
-    """The standard normal distribution function."""
-    return 0.5 * math.erfc(-z / _SQRT2)
 
 
 class Budget:
@@ -113,14 +108,20 @@ class Budget:
         """Labels bought beyond the schedule (negative: behind it)."""
         return self.total_bought - self.fraction * self.total_seen
 
-    @property
-    def pace(self) -> float:
-        """Factor on selection probabilities that brings the spend back on schedule."""
-        return 2.0 ** max(-4.0, min(4.0, -self.ahead / self.stiffness))
+    def pacing(self, now_ms: int) -> tuple[float, bool]:
+        """``(pace, allowed)``: the factor on selection probabilities that brings the spend back
+        on schedule, and whether a label may be bought at ``now_ms`` (the caps have room and the
+        spend is not too far ahead of schedule). One call for both: the policy asks for every item.
 
-    def allows(self, now_ms: int) -> bool:
-        """True if the caps have room and the spend is not too far ahead of schedule."""
-        return self.ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
+        >>> b = Budget(fraction=0.5, burst=1.0)
+        >>> b.pacing(0)
+        (1.0, True)
+        >>> b.spend(0); b.spend(0); b.pacing(0)
+        (0.25, False)
+        """
+        ahead = self.ahead
+        pace = 2.0 ** max(-4.0, min(4.0, -ahead / self.stiffness))
+        return pace, ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
 
     def observe(self, bought: bool) -> None:
         """Count one item of the stream, bought or not, in the realised spend."""
@@ -190,20 +191,12 @@ class VariableThreshold:
         self.step = step
         self.threshold = threshold
 
-    def peek(self, score: float) -> float:
-        """Selection probability of ``score`` under the current threshold."""
-        return normal_cdf((max(score, 0.0) / self.threshold - 1.0) / self.spread)
-
-    def update(self, p: float, rate: float | None = None) -> None:
-        """Adapt the threshold after an item whose probability was ``p``."""
-        target = self.rate if rate is None else rate
-        if target <= 0.0:
-            return
-        change = self.step * (p - target) / max(target, 0.02)
-        self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
-
     def probability(self, score: float, rate: float | None = None) -> float:
-        """The selection probability of ``score``, then adapt to it."""
-        p = self.peek(score)
-        self.update(p, rate)
+        """The selection probability of ``score`` under the current threshold, ``Φ((s/θ - 1)/δ)``;
+        then ``θ`` adapts to it, towards ``rate`` (the threshold's own by default; none at 0)."""
+        p = 0.5 * math.erfc(-((max(score, 0.0) / self.threshold - 1.0) / self.spread) / _SQRT2)
+        target = self.rate if rate is None else rate
+        if target > 0.0:
+            change = self.step * (p - target) / max(target, 0.02)
+            self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
         return p

@@ -255,8 +255,14 @@ class Nearest:
             self._best = self._products[:n].min(0)
         else:
             self._products, self._best = None, np.full(q.shape[0], np.inf, dtype=np.float32)
+        self._nearest = self._best.tolist()  # as floats, read once a row (until a center is added)
+        # |v|^2 of every row: vecdot runs the dot distance runs (v @ v), row by row, bit for bit
+        rows = sketches[:, :w]
+        self._norms = (np.vecdot(rows, rows).tolist() if hasattr(np, "vecdot")  # numpy 2
+                       else [float(v @ v) for v in rows])
         self._added = np.full(m, np.inf, dtype=np.float32)  # the nearest of the centers added since the start
         self._stale = np.zeros(m, dtype=bool)  # rows whose nearest center at the start has left the ring
+        self._moved = False  # whether a center was added since the start (then _added and _stale count)
 
     def _add(self, k: int, i: int) -> None:
         """The center added ``k``-th, for rows ``i`` on: the products distance would take for it."""
@@ -271,6 +277,7 @@ class Nearest:
         start = min(i, self._q.shape[1] - 2)  # two columns at least
         values = novelty.products(self._q[:, start:], slice(first, last))[row - first, i - start:self.m - start]
         np.minimum(self._added[i:], values, out=self._added[i:])
+        self._moved = True
 
     def distance(self, i: int, v: np.ndarray) -> float:
         """:meth:`Novelty.distance` of row ``i`` (its sketch ``v``), the centers as they are now."""
@@ -281,9 +288,11 @@ class Nearest:
         for k in range(self._seen, count):
             self._add(k, i)
         self._seen = count
-        if self._stale[i]:
-            return novelty.distance(v)
-        if not len(novelty):
+        nearest = self._nearest[i]
+        if self._moved:
+            if self._stale[i]:
+                return novelty.distance(v)
+            nearest = min(nearest, float(self._added[i]))
+        if not count:
             return math.inf
-        w = self.width
-        return math.sqrt(max(0.0, min(float(self._best[i]), float(self._added[i])) + float(v[:w] @ v[:w])))
+        return math.sqrt(max(0.0, nearest + self._norms[i]))

@@ -79,7 +79,7 @@ def normalize_mix(mix: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in out.items()}
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """A routing decision for one input event.
 
@@ -218,12 +218,6 @@ class Policy:
         share = (self.label_counts.get(label, 0) + 1.0) / (total + k)
         return max(0.0, 1.0 - k * share)
 
-    def _score(self, signals: dict[str, float]) -> float | None:
-        if self.uncertainty == "margin":
-            value = signals.get("shadow_margin", signals.get("margin"))
-            return None if value is None else 1.0 - value
-        return signals.get(self.uncertainty)
-
     # -- decisions ------------------------------------------------------------
 
     def decide(self, kind: str, signals: dict[str, float], now_ms: int, draw: float | None = None,
@@ -239,19 +233,19 @@ class Policy:
             draw = self.rng.random()
         if kind in ERROR_KINDS:
             return self._failure(kind, signals, now_ms, draw)
-        return self._prediction(signals, now_ms, draw, x, label)
+        return self._predictions([signals], [now_ms], [draw], [x], [label])[0]
 
     def decide_many(self, kinds: list[str], signals: list[dict[str, float]], now_ms: list[int],
                     draws: list[float] | None = None, xs: list[dict[str, float] | None] | None = None,
                     labels: list[str | None] | None = None) -> list[Decision]:
         """:meth:`decide` of each event in order (a message at a time): the same decisions and
-        the same state after, with the per-event work that does not hang on earlier decisions
-        done for the whole message at once: the novelty sketches (:meth:`Sketch.update_many
-        <streams.selection.diversity.Sketch.update_many>`, bit for bit) and the distances to the
-        nearest centers (:meth:`Novelty.nearest <streams.selection.diversity.Novelty.nearest>`,
-        one matrix product; equal to float32 precision, see there, so a probability that hangs on a
-        distance may differ in its sixth digit). The thresholds, the pacing,
-        the budget and the centers added on selection go event by event, as in :meth:`decide`.
+        the same state after, bit for bit, with the per-event work that does not hang on earlier
+        decisions done for the whole message at once: the novelty sketches (:meth:`Sketch.update_many
+        <streams.selection.diversity.Sketch.update_many>`) and the distances to the nearest centers
+        (:meth:`Novelty.nearest <streams.selection.diversity.Novelty.nearest>`, one matrix product).
+        The thresholds, the pacing, the budget and the centers added on selection go event by event,
+        through the one body :meth:`decide` uses too (:meth:`_predictions`, a run of predictions
+        between two failures at a time).
 
         >>> from streams.selection.budget import Budget
         >>> one, many = Policy(Budget(fraction=0.2), seed=1), Policy(Budget(fraction=0.2), seed=1)
@@ -264,25 +258,30 @@ class Policy:
         (True, True)
         """
         n = len(kinds)
-        draws = draws if draws is not None else [None] * n
+        rng = self.rng  # drawn in the events' order, as decide draws them: nothing else draws meanwhile
+        draws = [rng.random() for _ in range(n)] if draws is None else \
+            [rng.random() if d is None else d for d in draws]
         xs = xs if xs is not None else [None] * n
         labels = labels if labels is not None else [None] * n
         at = [i for i, (kind, x) in enumerate(zip(kinds, xs)) if kind not in ERROR_KINDS and x is not None]
         sketches = self.novelty.sketch.update_many([xs[i] for i in at]) if len(at) > 1 else None
         nearest = self.novelty.nearest(sketches) if sketches is not None else None
-        row = dict(zip(at, range(len(at)))) if sketches is not None else {}
-        out = []
-        for i, kind in enumerate(kinds):
-            draw = draws[i]
-            if draw is None:
-                draw = self.rng.random()
-            if kind in ERROR_KINDS:
-                out.append(self._failure(kind, signals[i], now_ms[i], draw))
-            elif i in row:
-                j = row[i]
-                out.append(self._prediction(signals[i], now_ms[i], draw, xs[i], labels[i], sketches[j], nearest, j))
-            else:
-                out.append(self._prediction(signals[i], now_ms[i], draw, xs[i], labels[i]))
+        rows = None
+        if sketches is not None:
+            rows = [None] * n
+            for j, i in enumerate(at):
+                rows[i] = j
+        failures = [i for i, kind in enumerate(kinds) if kind in ERROR_KINDS]
+        if not failures:
+            return self._predictions(signals, now_ms, draws, xs, labels, sketches, nearest, rows)
+        out, start = [], 0
+        for i in failures + [n]:
+            if start < i:
+                out += self._predictions(signals[start:i], now_ms[start:i], draws[start:i], xs[start:i],
+                                         labels[start:i], sketches, nearest, rows and rows[start:i])
+            if i < n:
+                out.append(self._failure(kinds[i], signals[i], now_ms[i], draws[i]))
+            start = i + 1
         return out
 
     def _failure(self, kind: str, signals: dict[str, float], now_ms: int, draw: float) -> Decision:
@@ -299,93 +298,124 @@ class Policy:
         self.selected[kind] += 1
         return Decision(True, [kind], p, 1.0 + signals.get("uncertainty", 0.0), {kind: p})
 
-    def _prediction(self, signals, now_ms, draw, x, label, sketch=None, nearest=None, row=0) -> Decision:
-        """One prediction's decision; ``sketch`` (of ``x``, learned already) and ``nearest`` (its
-        message's :class:`~streams.selection.diversity.Nearest`, ``row`` its place there) from
-        :meth:`decide_many`."""
-        decay = self._failure_decay
-        self._failure_rate *= decay
-        self._failure_weight = decay * self._failure_weight + 1.0 - decay
-        self.drift.tick()
-        score = self._score(signals)
-        shares = self.shares(cold=score is None)
-        share_u, share_d, share_f, share_c = shares["uncertain"], shares["diverse"], shares["failure"], shares["control"]
-        novelty = self.novelty
-        if sketch is None and x is not None:
-            sketch = novelty.sketch.update(x)
-        has_text = novelty.sketch.has_text
-        # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
-        if share_d and (x is None or (has_text and not self.text_diverse)):
-            if score is not None:
-                share_u += share_d
+    def _predictions(self, signals, now_ms, draws, xs, labels, sketches=None, nearest=None, rows=None):
+        """The decisions of a run of predictions, in order: the one decision body. ``sketches`` (of
+        ``xs``, learned already) and ``nearest`` (their :class:`~streams.selection.diversity.Nearest`)
+        from :meth:`decide_many`, ``rows`` each item's row there (None: sketched here, in turn).
+
+        What does not change within a run is looked up once: the shares (they hang only on the mix,
+        a cold item and the drift boost), each label's rarity (labels come in between messages) and
+        the control rate of a share (until a control item is selected)."""
+        novelty, budget, drift, density = self.novelty, self.budget, self.drift, self.density
+        sketcher, text_diverse, warmup, density_weight = novelty.sketch, self.text_diverse, self.warmup, \
+            self.density_weight
+        by_u, by_d = self.thresholds["uncertain"].probability, self.thresholds["diverse"].probability
+        margin, name = self.uncertainty == "margin", self.uncertainty
+        decay, b = self._failure_decay, budget.fraction
+        failure_rate, failure_weight = self._failure_rate, self._failure_weight
+        shares, rarity, controls = {}, {}, {}  # control rates by share: until a control item is selected
+        out = []
+        for i, signal in enumerate(signals):
+            failure_rate *= decay
+            failure_weight = decay * failure_weight + 1.0 - decay
+            drift.tick()
+            if margin:
+                score = signal.get("shadow_margin", signal.get("margin"))
+                score = None if score is None else 1.0 - score
             else:
-                share_c += share_d
-            share_d = 0.0
-        budget = self.budget
-        b = budget.fraction
-        pace = budget.pace
-        c = self._control_rate(share_c)
-        failures = min(self._failure_rate / self._failure_weight, b * share_f)
-        elastic = max(0.0, b - c - failures)
-        weight = share_u + share_d
-        if not weight:
-            c = min(1.0, c * pace)
+                score = signal.get(name)
+            key = (score is None, drift.boost)
+            share = shares.get(key)
+            if share is None:
+                s = self.shares(cold=score is None)
+                share = shares[key] = (s["uncertain"], s["diverse"], s["failure"], s["control"])
+            share_u, share_d, share_f, share_c = share
+            x = xs[i]
+            row = None if rows is None else rows[i]
+            sketch = sketches[row] if row is not None else (sketcher.update(x) if x is not None else None)
+            has_text = sketcher.has_text
+            # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
+            if share_d and (x is None or (has_text and not text_diverse)):
+                if score is not None:
+                    share_u += share_d
+                else:
+                    share_c += share_d
+                share_d = 0.0
+            now = now_ms[i]
+            pace, allowed = budget.pacing(now)
+            c = controls.get(share_c)
+            if c is None:
+                c = controls[share_c] = self._control_rate(share_c)
+            failures = min(failure_rate / failure_weight, b * share_f)
+            elastic = max(0.0, b - c - failures)
+            weight = share_u + share_d
+            if not weight:
+                c = min(1.0, c * pace)
 
-        p_u = p_d = 0.0
-        rare = 0.0
-        dense = self.density_weight if self.density_weight is not None else float(has_text)
-        if dense and sketch is not None and score is not None:
-            score *= self.density.update(sketch) ** dense
-        if share_u > 0.0 and score is not None:
-            rare = self.rare_boost * self.rarity(label)
-            target = elastic * share_u / weight
-            p_u = self.thresholds["uncertain"].probability(score + rare, target)
-            if self.warmup:
-                warm = self.warmed
-                if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
-                    p_u = warm * p_u + (1.0 - warm) * target
-            p_u = min(1.0, pace * p_u)
-        if share_d > 0.0 and sketch is not None:
-            target = elastic * share_d / weight
-            distance = novelty.distance(sketch) if nearest is None else nearest.distance(row, sketch)
-            p_d = 1.0 if distance == math.inf else min(
-                1.0, pace * self.thresholds["diverse"].probability(distance, target))
-        p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)
-        probability = c + (1.0 - c) * p_elastic
-        if not budget.allows(now_ms):
-            budget.observe(False)
-            return Decision(False, [], 0.0, 0.0, {"control": 0.0, "uncertain": 0.0, "diverse": 0.0})
-        parts = {"control": c, "uncertain": p_u, "diverse": p_d}
-        if not (draw < c or draw < probability):  # not selected (the usual case)
-            budget.observe(False)
-            return Decision(False, [], probability, 0.0, parts)
+            p_u = p_d = 0.0
+            rare = 0.0
+            dense = density_weight if density_weight is not None else float(has_text)
+            if dense and sketch is not None and score is not None:
+                score *= density.update(sketch) ** dense
+            if share_u > 0.0 and score is not None:
+                label = labels[i]
+                rare = rarity.get(label)
+                if rare is None:
+                    rare = rarity[label] = self.rare_boost * self.rarity(label)
+                target = elastic * share_u / weight
+                p_u = by_u(score + rare, target)
+                if warmup:
+                    warm = self.warmed
+                    if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
+                        p_u = warm * p_u + (1.0 - warm) * target
+                p_u = min(1.0, pace * p_u)
+            if share_d > 0.0 and sketch is not None:
+                target = elastic * share_d / weight
+                distance = novelty.distance(sketch) if row is None else nearest.distance(row, sketch)
+                p_d = 1.0 if distance == math.inf else min(1.0, pace * by_d(distance, target))
+            p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)
+            probability = c + (1.0 - c) * p_elastic
+            if not allowed:
+                budget.observe(False)
+                out.append(Decision(False, [], 0.0, 0.0, {"control": 0.0, "uncertain": 0.0, "diverse": 0.0}))
+                continue
+            parts = {"control": c, "uncertain": p_u, "diverse": p_d}
+            draw = draws[i]
+            if not (draw < c or draw < probability):  # not selected (the usual case)
+                budget.observe(False)
+                out.append(Decision(False, [], probability, 0.0, parts))
+                continue
 
-        if draw < c:
-            reasons = ["control"]
-        else:
-            u = (draw - c) / (1.0 - c)
-            reasons = ["uncertain" if u < p_u else "diverse"]
-            if reasons[0] == "uncertain":
-                if rare > 0.0 and score is not None and rare >= score:
-                    reasons.append("rare")
-                if signals.get("label_disagreement", 0.0) >= 1.0:
-                    reasons.append("disagreement")
-            if self.drift.boost != 1.0:
-                reasons.append("drift")
-        budget.observe(True)
-        budget.spend(now_ms)
-        reason = reasons[0]
-        self.selected[reason] += 1
-        self.control_selected += reason == "control"
-        if sketch is not None:
-            novelty.add(sketch)
-        if reason == "control":
-            priority = 0.5
-        elif reason == "uncertain":
-            priority = min(1.0, (score or 0.0) + rare)
-        else:
-            priority = 0.5 * p_d + 0.25
-        return Decision(True, reasons, probability, priority, parts)
+            if draw < c:
+                reasons = ["control"]
+            else:
+                u = (draw - c) / (1.0 - c)
+                reasons = ["uncertain" if u < p_u else "diverse"]
+                if reasons[0] == "uncertain":
+                    if rare > 0.0 and score is not None and rare >= score:
+                        reasons.append("rare")
+                    if signal.get("label_disagreement", 0.0) >= 1.0:
+                        reasons.append("disagreement")
+                if drift.boost != 1.0:
+                    reasons.append("drift")
+            budget.observe(True)
+            budget.spend(now)
+            reason = reasons[0]
+            self.selected[reason] += 1
+            if reason == "control":
+                self.control_selected += 1
+                controls.clear()
+            if sketch is not None:
+                novelty.add(sketch)
+            if reason == "control":
+                priority = 0.5
+            elif reason == "uncertain":
+                priority = min(1.0, (score or 0.0) + rare)
+            else:
+                priority = 0.5 * p_d + 0.25
+            out.append(Decision(True, reasons, probability, priority, parts))
+        self._failure_rate, self._failure_weight = failure_rate, failure_weight
+        return out
 
     # -- feedback -----------------------------------------------------------
 
