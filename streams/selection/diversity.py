@@ -221,9 +221,9 @@ class Nearest:
     One matrix product gives every row's products with the centers present at the start; a
     center added since (:meth:`Novelty.add`, between two rows) is one small product (its aligned
     block of 64 ring rows) with the rows still to come, and a row whose nearest center was
-    overwritten in the ring is measured again in full. The entries are those
-    :meth:`Novelty.distance` computes, summed in the same order (see :meth:`Novelty.products`),
-    so the distances are the same bit for bit.
+    overwritten in the ring takes the nearest of the start's centers still there from the same
+    product. The entries are those :meth:`Novelty.distance` computes, summed in the same order
+    (see :meth:`Novelty.products`), so the distances are the same bit for bit.
 
     >>> novelty = Novelty(Sketch(dims=3))
     >>> rng = np.random.default_rng(0)
@@ -263,6 +263,7 @@ class Nearest:
         self._added = np.full(m, np.inf, dtype=np.float32)  # the nearest of the centers added since the start
         self._stale = np.zeros(m, dtype=bool)  # rows whose nearest center at the start has left the ring
         self._moved = False  # whether a center was added since the start (then _added and _stale count)
+        self._gone: list[int] = []  # ring rows of the start's centers overwritten since
 
     def _add(self, k: int, i: int) -> None:
         """The center added ``k``-th, for rows ``i`` on: the products distance would take for it."""
@@ -270,6 +271,7 @@ class Nearest:
         row = k % novelty.memory
         if k >= novelty.memory and row < self._n:  # a center of the start leaves the ring
             self._stale[i:] |= self._products[row, i:self.m] == self._best[i:self.m]
+            self._gone.append(row)
         first = row - row % block
         last = min(first + block, novelty.memory)
         if last - first < 2:  # a lone last row: with the block before it, as the whole ring has it
@@ -290,8 +292,10 @@ class Nearest:
         self._seen = count
         nearest = self._nearest[i]
         if self._moved:
-            if self._stale[i]:
-                return novelty.distance(v)
+            if self._stale[i]:  # its nearest center left: the nearest of the start's centers still there
+                column = self._products[:self._n, i].copy()
+                column[self._gone] = np.inf
+                nearest = float(column.min())
             nearest = min(nearest, float(self._added[i]))
         if not count:
             return math.inf

@@ -160,7 +160,7 @@ class Policy:
         self.text_diverse = text_diverse
         self.density_weight = density
         self.density = Density()
-        self.novelty = novelty or Novelty()
+        self.novelty = novelty if novelty is not None else Novelty()  # an empty one is falsy (len 0)
         self.drift = drift or DriftMonitor()
         self.rng = random.Random(seed)
         self.thresholds = {"uncertain": VariableThreshold(0.0, spread, step),
