@@ -38,6 +38,21 @@ class Recent(OrderedDict):
         if len(self) > self.limit:
             self.popitem(last=False)
 
+    def set_many(self, pairs) -> None:
+        """``self[key] = value`` of each ``(key, value)`` in order (a message's at once).
+
+        >>> memory = Recent(limit=2)
+        >>> memory.set_many([("a", 1), ("b", 2), ("a", 3), ("c", 4)])
+        >>> list(memory.items())
+        [('a', 3), ('c', 4)]
+        """
+        setitem, newest = OrderedDict.__setitem__, self.move_to_end
+        for key, value in pairs:
+            setitem(self, key, value)
+            newest(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
     def add(self, key) -> bool:
         """Remember ``key``; False if it is remembered already."""
         if key in self:

@@ -193,18 +193,18 @@ class Scorer:
         shadow_labels = ([shadow_classes[by_label[j]] for j in votes[:, by_label].argmax(1).tolist()]
                          if shadow_classes else [None] * n)
         contexts = record["context"] or [{}] * n
-        recent, version, out = self._recent, model.version, []
-        for i, (event_id, item_id, ts, model_name, model_version, predicted, context, shadow_label, s) in enumerate(
-                zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
-                    record["model_version"], record["predicted_label"], contexts, shadow_labels, scored)):
-            features = dict(zip(names, x[i * f:i * f + f]))
-            c = candidate(event_id=event_id, item_id=item_id, ts=ts, kind="prediction", model_name=model_name,
-                          model_version=model_version, predicted_label=predicted,
-                          probabilities=dict(zip(classes, p[i * k:i * k + k])), features=features, text=None,
-                          context=dict(context), shadow_label=shadow_label, shadow_version=version, signals=s,
-                          user_label=None, note=None, scored_ts=now_ms, x=features)
-            recent[item_id] = c
-            out.append(c)
+        version, out = model.version, []
+        rows_x, rows_p = zip(*[iter(x)] * f), zip(*[iter(p)] * k) if k else [()] * n  # each item's, in turn
+        for event_id, item_id, ts, model_name, model_version, predicted, context, shadow_label, s, xi, pi in zip(
+                record["event_id"], record["item_id"], record["ts"], record["model_name"], record["model_version"],
+                record["predicted_label"], contexts, shadow_labels, scored, rows_x, rows_p):
+            features = dict(zip(names, xi))
+            out.append(candidate(event_id=event_id, item_id=item_id, ts=ts, kind="prediction", model_name=model_name,
+                                 model_version=model_version, predicted_label=predicted,
+                                 probabilities=dict(zip(classes, pi)), features=features, text=None,
+                                 context=dict(context), shadow_label=shadow_label, shadow_version=version,
+                                 signals=s, user_label=None, note=None, scored_ts=now_ms, x=features))
+        self._recent.set_many(zip(record["item_id"], out))
         return out
 
     # -- multi-label: probabilities are per class, P(in the set) (streams.learning.one_vs_rest) --------------

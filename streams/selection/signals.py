@@ -208,20 +208,21 @@ def score_matrix(P, Q, n_classes, has) -> list[dict[str, float]]:
 
     lc, m, e = measures(P)
     uncertainty = 1.0 - m
-    out = [{"least_confidence": a, "margin": b, "entropy": c} for a, b, c in zip(lc.tolist(), m.tolist(), e.tolist())]
-    if has.any():
-        slc, sm, se = measures(Q)
-        dis = 0.5 * np.abs(P - Q).sum(1)
-        label_dis = (P.argmax(1) != Q.argmax(1)).astype(float)
-        uncertainty = np.where(has, np.maximum(0.5 * (uncertainty + 1.0 - sm), dis), uncertainty)
-        names = ("shadow_least_confidence", "shadow_margin", "shadow_entropy", "disagreement", "label_disagreement")
-        if has.all():
-            for row, values in zip(out, zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
-                row.update(zip(names, values))
-        else:
-            for row, values in enumerate(zip(slc.tolist(), sm.tolist(), se.tolist(), dis.tolist(), label_dis.tolist())):
-                if has[row]:
-                    out[row].update(zip(names, values))
-    for row, u in zip(out, uncertainty.tolist()):
-        row["uncertainty"] = u
-    return out
+    if not has.any():
+        return [{"least_confidence": a, "margin": b, "entropy": c, "uncertainty": u}
+                for a, b, c, u in zip(lc.tolist(), m.tolist(), e.tolist(), uncertainty.tolist())]
+    slc, sm, se = measures(Q)
+    dis = 0.5 * np.abs(P - Q).sum(1)
+    label_dis = (P.argmax(1) != Q.argmax(1)).astype(float)
+    uncertainty = np.where(has, np.maximum(0.5 * (uncertainty + 1.0 - sm), dis), uncertainty)
+    # a row's keys in the order score gives them; a row without shadow probabilities has none of the shadow's
+    columns = [lc, m, e, slc, sm, se, dis, label_dis, uncertainty]
+    if has.all():
+        return [dict(zip(_NAMES, values)) for values in zip(*(c.tolist() for c in columns))]
+    return [dict(zip(_NAMES, values)) if with_shadow else dict(zip(_NAMES[:3] + _NAMES[-1:], values[:3] + values[-1:]))
+            for values, with_shadow in zip(zip(*(c.tolist() for c in columns)), has.tolist())]
+
+
+#: The signals :func:`score_matrix` gives an item with shadow probabilities, in :func:`score`'s order.
+_NAMES = ("least_confidence", "margin", "entropy", "shadow_least_confidence", "shadow_margin", "shadow_entropy",
+          "disagreement", "label_disagreement", "uncertainty")
