@@ -226,6 +226,15 @@ class ClickHouseSink:
         written as it is. The row is kept as given until it is flushed: don't
         change it meanwhile.
         """
+        row = self._admitted(table, row, project)
+        if row is None:
+            return False
+        with self._swap_lock:
+            self._buffers[table].append(row)
+        return True
+
+    def _admitted(self, table: str, row: Mapping, project: bool) -> Mapping | None:
+        """``row`` as :meth:`add` buffers it (projected, times in ticks), None if its key was seen."""
         columns = self._columns.get(table)
         if columns is None:
             if table not in self.keys:
@@ -252,14 +261,49 @@ class ClickHouseSink:
             raise ValueError(f"a {table} row needs its key column {exc.args[0]!r}") from None
         if not self._seen[table].add(key):
             self.skipped += 1
-            return False
-        with self._swap_lock:
-            self._buffers[table].append(row)
-        return True
+            return None
+        return row
 
-    def add_many(self, table: str, rows: Iterable[Mapping]) -> int:
-        """:meth:`add` each row; the number buffered."""
-        return sum(self.add(table, row) for row in rows)
+    def add_many(self, table: str, rows: Iterable[Mapping], project: bool = False) -> int:
+        """:meth:`add` each row of ``table``; the number buffered.
+
+        The same checks as :meth:`add`, made once for the batch where they can be
+        (the table's columns and times looked up once, one lock for the buffer):
+        half the cost of adding the rows one by one, for a scorer's message of rows.
+        """
+        columns = self._columns.get(table)
+        if columns is None:
+            if table not in self.keys:
+                raise ValueError(f"unknown table {table!r}; the sink writes {', '.join(self.keys)}")
+            columns = self._describe(table)
+        names, times, key_columns = columns.keys(), self._times[table], self.keys[table]
+        fast = [c for c, p in times.items() if p == 3]  # epoch millis go as they are into DateTime64(3)
+        slow = [c for c, p in times.items() if p != 3]
+        one_key = key_columns[0] if len(key_columns) == 1 else None
+        new, kept = self._seen[table].add, []
+        try:
+            for row in rows:
+                if names >= row.keys() and not slow:
+                    for column in fast:
+                        if type(row.get(column, 0)) is not int:
+                            break
+                    else:  # the usual row: stored as it is
+                        try:
+                            key = row[one_key] if one_key is not None else tuple(row[c] for c in key_columns)
+                        except KeyError as exc:
+                            raise ValueError(f"a {table} row needs its key column {exc.args[0]!r}") from None
+                        if new(key):
+                            kept.append(row)
+                        else:
+                            self.skipped += 1
+                        continue
+                row = self._admitted(table, row, project)  # projected or converted, as add does
+                if row is not None:
+                    kept.append(row)
+        finally:  # the rows before one that raised are buffered, as one add at a time would have
+            with self._swap_lock:
+                self._buffers[table].extend(kept)
+        return len(kept)
 
     def remembers(self, table: str, key) -> bool:
         """True if a row with ``key`` was added recently, or written before a restart

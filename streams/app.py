@@ -43,6 +43,8 @@ import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 import faust
@@ -389,8 +391,10 @@ class Runtime:
         self.add_rows(effects.rows)
 
     def add_rows(self, rows) -> None:
-        for table, row in rows:
-            self.sink.add(table, row, project=True)
+        """Buffer ``(table, row)`` pairs in the sink, each run of one table's rows in one
+        :meth:`~dashboards.sink.ClickHouseSink.add_many` (a scorer's message: two runs)."""
+        for table, run in groupby(rows, key=itemgetter(0)):
+            self.sink.add_many(table, map(itemgetter(1), run), project=True)
 
     async def encode_candidates(self, candidates: list[dict], sources: list) -> list[bytes]:
         """``CandidateColumns`` messages for ``candidates``; should one fail to encode,
