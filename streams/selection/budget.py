@@ -120,8 +120,10 @@ class Budget:
         (0.25, False)
         """
         ahead = self.ahead
-        pace = 2.0 ** max(-4.0, min(4.0, -ahead / self.stiffness))
-        return pace, ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
+        z = -ahead / self.stiffness
+        z = z if z < 4.0 else 4.0  # min(4.0, z), max(-4.0, z): see VariableThreshold.probability
+        z = z if z > -4.0 else -4.0
+        return 2.0 ** z, ahead + 1.0 <= self.burst + self.fraction and self.has_room(now_ms)
 
     def observe(self, bought: bool) -> None:
         """Count one item of the stream, bought or not, in the realised spend."""
@@ -194,9 +196,13 @@ class VariableThreshold:
     def probability(self, score: float, rate: float | None = None) -> float:
         """The selection probability of ``score`` under the current threshold, ``Φ((s/θ - 1)/δ)``;
         then ``θ`` adapts to it, towards ``rate`` (the threshold's own by default; none at 0)."""
-        p = 0.5 * math.erfc(-((max(score, 0.0) / self.threshold - 1.0) / self.spread) / _SQRT2)
+        # min(a, b) and max(a, b) of two floats written ``b if b < a else a`` and ``b if b > a else a``:
+        # what the builtins return (NaN and signed zeros alike), at a fifth of their cost, for every item
+        p = 0.5 * math.erfc(-(((0.0 if 0.0 > score else score) / self.threshold - 1.0) / self.spread) / _SQRT2)
         target = self.rate if rate is None else rate
         if target > 0.0:
-            change = self.step * (p - target) / max(target, 0.02)
-            self.threshold = min(1e6, max(1e-9, self.threshold * math.exp(change)))
+            change = self.step * (p - target) / (0.02 if 0.02 > target else target)
+            threshold = self.threshold * math.exp(change)
+            threshold = threshold if threshold > 1e-9 else 1e-9
+            self.threshold = threshold if threshold < 1e6 else 1e6
         return p

@@ -296,7 +296,9 @@ class Nearest:
                 column = self._products[:self._n, i].copy()
                 column[self._gone] = np.inf
                 nearest = float(column.min())
-            nearest = min(nearest, float(self._added[i]))
+            added = float(self._added[i])
+            nearest = added if added < nearest else nearest  # min(nearest, added), as the builtin gives it
         if not count:
             return math.inf
-        return math.sqrt(max(0.0, nearest + self._norms[i]))
+        d2 = nearest + self._norms[i]
+        return math.sqrt(d2 if d2 > 0.0 else 0.0)  # max(0.0, d2)

@@ -346,11 +346,15 @@ class Policy:
             c = controls.get(share_c)
             if c is None:
                 c = controls[share_c] = self._control_rate(share_c)
-            failures = min(failure_rate / failure_weight, b * share_f)
-            elastic = max(0.0, b - c - failures)
+            # min and max of two floats as conditionals, exactly the builtins' (see VariableThreshold.probability)
+            failures, cap = failure_rate / failure_weight, b * share_f
+            failures = cap if cap < failures else failures
+            elastic = b - c - failures
+            elastic = elastic if elastic > 0.0 else 0.0
             weight = share_u + share_d
             if not weight:
-                c = min(1.0, c * pace)
+                c = c * pace
+                c = c if c < 1.0 else 1.0
 
             p_u = p_d = 0.0
             rare = 0.0
@@ -368,11 +372,16 @@ class Policy:
                     warm = self.warmed
                     if warm < 1.0:  # warming up: part of the share is a uniform draw, whatever the score
                         p_u = warm * p_u + (1.0 - warm) * target
-                p_u = min(1.0, pace * p_u)
+                p_u = pace * p_u
+                p_u = p_u if p_u < 1.0 else 1.0
             if share_d > 0.0 and sketch is not None:
                 target = elastic * share_d / weight
                 distance = novelty.distance(sketch) if row is None else nearest.distance(row, sketch)
-                p_d = 1.0 if distance == math.inf else min(1.0, pace * by_d(distance, target))
+                if distance == math.inf:
+                    p_d = 1.0
+                else:
+                    p_d = pace * by_d(distance, target)
+                    p_d = p_d if p_d < 1.0 else 1.0
             p_elastic = 1.0 - (1.0 - p_u) * (1.0 - p_d)
             probability = c + (1.0 - c) * p_elastic
             if not allowed:
