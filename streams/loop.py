@@ -178,12 +178,13 @@ class Loop:
         else:
             candidates = [self.scorer.appeal(record, now_ms)]
         # the fields the predictions table keeps, no more: the sink stores the row as it is, no projection
+        # (the signals are stored once, in the event's decision row: migration 0019)
         rows = [("predictions", {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"],
                                  "model_name": c["model_name"], "model_version": c["model_version"],
                                  "predicted_label": c["predicted_label"],
                                  "confidence": max(c["probabilities"].values(), default=0.0),
                                  "shadow_label": c["shadow_label"], "shadow_version": c["shadow_version"],
-                                 "signals": c["signals"], "scored_at": c["scored_ts"]})
+                                 "scored_at": c["scored_ts"]})
                 for c in candidates if c["kind"] == "prediction"]
         return Effects(candidates=candidates, rows=rows)
 

@@ -42,8 +42,7 @@ def prediction(i: int, **extra) -> dict:
     row = {
         "event_id": f"p-{i}", "item_id": f"item-{i % 97}", "ts": T0 + i, "model_name": "prod",
         "model_version": "v1", "predicted_label": "spam" if i % 3 else "ham", "confidence": 0.5 + (i % 50) / 100,
-        "shadow_label": None if i % 5 == 0 else "ham", "shadow_version": 3,
-        "signals": {"entropy": 0.1 * (i % 7), "margin": 0.25}, "scored_at": T0 + i + 5,
+        "shadow_label": None if i % 5 == 0 else "ham", "shadow_version": 3, "scored_at": T0 + i + 5,
     }
     row.update(extra)
     return row
@@ -242,7 +241,7 @@ def test_rows_round_trip(db):
     p = db.query("SELECT * FROM predictions").named_results().__next__()
     assert p["ts"] == datetime(2023, 11, 14, 22, 13, 20, 123000)  # UTC, returned naive
     assert p["scored_at"] == datetime(2023, 11, 14, 22, 13, 20, 5000)
-    assert p["signals"] == {"entropy": 0.0, "margin": 0.25}
+    assert "signals" not in p  # stored once, in the decision row (migration 0019)
     assert p["shadow_label"] is None
 
     r = next(db.query("SELECT reasons, signals, task_id, selected FROM routing_decisions").named_results())

@@ -63,7 +63,7 @@ def seed(client) -> None:
     insert(client, "labels", [label(i) for i in range(3)])  # re-delivered
     insert(client, "predictions", [
         {"event_id": f"p{i}", "item_id": f"i{i}", "ts": at(i % 3), "model_name": "prod", "model_version": "7",
-         "predicted_label": c, "confidence": 0.7, "shadow_version": 1, "signals": {}, "scored_at": at(i % 3, 1)}
+         "predicted_label": c, "confidence": 0.7, "shadow_version": 1, "scored_at": at(i % 3, 1)}
         for i, c in enumerate(CLASSES)])
     insert(client, "routing_decisions", [
         {"event_id": f"p{i}", "item_id": f"i{i}", "ts": at(i % 3), "kind": "prediction", "selected": int(i < 30),
