@@ -76,6 +76,13 @@ FOLLOW_MODELS = 0.25
 WAIT_RECORDED = 0.005
 #: Blocks of rows (the sink's batch size) that may wait behind a running write before an agent waits for it.
 ROWS_AHEAD = 2
+#: The sink writes a table's rows once it buffers SINK_BLOCK of them, or once rows waited SINK_WAIT seconds;
+#: the commit (every 2.8 s, Faust's default) writes every row before it, so a block holds at most about that
+#: long of the stream. An insert into the embedded engine costs ~16 ms before its first row and each is a part
+#: the merges merge again: blocks of 20,000 rather than 5,000 (in a second) took the worker's two big tables
+#: from 17.6 to ~12 µs of CPU an event (docs/scaling.md, 2026-12-01). The tasks are sent before their rows
+#: are written, so event-to-task latency does not wait for a block; a dashboard sees rows up to 3 s later.
+SINK_BLOCK, SINK_WAIT = 20_000, 3.0
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -175,7 +182,8 @@ class Runtime:
         if last is not None:
             self.loop.resume(last, self.key)
             log.info("resumed %s at version %s", last["model_name"], last["version"])
-        sink = ClickHouseSink(wait_for_clickhouse(s), fault_path=s.sink_fault_path or None)
+        sink = ClickHouseSink(wait_for_clickhouse(s), batch_size=SINK_BLOCK, flush_interval=SINK_WAIT,
+                              fault_path=s.sink_fault_path or None)
         sink.remember_recent()  # rows written just before a restart are not written twice
         # before the first event is decided: the tasks sent (the caps; their events keep their
         # decision) and the candidates preselected before a restart (not decided again)
