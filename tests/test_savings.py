@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dashboards.migrate import MIGRATIONS_DIR
 from feedbackloop import datasets
-from streams.evaluation.savings import Savings, half
+from streams.evaluation.savings import Savings, fold
 from streams.learning.learner import Learner
 from streams.loop import Loop
 
@@ -47,24 +47,32 @@ def control_slice(savings: Savings, n: int, seed: int = 0) -> list[float]:
     return xs
 
 
-def test_the_halves_split_the_control_slice_evenly_and_for_good():
-    halves = [half(f"item-{i}") for i in range(2000)]
-    assert 900 < halves.count("a") < 1100 and set(halves) == {"a", "b"}
-    assert halves == [half(f"item-{i}") for i in range(2000)]
+def test_the_parts_split_the_control_slice_evenly_and_for_good():
+    for folds in (2, 5):
+        parts = [fold(f"item-{i}", folds) for i in range(2000)]
+        assert set(parts) == set(range(folds))
+        assert all(abs(parts.count(k) - 2000 / folds) < 100 for k in range(folds)), [parts.count(k) for k in range(folds)]
+        assert parts == [fold(f"item-{i}", folds) for i in range(2000)]
 
 
 def test_a_policy_that_learns_faster_saves_labels():
-    savings = Savings(Threshold())
-    control_slice(savings, 400)
-    policy = Threshold()
-    for n, x in enumerate([0.95, 0.8, 0.7, 0.6, 0.56, 0.53, 0.51, 0.505, 0.5], 1):  # near the boundary
-        policy.learn_one({"x": x}, truth(x))
-        savings.policy_learned(policy, n)
-    e = savings.estimate(policy)
-    assert e["n_eval"] >= 150 and e["policy_labels_seen"] == 9
-    assert e["ratio"] < 1 and e["ratio"] == e["policy_labels"] / e["random_labels_needed"]
-    assert e["ci_low"] <= e["ratio"] <= e["ci_high"] < 1
-    assert e["target_accuracy"] <= e["policy_accuracy"]
+    """Labels coming nearer the boundary at once: below 1 in the median over control slices (a part of the
+    control slice is a few dozen items here, so one slice may tie)."""
+    ratios = []
+    for seed in range(8):
+        savings = Savings(Threshold())
+        control_slice(savings, 400, seed)
+        policy = Threshold()
+        for n, x in enumerate([0.7, 0.6, 0.55, 0.52, 0.51, 0.505, 0.502, 0.501, 0.5], 1):  # near the boundary
+            policy.learn_one({"x": x}, truth(x))
+            savings.policy_learned(policy, n)
+        e = savings.estimate(policy)
+        assert e["n_eval"] >= 150 and e["policy_labels_seen"] == 9
+        assert e["ratio"] == e["policy_labels"] / e["random_labels_needed"]
+        assert e["ci_low"] <= e["ratio"] <= e["ci_high"]
+        assert e["target_accuracy"] <= e["policy_accuracy"]
+        ratios.append(e["ratio"])
+    assert statistics.median(ratios) < 0.8 and max(ratios) <= 1.0, ratios
 
 
 def test_a_policy_that_learns_like_random_sampling_saves_nothing():
@@ -93,7 +101,7 @@ def test_a_policy_that_learns_like_random_sampling_saves_nothing():
 
 def test_an_item_settled_again_stays_one_item_on_the_curves():
     savings = Savings(Threshold())
-    assert savings.add_control("item-1", {"x": 0.7}, "a") == "b"
+    assert savings.add_control("item-1", {"x": 0.7}, "a") == fold("item-1")
     assert savings.add_control("item-1", {"x": 0.7}, "b") is None  # a review changed it: not a new item
     policy = Threshold()
     savings.policy_learned(policy, 1, item_id="item-2")
@@ -164,9 +172,11 @@ def test_the_loop_writes_one_label_savings_row_per_published_version():
     assert len(loop.trainer.learner.control) == control_labels  # the live learner still holds them all out
     last = savings[-1]
     assert loop.savings.control_seen == control_labels
-    assert len(loop.savings.evaluation) == control_labels  # every control item tests both curves
-    assert sum(c.labels_seen for c in loop.savings.counterfactuals.values()) == control_labels
-    assert last["random_labels_seen"] <= control_labels / 2 + 20
+    assert len(loop.savings.evaluation) == control_labels  # every control item tests the policy and one counterfactual
+    folds = loop.savings.folds  # each counterfactual learns every control label outside its own part
+    assert sum(c.labels_seen for c in loop.savings.counterfactuals.values()) == (folds - 1) * control_labels
+    assert last["random_labels_seen"] <= min(c.labels_seen for c in loop.savings.counterfactuals.values())
+    assert control_labels / 2 < last["random_labels_seen"] < control_labels
     assert loop.savings.policy_labels == loop.trainer.learner.labels_seen - control_labels
     assert last["ratio"] is not None and last["ci_low"] <= last["ratio"] <= last["ci_high"]
     assert last["ratio"] == pytest.approx(last["policy_labels"] / last["random_labels_needed"])
