@@ -292,7 +292,7 @@ class Loop:
 
     def _save(self, row: dict) -> None:
         """A label the learner just learned or held out, on the savings' learning curves: a control label
-        teaches the counterfactual of its half and tests the other half's, see :mod:`streams.evaluation.savings`.
+        tests the counterfactual of its part and teaches the others, see :mod:`streams.evaluation.savings`.
         The policy's label count is the learner's minus the control labels and the items settled again (a
         review that changed a label: one item bought); after a restart it also counts the control labels
         before it, so the estimate errs against the policy, never for it."""
