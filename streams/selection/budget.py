@@ -67,15 +67,21 @@ class Budget:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"budget fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
-        self.caps = {HOUR_MS: per_hour, DAY_MS: per_day, WEEK_MS: per_week}
+        self._limits = ((HOUR_MS, per_hour), (DAY_MS, per_day), (WEEK_MS, per_week))
+        self._capped = tuple((size, cap) for size, cap in self._limits if cap is not None)  # what has_room checks
         self.window = window
         self.burst = burst
         self.stiffness = stiffness
-        self._spent: dict[int, tuple[int, int]] = {size: (-1, 0) for size in self.caps}
+        self._spent: dict[int, tuple[int, int]] = {size: (-1, 0) for size, _ in self._limits}
         self._decay = 1.0 - 1.0 / window
         self._estimate = fraction * window
         self.total_bought = 0
         self.total_seen = 0
+
+    @property
+    def caps(self) -> dict[int, int | None]:
+        """The cap of each window in milliseconds (None: no cap), fixed when the budget is made."""
+        return dict(self._limits)
 
     def _count(self, size: int, now_ms: int) -> int:
         bucket, n = self._spent[size]
@@ -96,11 +102,10 @@ class Budget:
         >>> Budget(per_hour=0).has_room(5), Budget(per_day=1).has_room(5), Budget().has_room(5)
         (False, True, True)
         """
-        for size, cap in self.caps.items():  # a plain loop: the owner asks once per preselected candidate
-            if cap is not None:
-                bucket, n = self._spent[size]
-                if (n if bucket == now_ms // size else 0) >= cap:
-                    return False
+        for size, cap in self._capped:  # the policy asks for every item, the owner for every preselected one
+            bucket, n = self._spent[size]
+            if (n if bucket == now_ms // size else 0) >= cap:
+                return False
         return True
 
     @property
@@ -132,7 +137,7 @@ class Budget:
 
     def spend(self, now_ms: int) -> None:
         """Record one label bought at ``now_ms`` against the caps."""
-        for size in self.caps:
+        for size, _ in self._limits:
             bucket = now_ms // size
             old_bucket, n = self._spent[size]
             self._spent[size] = (bucket, n + 1 if bucket == old_bucket else 1)
@@ -147,7 +152,7 @@ class Budget:
         >>> b.spent_in_hour(3_600_003), b.spent_in_day(3_600_003), b.total_bought
         (2, 3, 0)
         """
-        for size in self.caps:
+        for size, _ in self._limits:
             newest = max(bought_ms, default=-1) // size
             self._spent[size] = (newest, sum(1 for t in bought_ms if t // size == newest))
 
