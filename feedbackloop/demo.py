@@ -649,7 +649,7 @@ def serve_until_interrupted(settings: Settings, labeling_port: int, dashboard_po
 
 def verdict(report: dict) -> str:
     """One plain sentence: did the policy beat random sampling on this run? From the savings
-    (labels to the same accuracy on the control slice's evaluation half), and the lift when the
+    (labels to the same accuracy on the control slice), and the lift when the
     savings cannot say yet.
 
     >>> verdict({"savings": {"ratio": 1.4, "policy_labels": 70, "random_labels_needed": 50, "ci_high": 3.0}})
