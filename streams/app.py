@@ -76,15 +76,15 @@ FOLLOW_MODELS = 0.25
 WAIT_RECORDED = 0.005
 #: Blocks of rows (the sink's batch size) that may wait behind a running write before an agent waits for it.
 ROWS_AHEAD = 2
-#: The sink writes a table's rows once it buffers SINK_BLOCK of them, or once rows waited SINK_WAIT seconds;
-#: the commit (every 2.8 s, Faust's default) writes every row before it, so a worker busy with its input
-#: writes once a commit, one insert a table. An insert into the embedded engine costs 6 ms before its first
-#: row, and 8-10 ms more for each materialized view on the table; each is a part the merges merge again. In
-#: process, on the worker's rows with a commit every 28,000 events (a drain's 2.8 s), adding, inserting and merging
-#: took 34.7 µs of CPU an event with blocks of 5,000, 19.7 with 20,000, 15.4 with 50,000 (docs/scaling.md,
-#: 2026-12-01). Tasks are sent before their rows are written, so no event waits for a block; a dashboard
-#: sees rows up to 3 s later.
-SINK_BLOCK, SINK_WAIT = 50_000, 3.0
+#: The sink writes a table's rows once it buffers SINK_BLOCK of them, or once rows waited SINK_WAIT seconds,
+#: and the commit (every 2.8 s) writes every row before it. An insert into the embedded engine costs 6 ms
+#: before its first row, and 8-10 ms more for each materialized view on the table; each is a part the merges
+#: merge again. So a draining worker writes once a second (about 10,000 events; it wrote every 5,000 rows,
+#: twice a second) and at half that rate, where event-to-task latency is measured, the writes are as before:
+#: rows waiting a second. Blocks that waited for the commit (50,000 rows or 3 s) cost less again in process,
+#: but each write then took up to a second of the two cores, and event-to-task latency queued behind it
+#: (docs/scaling.md, 2026-12-01).
+SINK_BLOCK, SINK_WAIT = 20_000, 1.0
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
