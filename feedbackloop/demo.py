@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from river import linear_model, multiclass, preprocessing
+from river import linear_model, multiclass, neighbors, preprocessing
 from tqdm import tqdm
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -185,10 +185,34 @@ class LearnerWatch:
         self.consumer.close()
 
 
-def production_model(rows, sample: float, seed: int):
-    """A weak model: a linear classifier fitted on a small random sample."""
+#: The demo's production models (``--production``), each fitted on the same small random sample.
+#: ``linear`` (the default): a logistic regression, one pass; on Bananas, a set no line separates, it is
+#: about a coin (0.41-0.56 over seeds 0-12, below the 55% majority) and its probabilities hardly leave
+#: 0.5 (median margin 0.014-0.066), so its doubt says nothing and the policy's early picks are nearly
+#: uniform. ``knn``: five nearest neighbours, what a plausible production model looks like there (0.79-0.85,
+#: its doubt near the classes' boundary); on this stream the policy then does worse than with ``linear``
+#: (docs/policy.md, 2026-12-01: "A plausible production model").
+PRODUCTION_MODELS = ("linear", "knn")
+
+
+def production_model(rows, sample: float, seed: int, kind: str = "linear"):
+    """A deliberately imperfect model fitted on a small random ``sample`` of ``rows`` (see
+    :data:`PRODUCTION_MODELS`).
+
+    >>> rows = [({"x": float(i % 40)}, "a" if 10 <= i % 40 < 30 else "b") for i in range(400)]
+    >>> def accuracy(kind):
+    ...     model = production_model(rows, 0.25, seed=0, kind=kind)
+    ...     return sum(model.predict_one(x) == y for x, y in rows) / len(rows)
+    >>> accuracy("linear") < 0.75 < accuracy("knn")
+    True
+    """
+    if kind not in PRODUCTION_MODELS:
+        raise ValueError(f"unknown production model {kind!r}: one of {', '.join(PRODUCTION_MODELS)}")
     rng = random.Random(seed)
-    model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+    if kind == "knn":
+        model = preprocessing.StandardScaler() | neighbors.KNNClassifier(n_neighbors=5)
+    else:
+        model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
     for x, y in rng.sample(rows, max(10, int(len(rows) * sample))):
         model.learn_one(x, y)
     return model
@@ -223,13 +247,14 @@ class Stream:
 
 def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: float = 250.0,
            override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
-           drift_at: int | None = None, start_ms: int = 0) -> Stream:
-    """The demo's stream from ``rows``: a seeded order, a weak production model's predictions,
-    users overriding a share of its errors and appealing a few; timestamps ``rate`` per second
-    from ``start_ms``. With ``drift_at``, every true label moves to the next class from that event.
+           drift_at: int | None = None, start_ms: int = 0, production: str = "linear") -> Stream:
+    """The demo's stream from ``rows``: a seeded order, the ``production`` model's predictions
+    (:func:`production_model`), users overriding a share of its errors and appealing a few; timestamps
+    ``rate`` per second from ``start_ms``. With ``drift_at``, every true label moves to the next class from that event.
     Rows whose labels join classes with ``|`` (:func:`feedbackloop.datasets.label_sets`) make a
     multi-label stream: the production model gives each class's P(in the set) and predicts the set
-    of those over 0.5 (joined by ``|``); users override a wrong set with the true one (no drift).
+    of those over 0.5 (joined by ``|``; one-vs-rest logistic regressions whatever ``production``);
+    users override a wrong set with the true one (no drift).
 
     >>> sets = stream([({"x": float(i)}, "a|b" if i % 2 else "b") for i in range(100)], seed=1, events=50)
     >>> e = sets.events[0][1]
@@ -253,7 +278,7 @@ def stream(rows, seed: int, events: int = 5000, dataset: str = "bananas", rate: 
         model = production_sets(rows, production_sample, seed, classes)
     else:
         classes = sorted({y for _, y in rows})
-        model = production_model(rows, production_sample, seed)
+        model = production_model(rows, production_sample, seed, production)
     out, correct = Stream(), 0
     for i, (x, y) in enumerate(rows):
         if drift_at is not None and i >= drift_at and not multi:
@@ -514,7 +539,7 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
          override_rate: float = 0.05, appeal_rate: float = 0.02, production_sample: float = 0.02,
          annotator_errors: list[float] | None = None, gold_size: int = 50, drift_at: int | None = None,
          keep: bool = False, serve: bool = False, labeling_port: int = 8000, dashboard_port: int = 8050,
-         progress: bool = True, learner_lag: int = 50) -> dict:
+         progress: bool = True, learner_lag: int = 50, production: str = "linear") -> dict:
     """Play the demo end to end and return its report.
 
     The traffic is :func:`stream`'s, the annotators :func:`team`'s. With
@@ -532,7 +557,8 @@ def play(settings: Settings, dataset: str = "bananas", label_column: str | None 
     rows = datasets.load(dataset, label_column).rows
     if datasets.label_sets(datasets.Dataset(dataset, rows)) is not None:  # labels joined by "|": sets
         settings = settings.replace(multi_label=1)
-    traffic = stream(rows, seed, events, dataset, rate, override_rate, appeal_rate, production_sample, drift_at)
+    traffic = stream(rows, seed, events, dataset, rate, override_rate, appeal_rate, production_sample, drift_at,
+                     production=production)
     truth = dict(traffic.truth)
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -795,6 +821,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"reviews of suspect labels, as a share of the labels bought (0: none; default: "
                         f"{SUSPECT_SHARE} with an annotator whose error rate is {CARELESS} or more, "
                         f"else the worker's FEEDBACKLOOP_SUSPECT_SHARE)")
+    d.add_argument("--production", choices=PRODUCTION_MODELS, default="linear",
+                   help="the production model, fitted on 2%% of the stream: linear (about a coin on bananas) or "
+                        "knn (five nearest neighbours, a plausible one)")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",
@@ -826,7 +855,7 @@ def run(args, settings: Settings) -> int:
                   rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
                   override_rate=args.override_rate, appeal_rate=args.appeal_rate, annotator_errors=errors,
                   drift_at=args.drift_at, keep=args.keep, serve=args.serve, labeling_port=args.labeling_port,
-                  dashboard_port=args.dashboard_port, learner_lag=args.learner_lag)
+                  dashboard_port=args.dashboard_port, learner_lag=args.learner_lag, production=args.production)
     print(summary(report))
     write_report(report, args.report)
     return 0
