@@ -333,8 +333,12 @@ class ClickHouseSink:
         """:meth:`flush` if :meth:`due`; the rows written (0 if not due)."""
         return self.flush() if self.due() else 0
 
-    def flush(self, tables: Iterable[str] | None = None) -> int:
+    def flush(self, tables: Iterable[str] | None = None, restart: bool = False) -> int:
         """Insert every buffer (or only those of ``tables``), one batch per table; the rows written.
+
+        A flush of every table starts the age :meth:`due` measures again; a flush of
+        some tables leaves it as it was, unless ``restart``: then the rows left
+        buffered wait another ``flush_interval`` too (the caller writes them later).
 
         A block ClickHouse refuses for its rows is bisected: every part that goes
         in is written, and each row refused on its own is rejected (see
@@ -344,7 +348,7 @@ class ClickHouseSink:
         of this flush are written last, in the same flush.
         """
         with self._flush_lock:
-            if tables is None:  # a flush of some tables leaves the others' age as it is
+            if tables is None or restart:  # a flush of some tables leaves the others' age as it is
                 self._last_flush = self.clock()
             written = 0
             for table in sorted(self.keys if tables is None else set(tables) & self.keys.keys(),
