@@ -452,8 +452,9 @@ class Runtime:
         await self.topics.deadletter.send(key=key, value=codec.encode("DeadLetter", record, check=False))
 
     async def write_due(self) -> None:
-        """Start writing the buffered rows if a block is full or old enough, on the writer thread, and go
-        on: one write at a time runs while the agents carry on, and the next block waits for it. An agent
+        """Start writing the buffered rows (of the tables :meth:`due_tables` names) if a block is full or old
+        enough, on the writer thread, and go on: one write at a time runs while the agents carry on, and the
+        next block waits for it. An agent
         that waited for its write held up every event behind it for the whole insert (0.2-0.6 s, the tail
         of event-to-task latency; docs/scaling.md). Once :data:`ROWS_AHEAD` blocks wait behind a running
         write (ClickHouse down or behind) the agent waits for it, so consumption pauses while
