@@ -389,6 +389,77 @@ def rehearse(settings: Settings, traffic: Stream, annotators: list[SimulatedAnno
     return out
 
 
+def seed_list(text: str) -> list[int]:
+    """Seeds from ``"3-12"``, ``"0,1,2"`` or a mix of both.
+
+    >>> seed_list("0,1,2"), seed_list("3-5,9")
+    ([0, 1, 2], [3, 4, 5, 9])
+    """
+    seeds = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        seeds.extend(range(int(first), int(last or first) + 1))
+    return seeds
+
+
+def rehearse_seeds(settings: Settings, seeds: list[int], dataset: str = "bananas", label_column: str | None = None,
+                   events: int = 5000, rate: float = 250.0, annotators: int = 3, annotator_error: float = 0.05, annotator_errors: list[float] | None = None,
+                   override_rate: float = 0.05, appeal_rate: float = 0.02, production: str = "linear",
+                   progress: bool = True) -> list[dict]:
+    """:func:`rehearse` the demo once per seed (its stream, annotators and settings as ``demo`` makes them):
+    per seed, the last version's control accuracy and the newest ``savings`` row. No stack is needed.
+
+    >>> rows = rehearse_seeds(Settings().replace(budget_fraction=0.3, min_control=5, publish_every=20),
+    ...                       [0], events=300, progress=False)
+    >>> rows[0]["seed"], 0.0 <= rows[0]["control_accuracy"] <= 1.0, "ratio" in rows[0]["savings"]
+    (0, True, True)
+    """
+    rows = datasets.load(dataset, label_column).rows
+    if datasets.label_sets(datasets.Dataset(dataset, rows)) is not None:
+        raise ValueError("the offline demo replays single-label datasets; run a multi-label one live")
+    out = []
+    for seed in tqdm(seeds, desc="demo offline", unit="seed", disable=not progress):
+        traffic = stream(rows, seed, events, dataset, rate, override_rate=override_rate, appeal_rate=appeal_rate,
+                         production=production)
+        labelers = team(traffic.truth.get, seed, annotators, annotator_error, annotator_errors,
+                        reviewer=settings.overlap != 1)
+        run = rehearse(settings.replace(seed=seed), traffic, labelers)
+        last = max(run["control_accuracy"], key=int, default=None)
+        out.append({"seed": seed, "version": last, "control_accuracy": run["control_accuracy"].get(last),
+                    "savings": {k: (run["savings"] or {}).get(k) for k in SAVINGS}})
+    return out
+
+
+def offline_summary(rows: list[dict]) -> str:
+    """One line per seed, then the median and the worst of the control accuracy and the savings ratio.
+
+    >>> print(offline_summary([{"seed": 0, "control_accuracy": 0.9, "savings": {"ratio": 0.8, "ci_low": 0.5,
+    ...     "ci_high": 1.2}}, {"seed": 1, "control_accuracy": 0.8, "savings": {"ratio": None}}]))
+    seed   control accuracy   savings ratio (95% CI)
+       0              0.900   0.80 (0.50-1.20)
+       1              0.800   n/a
+    median            0.850   0.80, below 1 on 1 of 2 seeds
+    worst             0.800   0.80
+    """
+    def ratio(s):
+        return "n/a" if s.get("ratio") is None else f"{s['ratio']:.2f} ({s['ci_low']:.2f}-{s['ci_high']:.2f})"
+
+    acc = sorted(r["control_accuracy"] for r in rows if r["control_accuracy"] is not None)
+    ratios = sorted(r["savings"]["ratio"] for r in rows if r["savings"].get("ratio") is not None)
+
+    def median(v):
+        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    return "\n".join([
+        "seed   control accuracy   savings ratio (95% CI)",
+        *(f"{r['seed']:>4}   {fmt(r['control_accuracy'], '>16.3f')}   {ratio(r['savings'])}" for r in rows),
+        f"median {fmt(median(acc), '>16.3f')}   {fmt(median(ratios), '.2f')}, below 1 on "
+        f"{sum(r < 1 for r in ratios)} of {len(rows)} seeds",
+        f"worst  {fmt(acc[0] if acc else None, '>16.3f')}   {fmt(ratios[-1] if ratios else None, '.2f')}",
+    ])
+
+
 #: The report's ``savings``: the newest ``label_savings`` row (see :mod:`streams.evaluation.savings`).
 SAVINGS = ("version", "policy_labels", "random_labels_needed", "ratio", "ci_low", "ci_high", "target_accuracy",
            "policy_labels_seen", "policy_accuracy", "random_labels_seen", "random_accuracy", "n_eval")
@@ -832,6 +903,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--learner-lag", type=int, default=50, metavar="LABELS",
                    help="pause the replay while the learner is this many labels behind the annotators "
                         "(0: replay at the rate regardless)")
+    d.add_argument("--offline", metavar="SEEDS",
+                   help="no stack: replay the demo through the worker's own loop for each seed (e.g. 3-12 or "
+                        "0,1,2) and print each seed's last control accuracy and savings, with the median and "
+                        "the worst")
     d.add_argument("--report", metavar="PATH", help="write the report as JSON")
     d.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
     d.add_argument("--serve", action="store_true",
@@ -851,6 +926,14 @@ def run(args, settings: Settings) -> int:
     share = args.suspect_share if args.suspect_share is not None else (
         SUSPECT_SHARE if careless else settings.suspect_share)
     settings = settings.replace(suspect_share=share)  # reviews of suspect labels
+    if args.offline:
+        rows = rehearse_seeds(settings, seed_list(args.offline), dataset=args.dataset,
+                              label_column=args.label_column, events=args.events, rate=args.rate, annotators=args.annotators, annotator_error=args.annotator_error,
+                              annotator_errors=errors, override_rate=args.override_rate,
+                              appeal_rate=args.appeal_rate, production=args.production)
+        print(offline_summary(rows))
+        write_report({"offline": rows}, args.report)
+        return 0
     report = play(settings, dataset=args.dataset, label_column=args.label_column, events=args.events,
                   rate=args.rate, seed=args.seed, annotators=args.annotators, annotator_error=args.annotator_error,
                   override_rate=args.override_rate, appeal_rate=args.appeal_rate, annotator_errors=errors,

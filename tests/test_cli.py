@@ -63,3 +63,27 @@ def test_a_broken_setting_stops_the_commands_that_need_settings_but_not_keygen(m
     assert "FEEDBACKLOOP_MODEL_SIGNING_KEY is not an Ed25519 key" in capsys.readouterr().err
     assert cli.main(["keygen"]) == 0  # the way out of a broken key must stay open
     assert "FEEDBACKLOOP_MODEL_VERIFY_KEY=" in capsys.readouterr().out
+
+
+def test_demo_offline_replays_each_seed_through_rehearse_and_needs_no_stack(monkeypatch, tmp_path, capsys):
+    from feedbackloop import datasets, demo
+
+    monkeypatch.setattr(stack, "start", lambda *a, **k: pytest.fail("the offline demo started the stack"))
+    report = tmp_path / "offline.json"
+    argv = ["--state-dir", str(tmp_path), "demo", "--offline", "1-2", "--events", "1500", "--budget", "0.2",
+            "--report", str(report)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = __import__("json").loads(report.read_text())["offline"]
+    assert [r["seed"] for r in rows] == [1, 2] and out.startswith("seed   control accuracy")
+    assert f"{rows[0]['control_accuracy']:.3f}" in out.splitlines()[1]
+    # the same figures as rehearse with the demo's stream, annotators and settings for that seed
+    traffic = demo.stream(datasets.load("bananas").rows, 2, events=1500)
+    settings = Settings().replace(state_dir=str(tmp_path), budget_fraction=0.2, control_fraction=0.2, seed=2)
+    alone = demo.rehearse(settings, traffic,
+                          demo.team(traffic.truth.get, 2))
+    last = max(alone["control_accuracy"], key=int)
+    assert (rows[1]["version"], rows[1]["control_accuracy"]) == (last, alone["control_accuracy"][last])
+    assert rows[1]["savings"]["ratio"] == (alone["savings"] or {}).get("ratio")
+
+    assert cli.main(["demo", "--offline", "0", "--dataset", "nope.csv", "--label-column", "y"]) == 1
