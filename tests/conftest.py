@@ -12,6 +12,8 @@ started the fixture errors; it never skips.
 
 ``clickhouse_dsn`` (function): a fresh in-process ClickHouse (chdb) DSN.
 
+``db`` (function): a client of a fresh in-process ClickHouse, migrated.
+
 ``free_port`` (session): a function returning a free TCP port on 127.0.0.1,
 never the same one twice in a session.
 """
@@ -32,6 +34,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
+from dashboards.connection import connect  # noqa: E402
+from dashboards.migrate import migrate  # noqa: E402
 from feedbackloop.settings import Settings  # noqa: E402
 from feedbackloop.stack import start, stop  # noqa: E402
 
@@ -79,3 +83,12 @@ def kafka(tmp_path_factory, free_port) -> Settings:
 @pytest.fixture
 def clickhouse_dsn(tmp_path) -> str:
     return "chdb://" + str(tmp_path / "clickhouse")
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A client of an embedded ClickHouse in the test's directory, every migration applied."""
+    client = connect("chdb://" + str(tmp_path / "ch"))
+    migrate(client)
+    yield client
+    client.close()

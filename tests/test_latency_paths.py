@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from dashboards.connection import connect
-from dashboards.migrate import migrate
 from dashboards.sink import ClickHouseSink, counts
 
 T0 = 1_764_000_000_000
-
-
-@pytest.fixture
-def db(tmp_path):
-    client = connect("chdb://" + str(tmp_path / "ch"))
-    migrate(client)
-    yield client
-    client.close()
 
 
 def label(i: int) -> dict:

@@ -6,19 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from dashboards.connection import connect
-from dashboards.migrate import migrate
 from dashboards.sink import ClickHouseSink
 
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture
-def db(tmp_path):
-    client = connect("chdb://" + str(tmp_path / "ch"))
-    migrate(client)
-    yield client
-    client.close()
 
 
 def decision(i: int, **extra) -> dict:

@@ -8,20 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from dashboards.connection import connect
-from dashboards.migrate import migrate
 from dashboards.sink import ClickHouseSink, counts
 from streams.app import SMALL_WAIT, Runtime
 
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture
-def db(tmp_path):
-    client = connect("chdb://" + str(tmp_path / "ch"))
-    migrate(client)
-    yield client
-    client.close()
 
 
 def decision(i: int) -> dict:
