@@ -32,6 +32,7 @@ import csv
 import json
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -403,9 +404,9 @@ def seed_list(text: str) -> list[int]:
 
 
 def rehearse_seeds(settings: Settings, seeds: list[int], dataset: str = "bananas", label_column: str | None = None,
-                   events: int = 5000, rate: float = 250.0, annotators: int = 3, annotator_error: float = 0.05, annotator_errors: list[float] | None = None,
-                   override_rate: float = 0.05, appeal_rate: float = 0.02, production: str = "linear",
-                   progress: bool = True) -> list[dict]:
+                   events: int = 5000, rate: float = 250.0, annotators: int = 3, annotator_error: float = 0.05,
+                   annotator_errors: list[float] | None = None, override_rate: float = 0.05, appeal_rate: float = 0.02,
+                   production: str = "linear", progress: bool = True) -> list[dict]:
     """:func:`rehearse` the demo once per seed (its stream, annotators and settings as ``demo`` makes them):
     per seed, the last version's control accuracy and the newest ``savings`` row. No stack is needed.
 
@@ -448,7 +449,7 @@ def offline_summary(rows: list[dict]) -> str:
     ratios = sorted(r["savings"]["ratio"] for r in rows if r["savings"].get("ratio") is not None)
 
     def median(v):
-        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2 if v else None
+        return statistics.median(v) if v else None
 
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     return "\n".join([
@@ -928,7 +929,8 @@ def run(args, settings: Settings) -> int:
     settings = settings.replace(suspect_share=share)  # reviews of suspect labels
     if args.offline:
         rows = rehearse_seeds(settings, seed_list(args.offline), dataset=args.dataset,
-                              label_column=args.label_column, events=args.events, rate=args.rate, annotators=args.annotators, annotator_error=args.annotator_error,
+                              label_column=args.label_column, events=args.events, rate=args.rate,
+                              annotators=args.annotators, annotator_error=args.annotator_error,
                               annotator_errors=errors, override_rate=args.override_rate,
                               appeal_rate=args.appeal_rate, production=args.production)
         print(offline_summary(rows))
