@@ -233,13 +233,18 @@ class ClickHouseSink:
             self._buffers[table].append(row)
         return True
 
-    def _admitted(self, table: str, row: Mapping, project: bool) -> Mapping | None:
-        """``row`` as :meth:`add` buffers it (projected, times in ticks), None if its key was seen."""
+    def _table_columns(self, table: str) -> dict[str, str]:
+        """The columns of ``table`` (described once); ``ValueError`` for a table the sink does not write."""
         columns = self._columns.get(table)
         if columns is None:
             if table not in self.keys:
                 raise ValueError(f"unknown table {table!r}; the sink writes {', '.join(self.keys)}")
             columns = self._describe(table)
+        return columns
+
+    def _admitted(self, table: str, row: Mapping, project: bool) -> Mapping | None:
+        """``row`` as :meth:`add` buffers it (projected, times in ticks), None if its key was seen."""
+        columns = self._table_columns(table)
         if not columns.keys() >= row.keys():
             if not project:
                 unknown = [c for c in row if c not in columns]
@@ -271,11 +276,7 @@ class ClickHouseSink:
         (the table's columns and times looked up once, one lock for the buffer):
         half the cost of adding the rows one by one, for a scorer's message of rows.
         """
-        columns = self._columns.get(table)
-        if columns is None:
-            if table not in self.keys:
-                raise ValueError(f"unknown table {table!r}; the sink writes {', '.join(self.keys)}")
-            columns = self._describe(table)
+        columns = self._table_columns(table)
         names, times, key_columns = columns.keys(), self._times[table], self.keys[table]
         fast = [c for c, p in times.items() if p == 3]  # epoch millis go as they are into DateTime64(3)
         slow = [c for c, p in times.items() if p != 3]
