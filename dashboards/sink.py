@@ -209,6 +209,8 @@ class ClickHouseSink:
         self.skipped = 0  # rows dropped as already seen
         self._seen = {t: Recent(dedupe_window) for t in self.keys}
         self._buffers: dict[str, list[dict]] = {t: [] for t in self.keys}
+        self._blocks: dict[str, list[dict[str, list]]] = {t: [] for t in self.keys}  # rows as columns, add_columns
+        self._block_rows: dict[str, int] = {t: 0 for t in self.keys}
         self._rejected: list[Rejected] = []
         self._columns: dict[str, dict[str, str]] = {}  # table -> column -> type
         self._times: dict[str, dict[str, int]] = {}  # table -> DateTime64 column -> precision
@@ -306,6 +308,54 @@ class ClickHouseSink:
                 self._buffers[table].extend(kept)
         return len(kept)
 
+    def add_columns(self, table: str, columns: Mapping[str, list], project: bool = False) -> int:
+        """:meth:`add` the rows of ``table`` given as columns (column -> one value a row, in row
+        order); the number buffered. The checks :meth:`add` makes of each row are made of each
+        column once (its name, its times' types); only the keys are looked at row by row, to
+        skip rows already seen. The block goes to ClickHouse as columns, with the rows of the
+        same columns added by :meth:`add` (a row ClickHouse refuses is found as
+        :meth:`flush` finds it in rows). The lists are kept as given until flushed.
+
+        >>> sink = ClickHouseSink(client=None, keys={"t": ("id",)})
+        >>> sink._columns["t"], sink._times["t"] = {"id": "String", "ts": "DateTime64(3)"}, {"ts": 3}
+        >>> sink.add_columns("t", {"id": ["a", "b", "a"], "ts": [1, 2, 3]}), sink.pending(), sink.skipped
+        (2, {'t': 2}, 1)
+        >>> sink._blocks["t"]
+        [{'id': ['a', 'b'], 'ts': [1, 2]}]
+        """
+        names, times, key_columns = self._table_columns(table), self._times[table], self.keys[table]
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            if not project:
+                raise ValueError(f"{table} has no column {', '.join(map(repr, unknown))}")
+            columns = {c: v for c, v in columns.items() if c in names}
+        for c in key_columns:
+            if c not in columns:
+                raise ValueError(f"a {table} row needs its key column {c!r}")
+        n = len(columns[key_columns[0]])
+        if any(len(v) != n for v in columns.values()):
+            raise ValueError(f"the columns of a {table} block differ in length")
+        convert = [c for c, p in times.items() if c in columns and (p != 3 or {*map(type, columns[c])} - {int})]
+        if convert:  # epoch millis into DateTime64(3) go as they are
+            columns = dict(columns)
+            for c in convert:
+                try:
+                    columns[c] = [to_ticks(v, times[c]) for v in columns[c]]
+                except TypeError as exc:
+                    raise ValueError(f"{table}.{c}: {exc}") from None
+        keys = columns[key_columns[0]] if len(key_columns) == 1 else zip(*(columns[c] for c in key_columns))
+        new = self._seen[table].add
+        kept = [new(key) for key in keys]
+        count = sum(kept)
+        if count < n:
+            self.skipped += n - count
+            columns = {c: [v for v, k in zip(values, kept) if k] for c, values in columns.items()}
+        if count:
+            with self._swap_lock:
+                self._blocks[table].append(columns)
+                self._block_rows[table] += count
+        return count
+
     def remembers(self, table: str, key) -> bool:
         """True if a row with ``key`` was added recently, or written before a restart
         (:meth:`remember_recent`). A key is one value, or a tuple for keys of several
@@ -318,15 +368,16 @@ class ClickHouseSink:
 
     def pending(self) -> dict[str, int]:
         """Table -> rows buffered."""
-        return {t: len(rows) for t, rows in self._buffers.items() if rows}
+        counts = {t: len(rows) + self._block_rows[t] for t, rows in self._buffers.items()}
+        return {t: n for t, n in counts.items() if n}
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in self._buffers.values())
+        return sum(len(rows) for rows in self._buffers.values()) + sum(self._block_rows.values())
 
     # -- flushing -----------------------------------------------------------
     def due(self) -> bool:
         """True if a buffer is full, or rows wait longer than ``flush_interval``."""
-        if any(len(rows) >= self.batch_size for rows in self._buffers.values()):
+        if any(len(rows) + self._block_rows[t] >= self.batch_size for t, rows in self._buffers.items()):
             return True
         return len(self) > 0 and self.clock() - self._last_flush >= self.flush_interval
 
@@ -356,15 +407,21 @@ class ClickHouseSink:
                                 key=lambda t: t == "dead_letters"):
                 with self._swap_lock:
                     rows, self._buffers[table] = self._buffers[table], []
-                if not rows:
+                    blocks, self._blocks[table], self._block_rows[table] = self._blocks[table], [], 0
+                if not rows and not blocks:
                     continue
                 try:
-                    written += self._store(table, rows)
+                    if blocks:
+                        done, rows = self._store_columns(table, blocks, rows)
+                        written += done
+                    written += self._store(table, rows) if rows else 0
                 except _Unwritten as stop:
                     with self._swap_lock:
                         self._buffers[table][:0] = stop.rows
+                        self._blocks[table][:0] = stop.blocks
+                        self._block_rows[table] += sum(len(next(iter(b.values()))) for b in stop.blocks)
                     exc = stop.__cause__
-                    raise SinkError(f"insert of {len(stop.rows)} rows into {table} failed, "
+                    raise SinkError(f"insert of {stop.count} rows into {table} failed, "
                                     f"kept for a retry: {type(exc).__name__}: {exc}") from exc
             return written
 
@@ -377,6 +434,57 @@ class ClickHouseSink:
         with self._swap_lock:
             rejected, self._rejected = self._rejected, []
         return rejected
+
+    def _store_columns(self, table: str, blocks: list[dict[str, list]], rows: list[dict]) -> tuple[int, list[dict]]:
+        """Insert ``blocks`` (of :meth:`add_columns`) and the ``rows`` that have the same columns,
+        one insert per set of columns; the rows written, and the rows left for :meth:`_store`. A
+        block ClickHouse refuses, or one with a time out of range, goes to :meth:`_store` as rows
+        (which bisects it and sets aside the rows at fault)."""
+        groups: dict[tuple, dict[str, list]] = {}
+        for block in blocks:
+            merged = groups.setdefault(tuple(block), {c: [] for c in block})
+            for c, values in block.items():
+                merged[c].extend(values)
+        rest = []
+        for row in rows:  # the same columns (say the owner's decision rows): pivoted into the block
+            merged = groups.get(tuple(row))
+            if merged is None:
+                rest.append(row)
+            else:
+                for c, value in row.items():
+                    merged[c].append(value)
+        written, todo = 0, list(groups.values())
+        while todo:
+            columns = todo.pop()
+            names = list(columns)
+            try:
+                if self._times_in_range(table, columns):
+                    self._insert_columns(table, columns)
+                    written += len(columns[names[0]])
+                    continue
+            except Exception as exc:
+                if transient(exc):
+                    raise _Unwritten(rest, todo + [columns]) from exc
+            rest += [dict(zip(names, values)) for values in zip(*columns.values())]  # found out row by row
+        return written, rest
+
+    def _times_in_range(self, table: str, columns: dict[str, list]) -> bool:
+        """True if every time in ``columns`` is one DateTime64 holds (see :meth:`_in_range`)."""
+        for column, precision in self._times[table].items():
+            values = [v for v in columns.get(column, ()) if v is not None]
+            low, high = (t * 10**precision // 1000 for t in DATETIME64_MS)
+            if values and (min(values) < low or max(values) > high):
+                return False
+        return True
+
+    def _insert_columns(self, table: str, columns: dict[str, list]) -> None:
+        """One insert of a block of columns."""
+        if self.fault_path is not None and os.path.exists(self.fault_path):
+            raise ConnectionError(f"ClickHouse insert refused while {self.fault_path} exists (test fault hook)")
+        types = self._columns[table]
+        names = [c for c in types if c in columns]
+        self.client.insert(table, [columns[c] for c in names], column_names=names,
+                           column_type_names=[types[c] for c in names], column_oriented=True)
 
     def _store(self, table: str, rows: list[dict]) -> int:
         """Insert ``rows``, bisecting blocks refused for their rows; the rows written."""
@@ -539,11 +647,12 @@ class ClickHouseSink:
 
 
 class _Unwritten(Exception):
-    """Raised (from a transient error) with the rows a flush did not write."""
+    """Raised (from a transient error) with the rows (and blocks of columns) a flush did not write."""
 
-    def __init__(self, rows: list[dict]):
-        super().__init__(len(rows))
-        self.rows = rows
+    def __init__(self, rows: list[dict], blocks: list[dict[str, list]] = ()):
+        self.rows, self.blocks = rows, list(blocks)
+        self.count = len(rows) + sum(len(next(iter(b.values()))) for b in self.blocks)
+        super().__init__(self.count)
 
 
 def _json(value) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streams.events import Candidate, Task
@@ -68,14 +69,17 @@ class Effects:
     the rows that name them.
     """
 
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: Sequence[Candidate] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)
     rows: list[tuple[str, dict]] = field(default_factory=list)
     retraining: list[dict] = field(default_factory=list)  # Retraining events, see _release_effects
+    columns: list[tuple[str, dict[str, list]]] = field(default_factory=list)  # rows as (table, column -> values)
 
     def extend(self, other: "Effects") -> "Effects":
-        for name in ("candidates", "tasks", "models", "rows", "retraining"):
+        if type(self.candidates) is not list:  # a scored message's (streams.selection.scorer.Scored): now dicts
+            self.candidates = list(self.candidates)
+        for name in ("candidates", "tasks", "models", "rows", "retraining", "columns"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -164,9 +168,19 @@ class Loop:
         return loop
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, name: str, record: dict, now_ms: int) -> Effects:
+    def score(self, name: str, record: dict, now_ms: int, columns: bool = False) -> Effects:
         """Candidates for an input event (``Prediction``, ``PredictionBatch``,
-        ``PredictionColumns``, ``Override`` or ``Appeal``), and the prediction rows."""
+        ``PredictionColumns``, ``Override`` or ``Appeal``), and the prediction rows; with ``columns``
+        the rows as one block of columns (in ``columns``: the same rows, no dict a row).
+
+        >>> loop = Loop.build(budget_fraction=0.5, model_kind="linear")
+        >>> event = {"event_id": "e1", "item_id": "i1", "ts": 5, "model_name": "m", "model_version": "1",
+        ...     "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4}, "features": {"x": 1.0}, "text": None,
+        ...     "context": {}}
+        >>> [(table, dict(zip(block, values))) for table, block in loop.score("Prediction", event, 6, columns=True)
+        ...  .columns for values in zip(*block.values())] == loop.score("Prediction", event, 6).rows
+        True
+        """
         if name == "PredictionColumns":
             candidates = self.scorer.columns(record, now_ms)
         elif name == "PredictionBatch":
@@ -177,6 +191,8 @@ class Loop:
             candidates = [self.scorer.override(record, now_ms)]
         else:
             candidates = [self.scorer.appeal(record, now_ms)]
+        if columns:
+            return Effects(candidates=candidates, columns=[("predictions", _prediction_columns(candidates))])
         # the fields the predictions table keeps, no more: the sink stores the row as it is, no projection
         # (the signals are stored once, in the event's decision row: migration 0019)
         rows = [("predictions", {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"],
@@ -196,9 +212,12 @@ class Loop:
         decision is ``recorded`` already (before a restart)."""
         return Effects() if recorded else self.preselect_many([candidate], now_ms)
 
-    def preselect_many(self, candidates: list[Candidate], now_ms: int, recorded=None) -> Effects:
+    def preselect_many(self, candidates: Sequence[Candidate], now_ms: int, recorded=None,
+                       columns: bool = False) -> Effects:
         """:meth:`preselect` of each of ``candidates`` (those ``recorded(event_id)`` says were
-        decided before a restart left out), in one :class:`Effects`: a scorer's message at a time.
+        decided before a restart left out), in one :class:`Effects`: a scorer's message at a time;
+        with ``columns`` the decision rows as one block of columns (``Effects.columns``, see
+        :meth:`Router.preselect_columns <streams.selection.router.Router.preselect_columns>`).
 
         >>> loop = Loop.build(budget_fraction=0.5, model_kind="linear")
         >>> scored = loop.score("PredictionBatch", {"events": [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": 5,
@@ -211,7 +230,15 @@ class Loop:
         out = Effects()
         rows, chosen = out.rows, out.candidates
         if recorded is not None:
-            candidates = [c for c in candidates if not recorded(c["event_id"])]
+            ids = candidates.column("event_id") if hasattr(candidates, "column") else \
+                [c["event_id"] for c in candidates]
+            if any(map(recorded, ids)):  # (after a restart) a message of the others, one dict each
+                candidates = [c for c in candidates if not recorded(c["event_id"])]
+        if columns:
+            block, out.candidates = self.router.preselect_columns(candidates, now_ms)
+            if block["event_id"]:
+                out.columns.append(("routing_decisions", block))
+            return out
         for decision, candidate in self.router.preselect_many(candidates, now_ms):
             if decision is not None:
                 rows.append(("routing_decisions", decision))
@@ -486,3 +513,23 @@ class Loop:
         """A label or a settled consensus, for the suspect labels (see
         :meth:`~streams.labels.suspects.SuspectLabels.take`): reviews, corrections, labels scored."""
         return Effects(rows=self.suspects.take(self.trainer, name, record, result, now_ms))
+
+
+def _prediction_columns(candidates: Sequence[Candidate]) -> dict[str, list]:
+    """The ``predictions`` rows of the prediction ``candidates`` as columns: :meth:`Loop.score`'s rows,
+    read from a :class:`~streams.selection.scorer.Scored` message's own columns where it is one."""
+    if hasattr(candidates, "confidence"):  # a scored message: predictions all
+        column = candidates.column
+        return {"event_id": column("event_id"), "item_id": column("item_id"), "ts": column("ts"),
+                "model_name": column("model_name"), "model_version": column("model_version"),
+                "predicted_label": column("predicted_label"), "confidence": candidates.confidence(),
+                "shadow_label": column("shadow_label"), "shadow_version": column("shadow_version"),
+                "scored_at": column("scored_ts")}
+    kept = [c for c in candidates if c["kind"] == "prediction"]
+    return {"event_id": [c["event_id"] for c in kept], "item_id": [c["item_id"] for c in kept],
+            "ts": [c["ts"] for c in kept], "model_name": [c["model_name"] for c in kept],
+            "model_version": [c["model_version"] for c in kept],
+            "predicted_label": [c["predicted_label"] for c in kept],
+            "confidence": [max(c["probabilities"].values(), default=0.0) for c in kept],
+            "shadow_label": [c["shadow_label"] for c in kept], "shadow_version": [c["shadow_version"] for c in kept],
+            "scored_at": [c["scored_ts"] for c in kept]}

@@ -237,5 +237,6 @@ def test_a_columns_message_scores_as_its_events_one_map_each(seed):
     votes = knn.votes_columns(record["features"], ["a", "b", "c"], n)
     assert ((votes == votes.max(1, keepdims=True)).sum(1) > 1).any()  # ties to break
     assert [c["shadow_label"] for c in got] == [c["shadow_label"] for c in want]
-    assert got == want
-    assert dict(fast._recent) == dict(slow._recent)
+    assert list(got) == want and [got[i] for i in range(n)] == want  # made once: the same dicts again
+    assert list(fast._recent) == list(slow._recent)
+    assert all(fast.seen(item) == slow.seen(item) for item in slow._recent)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from operator import itemgetter
 
 from streams import events
 from streams.events import Candidate, Decision, Task
@@ -87,6 +88,18 @@ def task_id_of(event_id: str) -> str:
     bits = int.from_bytes(hashlib.sha1(_NAMESPACE.bytes + event_id.encode()).digest()[:16], "big")
     h = f"{bits & _CLEAR | _VERSION_5:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: The fields of a decision row (:func:`streams.events.decision`), in its order.
+DECISION_FIELDS = ("event_id", "item_id", "ts", "kind", "selected", "reasons", "selection_probability", "priority",
+                   "signals", "task_id", "policy_version", "model_version", "shadow_version", "decided_at")
+
+
+def _columns(candidates):
+    """A function of a field's name giving it for every candidate: a scored message's own columns
+    (:meth:`~streams.selection.scorer.Scored.column`), or read from each candidate."""
+    column = getattr(candidates, "column", None)
+    return column if column is not None else (lambda name: [c[name] for c in candidates])
 
 
 def stable_draw(event_id: str, seed: int) -> float:
@@ -246,27 +259,10 @@ class Router:
         >>> [one.preselect(c, 2) for c in cands] == many.preselect_many(cands, 2)
         True
         """
-        ids = [c["event_id"] for c in candidates]
-        if len(set(ids)) < len(ids):  # an event twice in one message: the second sees the first's decision
-            return [self.preselect(c, now_ms) for c in candidates]
-        out: list = [None] * len(candidates)
-        todo = []
-        for i, c in enumerate(candidates):
-            event_id = c["event_id"]
-            if event_id in self._preselected or event_id in self._sent:
-                out[i] = self.preselect(c, now_ms)
-            else:
-                self._learn_labels(c)
-                todo.append(i)
-        chosen = [candidates[i] for i in todo]
-        xs = [None if not (c["features"] or c["text"]) else c.get("x") or featurize(c["features"], c["text"])
-              for c in chosen]
-        decisions = self.policy.decide_many(
-            [c["kind"] for c in chosen], [c["signals"] for c in chosen], [c["ts"] for c in chosen],
-            [stable_draw(c["event_id"], self.seed) for c in chosen], xs,
-            [c["shadow_label"] or c["predicted_label"] for c in chosen])
+        out, todo, decisions = self._message(candidates, now_ms)
         version = self.policy.version
-        for i, c, d in zip(todo, chosen, decisions):
+        for i, d in zip(todo, decisions):
+            c = candidates[i]
             if not d.selected:
                 out[i] = self._row(c, now_ms, False, d.reasons, d.probability, d.priority, None, version), None
                 continue
@@ -274,6 +270,110 @@ class Router:
             out[i] = None, {**c, "selection_probability": d.probability, "reasons": d.reasons,
                             "priority": d.priority, "policy_version": version}
         return out
+
+    def preselect_columns(self, candidates, now_ms: int) -> tuple[dict[str, list], list[Candidate]]:
+        """:meth:`preselect_many` of a message, its decision rows as one block of columns (in order,
+        the fields of :func:`~streams.events.decision`) and the preselected candidates: the same rows
+        and candidates. From a :class:`~streams.selection.scorer.Scored` message it reads columns, and
+        makes a candidate's dict only for those preselected.
+
+        >>> from streams.selection.budget import Budget
+        >>> cands = [{"event_id": f"e{i}", "item_id": f"i{i}", "ts": 1, "kind": "prediction", "model_name": "m",
+        ...     "model_version": "1", "predicted_label": "a", "probabilities": {"a": 0.6, "b": 0.4},
+        ...     "features": {"x": float(i % 5)}, "text": None, "context": {}, "shadow_label": None,
+        ...     "shadow_version": 0, "signals": {"uncertainty": i / 40}, "user_label": None, "note": None,
+        ...     "scored_ts": 1} for i in range(40)]
+        >>> one, many = Router(Policy(Budget(fraction=0.3))), Router(Policy(Budget(fraction=0.3)))
+        >>> pairs = one.preselect_many(cands, 2)
+        >>> rows, chosen = many.preselect_columns(cands, 2)
+        >>> [dict(zip(rows, r)) for r in zip(*rows.values())] == [r for r, _ in pairs if r is not None]
+        True
+        >>> chosen == [c for _, c in pairs if c is not None]
+        True
+        """
+        out, todo, decisions = self._message(candidates, now_ms)
+        rows = {name: [] for name in DECISION_FIELDS}
+        chosen = []  # (place in the message, candidate)
+        for i, pair in enumerate(out):  # events preselected before, or twice in the message: one at a time
+            if pair is not None:
+                row, c = pair
+                if row is not None:  # (only when every event went one at a time: the rows stay in order)
+                    for name, values in rows.items():
+                        values.append(row[name])
+                if c is not None:
+                    chosen.append((i, c))
+        if not todo:
+            return rows, [c for _, c in chosen]
+        version, column, before = self.policy.version, _columns(candidates), bool(chosen)
+        kept = [i for i, d in zip(todo, decisions) if not d.selected]
+        for i, d in zip(todo, decisions):
+            if d.selected:
+                c = candidates[i]
+                self._preselected.add(c["event_id"])
+                chosen.append((i, {**c, "selection_probability": d.probability, "reasons": d.reasons,
+                                   "priority": d.priority, "policy_version": version}))
+        if before:  # in the message's order, as preselect_many gives them
+            chosen.sort(key=itemgetter(0))
+        chosen = [c for _, c in chosen]
+        every = len(kept) == len(candidates)
+        for name in ("event_id", "item_id", "ts", "kind"):
+            values = column(name)
+            rows[name] += values if every else [values[i] for i in kept]
+        rows["selected"] += [0] * len(kept)
+        not_selected = [d for d in decisions if not d.selected]
+        rows["reasons"] += [d.reasons for d in not_selected]
+        rows["selection_probability"] += [d.probability for d in not_selected]
+        rows["priority"] += [d.priority for d in not_selected]
+        signals = column("signals")
+        rows["signals"] += signals if every else [signals[i] for i in kept]
+        rows["task_id"] += [None] * len(kept)
+        rows["policy_version"] += [version] * len(kept)
+        for name in ("model_version", "shadow_version"):
+            values = column(name)
+            rows[name] += values if every else [values[i] for i in kept]
+        rows["decided_at"] += [now_ms] * len(kept)
+        return rows, chosen
+
+    def _message(self, candidates, now_ms: int) -> tuple[list, list[int], list[PolicyDecision]]:
+        """The body of :meth:`preselect_many` and :meth:`preselect_columns`: ``(out, todo, decisions)``,
+        ``out[i]`` the :meth:`preselect` of a candidate decided before (or of every candidate, when an
+        event is twice in the message: the second sees the first's decision), ``decisions`` the
+        policy's for the candidates at ``todo``, decided in one
+        :meth:`~streams.selection.policy.Policy.decide_many`, their labels learned."""
+        column = _columns(candidates)
+        ids = column("event_id")
+        if len(set(ids)) < len(ids):
+            return [self.preselect(c, now_ms) for c in candidates], [], []
+        out: list = [None] * len(ids)
+        preselected, sent, todo = self._preselected, self._sent, []
+        for i, event_id in enumerate(ids):
+            if event_id in preselected or event_id in sent:
+                out[i] = self.preselect(candidates[i], now_ms)
+            else:
+                todo.append(i)
+        every = len(todo) == len(ids)
+        if hasattr(candidates, "column"):  # a scored message's columns (predictions, no user label)
+            if todo:
+                self.labels.update(candidates.record["classes"])
+                predicted = column("predicted_label")
+                for label in set(predicted if every else [predicted[i] for i in todo]):
+                    if label and self.multi_label:
+                        self.labels.update(label_set(label))
+                    elif label:
+                        self.labels.add(label)
+            xs = column("x")
+        else:
+            for i in todo:
+                self._learn_labels(candidates[i])
+            xs = [None if not (c["features"] or c["text"]) else c.get("x") or featurize(c["features"], c["text"])
+                  for c in candidates]
+        pick = (lambda values: values) if every else (lambda values: [values[i] for i in todo])
+        shadow, predicted, seed = column("shadow_label"), column("predicted_label"), self.seed
+        decisions = self.policy.decide_many(
+            pick(column("kind")), pick(column("signals")), pick(column("ts")),
+            [stable_draw(ids[i], seed) for i in todo], pick(xs),
+            pick([s or p for s, p in zip(shadow, predicted)]))
+        return out, todo, decisions
 
     def admit(self, c: Candidate, now_ms: int) -> tuple[Decision | None, Task | None]:
         """At the owner: ``(decision_row, task)`` for a preselected candidate; task

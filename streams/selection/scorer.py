@@ -39,6 +39,8 @@ members, over ``n_classes`` classes; the event's probabilities are not read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from streams.events import Candidate, candidate
 from streams.selection import set_signals, signals
 from streams.learning import one_vs_rest
@@ -135,9 +137,9 @@ class Scorer:
         self._recent[event["item_id"]] = c
         return c
 
-    def columns(self, record: dict, now_ms: int) -> list[Candidate]:
+    def columns(self, record: dict, now_ms: int) -> Sequence[Candidate]:
         """Candidates for a ``PredictionColumns`` message (one array per field, see
-        ``schemas/prediction_columns.avsc``), in order.
+        ``schemas/prediction_columns.avsc``), in order (scored by a kNN: a :class:`Scored`).
 
         >>> cols = {"event_id": ["e1", "e2"], "item_id": ["i1", "i2"], "ts": [5, 6], "model_name": ["m", "m"],
         ...         "model_version": ["1", "1"], "predicted_label": ["a", "b"], "classes": ["a", "b"],
@@ -168,13 +170,14 @@ class Scorer:
                 in enumerate(zip(record["event_id"], record["item_id"], record["ts"], record["model_name"],
                                  record["model_version"], record["predicted_label"], texts, contexts))]
 
-    def _knn_columns(self, record: dict, now_ms: int) -> list[Candidate]:
+    def _knn_columns(self, record: dict, now_ms: int) -> "Scored":
         """:meth:`columns` of a message of numeric features scored by a kNN shadow model, from the
         arrays as they came: the kNN's votes (:meth:`BatchKNN.votes_columns
         <streams.learning.batch.BatchKNN.votes_columns>`) and the production probabilities go into
         :func:`~streams.selection.signals.score_matrix` as they are, the shadow label is the
-        votes' first largest in label order; no map per event on the way, the same candidates
-        as :meth:`_scored` of :meth:`_events` (``tests/test_decide_many.py``)."""
+        votes' first largest in label order; no map per event on the way but the features (the
+        policy's input), the same candidates as :meth:`_scored` of :meth:`_events`
+        (``tests/test_decide_many.py``), made only when asked for (:class:`Scored`)."""
         import numpy as np
 
         knn, model = self._batch[1], self.model
@@ -192,19 +195,9 @@ class Scorer:
         by_label = sorted(range(len(shadow_classes)), key=shadow_classes.__getitem__)  # ties: the first label
         shadow_labels = ([shadow_classes[by_label[j]] for j in votes[:, by_label].argmax(1).tolist()]
                          if shadow_classes else [None] * n)
-        contexts = record["context"] or [{}] * n
-        version, out = model.version, []
-        rows_x, rows_p = zip(*[iter(x)] * f), zip(*[iter(p)] * k) if k else [()] * n  # each item's, in turn
-        for event_id, item_id, ts, model_name, model_version, predicted, context, shadow_label, s, xi, pi in zip(
-                record["event_id"], record["item_id"], record["ts"], record["model_name"], record["model_version"],
-                record["predicted_label"], contexts, shadow_labels, scored, rows_x, rows_p):
-            features = dict(zip(names, xi))
-            out.append(candidate(event_id=event_id, item_id=item_id, ts=ts, kind="prediction", model_name=model_name,
-                                 model_version=model_version, predicted_label=predicted,
-                                 probabilities=dict(zip(classes, pi)), features=features, text=None,
-                                 context=dict(context), shadow_label=shadow_label, shadow_version=version,
-                                 signals=s, user_label=None, note=None, scored_ts=now_ms, x=features))
-        self._recent.set_many(zip(record["item_id"], out))
+        out = Scored(record, [dict(zip(names, xi)) for xi in zip(*[iter(x)] * f)], scored, shadow_labels,
+                     model.version, now_ms)
+        self._recent.set_many(zip(record["item_id"], zip([out] * n, range(n))))  # made into a candidate if asked
         return out
 
     # -- multi-label: probabilities are per class, P(in the set) (streams.learning.one_vs_rest) --------------
@@ -249,8 +242,13 @@ class Scorer:
             return {}, {}
         return proba, signals.score(proba, None, self.n_classes, committee=members)
 
+    def seen(self, item_id: str) -> Candidate | None:
+        """The candidate of the item's latest prediction scored here, if it is remembered."""
+        seen = self._recent.get(item_id)
+        return seen[0][seen[1]] if type(seen) is tuple else seen  # (a Scored message, the item's place in it)
+
     def _error(self, kind: str, event: dict, now_ms: int, user_label: str | None, note: str | None) -> Candidate:
-        seen = self._recent.get(event["item_id"], {})
+        seen = self.seen(event["item_id"]) or {}
         return candidate(
             event_id=event["event_id"], item_id=event["item_id"], ts=event["ts"], kind=kind,
             model_name=seen.get("model_name", ""), model_version=seen.get("model_version", ""),
@@ -266,3 +264,75 @@ class Scorer:
 
     def appeal(self, event: dict, now_ms: int) -> Candidate:
         return self._error("appeal", event, now_ms, None, event.get("reason"))
+
+
+class Scored(Sequence):
+    """The candidates of a ``PredictionColumns`` message scored at once (:meth:`Scorer.columns`), kept
+    as the message's columns: a candidate is made only when it is asked for (by index, or
+    iterating), the same dict :meth:`Scorer.prediction` makes of the event, once. A message's
+    path through the worker reads its columns (:meth:`column`) and makes dicts only for the few
+    the policy preselects (:meth:`Router.preselect_columns
+    <streams.selection.router.Router.preselect_columns>`).
+
+    >>> record = {"event_id": ["e1", "e2"], "item_id": ["i1", "i2"], "ts": [5, 6], "model_name": ["m", "m"],
+    ...           "model_version": ["1", "1"], "predicted_label": ["a", "b"], "classes": ["a", "b"],
+    ...           "probabilities": [0.6, 0.4, 0.1, 0.9], "feature_names": ["x"], "features": [1.0, 2.0],
+    ...           "text": [], "context": []}
+    >>> scored = Scored(record, [{"x": 1.0}, {"x": 2.0}], [{"margin": 0.2}, {"margin": 0.8}], ["a", "b"], 3, 7)
+    >>> len(scored), scored.column("event_id"), scored.column("shadow_version"), scored.confidence()
+    (2, ['e1', 'e2'], [3, 3], [0.6, 0.9])
+    >>> c = scored[1]
+    >>> c["probabilities"], c["features"], c["signals"], c is scored[1], c["x"] is c["features"]
+    ({'a': 0.1, 'b': 0.9}, {'x': 2.0}, {'margin': 0.8}, True, True)
+    """
+
+    __slots__ = ("record", "features", "signals", "shadow_labels", "version", "now", "_made")
+
+    #: Fields every candidate of a message has alike, and their value.
+    ALIKE = {"kind": "prediction", "text": None, "user_label": None, "note": None}
+
+    def __init__(self, record: dict, features: list[dict], signals: list[dict], shadow_labels: list, version: int,
+                 now_ms: int):
+        self.record, self.features, self.signals, self.shadow_labels = record, features, signals, shadow_labels
+        self.version, self.now = version, now_ms
+        self._made: list = [None] * len(features)
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        c = self._made[i]
+        if c is None:
+            r, features = self.record, self.features[i]
+            classes, k = r["classes"], len(r["classes"])
+            c = self._made[i] = candidate(
+                event_id=r["event_id"][i], item_id=r["item_id"][i], ts=r["ts"][i], kind="prediction",
+                model_name=r["model_name"][i], model_version=r["model_version"][i],
+                predicted_label=r["predicted_label"][i], probabilities=dict(zip(classes, r["probabilities"][i * k:i * k + k])),
+                features=features, text=None, context=dict(r["context"][i]) if r["context"] else {},
+                shadow_label=self.shadow_labels[i], shadow_version=self.version, signals=self.signals[i],
+                user_label=None, note=None, scored_ts=self.now, x=features)
+        return c
+
+    def column(self, name: str) -> list:
+        """One field of every candidate, in order (``x`` is the features: numbers only)."""
+        if name in self.record and name not in ("probabilities", "features", "text", "context"):
+            return self.record[name]
+        n = len(self)
+        if name in ("features", "x"):
+            return self.features
+        if name in ("signals", "shadow_label"):
+            return self.signals if name == "signals" else self.shadow_labels
+        if name in self.ALIKE:
+            return [self.ALIKE[name]] * n
+        if name in ("shadow_version", "scored_ts"):
+            return [self.version if name == "shadow_version" else self.now] * n
+        return [c[name] for c in self]
+
+    def confidence(self) -> list[float]:
+        """Each candidate's largest production probability (0.0 with none), as
+        ``max(c["probabilities"].values(), default=0.0)``."""
+        p, k = self.record["probabilities"], len(self.record["classes"])
+        return [max(pi) for pi in zip(*[iter(p)] * k)] if k else [0.0] * len(self)
