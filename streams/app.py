@@ -246,13 +246,15 @@ class Runtime:
 
         async def handle(name, record, message):
             nonlocal scored
-            effects = self.loop.score(name, record, now)
+            # a message's rows go to the sink as columns (no dict a row); its candidates stay columns (a
+            # dict each only for those preselected)
+            effects = self.loop.score(name, record, now, columns=True)
             scored += len(effects.candidates)
-            self.add_rows(effects.rows)
+            self.add_columns(effects.columns)
             # preselected here; the rest have their decision row at once (none for those written before a restart)
             recorded = self.sink.remembered("routing_decisions")
-            chosen = self.loop.preselect_many(effects.candidates, now, recorded=recorded)
-            decisions.extend(chosen.rows)
+            chosen = self.loop.preselect_many(effects.candidates, now, recorded=recorded, columns=True)
+            decisions.extend(chosen.columns)
             out.extend(chosen.candidates)
             sources.extend([message] * len(chosen.candidates))
 
@@ -262,7 +264,7 @@ class Runtime:
             part = slice(i, i + CANDIDATES_PER_MESSAGE)
             for value in await self.encode_candidates(out[part], sources[part]):
                 await self.topics.candidates.send(value=value)
-        self.add_rows(decisions)
+        self.add_columns(decisions)
         self.agent_stats("score", scored, started)
         await self.write_due()
 
@@ -420,6 +422,12 @@ class Runtime:
         :meth:`~dashboards.sink.ClickHouseSink.add_many` (a scorer's message: two runs)."""
         for table, run in groupby(rows, key=itemgetter(0)):
             self.sink.add_many(table, map(itemgetter(1), run), project=True)
+
+    def add_columns(self, blocks) -> None:
+        """Buffer ``(table, columns)`` blocks of rows in the sink
+        (:meth:`~dashboards.sink.ClickHouseSink.add_columns`)."""
+        for table, columns in blocks:
+            self.sink.add_columns(table, columns, project=True)
 
     async def encode_candidates(self, candidates: list[dict], sources: list) -> list[bytes]:
         """``CandidateColumns`` messages for ``candidates``; should one fail to encode,
