@@ -281,7 +281,7 @@ class Scored(Sequence):
     >>> scored = Scored(record, [{"x": 1.0}, {"x": 2.0}], [{"margin": 0.2}, {"margin": 0.8}], ["a", "b"], 3, 7)
     >>> len(scored), scored.column("event_id"), scored.column("shadow_version"), scored.confidence()
     (2, ['e1', 'e2'], [3, 3], [0.6, 0.9])
-    >>> c = scored[1]
+    >>> c = scored[-1]
     >>> c["probabilities"], c["features"], c["signals"], c is scored[1], c["x"] is c["features"]
     ({'a': 0.1, 'b': 0.9}, {'x': 2.0}, {'margin': 0.8}, True, True)
     """
@@ -305,6 +305,7 @@ class Scored(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         c = self._made[i]
         if c is None:
+            i = i + len(self) if i < 0 else i
             r, features = self.record, self.features[i]
             classes, k = r["classes"], len(r["classes"])
             c = self._made[i] = candidate(
