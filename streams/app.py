@@ -12,7 +12,8 @@
   model versions are published on ``models`` and picked up by every scorer.
 * ``audit``: the labeling service's audit events, into ``audit_log``.
 
-A router's tasks are delivered before the decisions naming them are buffered;
+A router's tasks are delivered before the decisions naming them are buffered
+(the route agent goes on while they are in flight; the commit waits for them);
 rows go to ClickHouse in blocks, on a writer thread while the agents go on
 (:meth:`Runtime.write_due`), and every buffered row is written before offsets
 are committed (:class:`DurableConsumer`), so a committed offset never runs
@@ -91,6 +92,9 @@ SINK_BLOCK, SINK_WAIT = 20_000, 1.0
 #: the engine 15-40 ms. In process, the worker's rows written once a second and at every commit: 22.7 ->
 #: 17.8 µs of CPU an event (docs/scaling.md, 2026-12-01).
 SMALL_WAIT = 3.0
+#: Route batches whose tasks may be in flight (sent, not yet acknowledged) while the route agent takes the
+#: next candidates; beyond it the agent waits for the oldest (the broker behind or away).
+IN_FLIGHT = 16
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -176,6 +180,7 @@ class Runtime:
         self.waits: list[tuple[int, str, float]] = []  # (ts, what, seconds), into agent_stats at the next batch
         self._learned_tables: set[str] = set()  # tables the learner buffered rows in since its last publish
         self._writing: asyncio.Future | None = None  # the write write_due started (write_rows retries in it)
+        self.in_flight = InFlight(self.add_rows)  # the route agent's tasks not yet acknowledged, with their rows
         self._all_written = time.monotonic()  # when a write of every table last started
 
     # -- start --------------------------------------------------------------------------
@@ -282,7 +287,9 @@ class Runtime:
                 done.extend(self.loop.admit(c, now_ms(), recorded=recorded))
 
         await self.each(events, handle)
-        await self.deliver(done)  # the tasks are delivered before the decisions that name them are written
+        # in flight while the agent takes the next candidates: the decisions naming the tasks are buffered once
+        # Kafka has the tasks, and the commit waits for that (InFlight)
+        await self.deliver(done, wait=False)
         self.agent_stats("route", seen, started)
         # its rows are written with the scorer's next block, the standing timer's or the commit's: a route
         # batch that waited for a write held up every candidate behind it (docs/scaling.md)
@@ -337,6 +344,10 @@ class Runtime:
         label, and every row still buffered, written; else a stop soon after the last labels left
         ClickHouse's standing a tick behind, and rows no offset stands for waited in memory."""
         if self.sink is not None:
+            try:
+                await self.in_flight.wait()
+            except Exception:  # that batch's offsets were not committed: it is routed again after the restart
+                log.exception("a task sent before the stop failed; its decisions are not written")
             self.add_rows(self.loop.standing(now_ms()).rows)
             await self.write_rows("stop")
 
@@ -399,12 +410,24 @@ class Runtime:
                 log.exception("failed on %s/%s/%s", message.topic, message.partition, message.offset)
                 await self.dead_letter(message, f"{type(exc).__name__}: {exc}", "internal")
 
-    async def deliver(self, effects: Effects) -> None:
-        """Send the effects' records and wait until Kafka has them; then buffer their rows."""
+    async def deliver(self, effects: Effects, wait: bool = True) -> None:
+        """Send the effects' records; their rows are buffered once Kafka has every one of them, so a
+        decision row never names a task that was lost. With ``wait`` (the learner) this waits for Kafka;
+        without (the route agent) the sends stay in flight while the agent goes on, and their rows are
+        buffered when the last is acknowledged: the route agent waited a round trip to the broker (and
+        every agent batch on the event loop in between) before it took its next candidates. The commit
+        waits for every send in flight first (:class:`InFlight`), so a committed offset never runs
+        ahead of its tasks or their rows; a failed send is raised by the next :meth:`deliver` or the
+        commit, as it was by this one, and its offsets are not committed."""
         # built here by the router, from decoded input: fastavro's validation (about two thirds of the
         # encoding, most of it building errors for union branches it rules out) is skipped; a task goes
         # straight to the producer Faust's topics send with (its futures, sensors and callbacks cost
         # more than the encoding, once per task)
+        self.in_flight.raise_failed()
+        if len(self.in_flight) >= IN_FLIGHT:  # the broker behind or away: wait for the oldest batch
+            started = time.perf_counter()
+            await self.in_flight.oldest()
+            self.waited("in_flight", time.perf_counter() - started)
         tasks = self.topics.tasks
         send, name = tasks.app.producer.send, tasks.get_topic_name()
         sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False),
@@ -414,8 +437,11 @@ class Runtime:
                  for m in effects.models]
         sent += [await self.topics.retraining.send(key=r["model_name"].encode(), value=codec.encode("Retraining", r))
                  for r in effects.retraining]
-        await asyncio.gather(*sent)
-        self.add_rows(effects.rows)
+        if wait or not sent:
+            await asyncio.gather(*sent)
+            self.add_rows(effects.rows)
+            return
+        self.in_flight.add(sent, effects.rows)
 
     def add_rows(self, rows) -> None:
         """Buffer ``(table, row)`` pairs in the sink, each run of one table's rows in one
@@ -552,6 +578,70 @@ class Runtime:
         gc.callbacks.append(timed)
 
 
+class InFlight:
+    """Batches of sends Kafka has not acknowledged yet, each with the rows to buffer (``buffer(rows)``) once
+    it has every record of the batch; a batch with a failed send keeps its rows out and is raised by
+    :meth:`raise_failed` or :meth:`wait`. Only futures: nothing here sends.
+
+    >>> import asyncio
+    >>> async def two_batches():
+    ...     buffered = []
+    ...     sends = InFlight(buffered.extend)
+    ...     loop = asyncio.get_running_loop()
+    ...     first, second = loop.create_future(), loop.create_future()
+    ...     sends.add([first], [("labeling_tasks", 1)])
+    ...     sends.add([second], [("labeling_tasks", 2)])
+    ...     second.set_result("acknowledged")
+    ...     await asyncio.sleep(0); await asyncio.sleep(0)  # the gather's callback, then the batch's
+    ...     early = list(buffered)
+    ...     first.set_result("acknowledged")
+    ...     await sends.wait()
+    ...     return early, buffered, len(sends)
+    >>> asyncio.run(two_batches())
+    ([('labeling_tasks', 2)], [('labeling_tasks', 2), ('labeling_tasks', 1)], 0)
+    """
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.batches: list[tuple[asyncio.Future, list]] = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def add(self, sent: list, rows: list) -> None:
+        """A batch of send futures, and the rows to buffer once every one of them is acknowledged."""
+        acked = asyncio.gather(*sent)
+        self.batches.append((acked, rows))
+        acked.add_done_callback(self.settle)
+
+    def settle(self, _=None) -> None:
+        """Buffer the rows of every batch Kafka has acknowledged, and forget the batch."""
+        waiting = []
+        for acked, rows in self.batches:
+            if acked.done() and not acked.cancelled() and acked.exception() is None:
+                self.buffer(rows)
+            else:
+                waiting.append((acked, rows))
+        self.batches = waiting
+
+    def raise_failed(self) -> None:
+        """Raise the error of a batch whose send failed (its rows are never buffered)."""
+        for acked, _ in self.batches:
+            if acked.done():
+                acked.result()
+
+    async def oldest(self) -> None:
+        """Wait until the oldest batch is acknowledged (raise if its send failed)."""
+        await self.batches[0][0]
+        self.settle()
+
+    async def wait(self) -> None:
+        """Wait until every batch in flight now is acknowledged and its rows buffered; raise a failed send."""
+        if self.batches:
+            await asyncio.gather(*(acked for acked, _ in self.batches))
+            self.settle()
+
+
 def freeze_startup_heap() -> None:
     """Collect once, then leave every object alive now (modules, the model, the state rebuilt at
     start) out of the garbage collector's scans. A full collection scanned them all again: in the
@@ -579,13 +669,14 @@ def wait_for_clickhouse(s: Settings):
 
 
 class DurableConsumer(aiokafka_driver.Consumer):
-    """Faust's Kafka consumer, writing every buffered ClickHouse row before it
-    commits offsets: a committed offset never runs ahead of the rows it stands
-    for, and rows go to ClickHouse in blocks, not one insert per batch."""
+    """Faust's Kafka consumer, waiting for the route agent's tasks in flight and then writing every
+    buffered ClickHouse row before it commits offsets: a committed offset never runs ahead of the tasks
+    and rows it stands for, and rows go to ClickHouse in blocks, not one insert per batch."""
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
         runtime = getattr(self.app, "runtime", None)
         if runtime is not None and runtime.sink is not None:
+            await runtime.in_flight.wait()  # a failed send raises here: nothing is committed
             await runtime.write_rows("commit")
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 

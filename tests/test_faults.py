@@ -89,24 +89,32 @@ BACKLOG, OVERRIDES, CAP = 20_000, 500, 1000
 KILLED_AFTER = ("predictions", "labeling.candidates")
 
 
+def killed_after_commits(lives: WorkerLives, settings: Settings, topics, poll: float = 0.1) -> list[dict]:
+    """A life of the worker per topic of ``topics``, each SIGKILLed as soon as it has committed a step on
+    that topic (within ``poll`` seconds and a look at the group's offsets); what was left to do at each kill."""
+    kills = []
+    for topic in topics:
+        lives.start()
+        done, deadline = committed(settings, topic), time.monotonic() + 120
+        while committed(settings, topic) == done:
+            assert lives.alive and time.monotonic() < deadline, (
+                f"life {len(lives.logs)} of the worker committed nothing on {topic} within 120 s")
+            time.sleep(poll)
+        lives.kill(signal.SIGKILL)
+        kills.append({"lag": worker.lag(settings), "input_lag": input_lag(settings),
+                      "tasks_sent": watermark(settings, "labeling.tasks")})
+    return kills
+
+
 def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twice(kafka, tmp_path, ts):
     settings = scenario(kafka, tmp_path, "kill", budget_per_hour=CAP)
     with Producer(settings) as producer:
         predictions = [predict(producer, i, ts) for i in range(BACKLOG)]
         overrides = [producer.override(f"item-{i * 40}", "b", predicted_label="a", event_id=f"o-{i}", ts=ts)
                      for i in range(OVERRIDES)]
-    lives, kills = WorkerLives(settings, tmp_path), []
+    lives = WorkerLives(settings, tmp_path)
     try:
-        for topic in KILLED_AFTER:
-            lives.start()
-            done, deadline = committed(settings, topic), time.monotonic() + 120
-            while committed(settings, topic) == done:
-                assert lives.alive and time.monotonic() < deadline, (
-                    f"life {len(lives.logs)} of the worker committed nothing on {topic} within 120 s")
-                time.sleep(0.1)
-            lives.kill(signal.SIGKILL)
-            kills.append({"lag": worker.lag(settings), "input_lag": input_lag(settings),
-                          "tasks_sent": watermark(settings, "labeling.tasks")})
+        kills = killed_after_commits(lives, settings, KILLED_AFTER)
         lives.start()
         drained = worker.wait_drained(settings, lives.process, timeout=240)
         stop_s = lives.stop()
@@ -116,6 +124,43 @@ def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twic
     counts = audit(settings, predictions, overrides)
     report({**counts, "kills": kills, "join_s": lives.joined, "drained": drained, "stop_s": stop_s})
     assert all(k["lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
+    assert drained, "the backlog was not drained after the last restart"
+    assert not broken(counts)
+
+
+# -- 1b. the worker SIGKILLed while its tasks are in flight ----------------------------------
+
+#: Half the events preselected and no cap reached (the daily one is 10,000 by default), so the route agent sends tasks all through a backlog
+#: long enough for two lives to be killed in it.
+IN_FLIGHT_EVENTS, IN_FLIGHT_FRACTION, IN_FLIGHT_LIVES = 40_000, 0.5, 2
+
+
+def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(kafka, tmp_path, ts):
+    """The route agent takes its next candidates while its tasks are in flight, and buffers their
+    decision rows once Kafka has the tasks; the commit waits for every send in flight before it writes
+    rows and commits (:meth:`streams.app.Runtime.deliver`). Each life is killed right after the route
+    agent committed, while it routes a backlog in which every other event is a task: the rows of the
+    tasks in flight at that commit are buffered only once they are acknowledged, so a commit that did
+    not wait for them would have committed offsets whose decision and task rows a kill then loses (the
+    audit's "one decision per event", "one task row per selected event"). After the last restart every
+    selected event has one task on the topic and one task row, and every event one decision row."""
+    settings = scenario(kafka, tmp_path, "inflight", budget_fraction=IN_FLIGHT_FRACTION,
+                        budget_per_hour=IN_FLIGHT_EVENTS, budget_per_day=IN_FLIGHT_EVENTS)
+    with Producer(settings) as producer:
+        predictions = [predict(producer, i, ts) for i in range(IN_FLIGHT_EVENTS)]
+    lives = WorkerLives(settings, tmp_path)
+    try:
+        kills = killed_after_commits(lives, settings, ["labeling.candidates"] * IN_FLIGHT_LIVES, poll=0.02)
+        lives.start()
+        drained = worker.wait_drained(settings, lives.process, timeout=240)
+        stop_s = lives.stop()
+    finally:
+        lives.stop()
+        print(lives.tail(1500))
+    counts = audit(settings, predictions)
+    report({**counts, "kills": kills, "join_s": lives.joined, "drained": drained, "stop_s": stop_s})
+    assert all(k["lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
+    assert counts["selected"] > IN_FLIGHT_EVENTS // 4, "too few tasks for the route agent to have them in flight"
     assert drained, "the backlog was not drained after the last restart"
     assert not broken(counts)
 

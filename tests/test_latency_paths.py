@@ -65,3 +65,36 @@ def test_the_latency_bench_says_where_the_time_went(kafka, tmp_path):
                                                                      "publish started -> served everywhere"}
     assert serving["agents"]["wait:publish"]["n"] >= 1  # a publish takes more than WAIT_RECORDED
     assert "event-to-task by stage" in bench.summary(result)
+
+
+def test_a_batch_in_flight_with_a_failed_send_keeps_its_rows_out_and_is_raised():
+    """The route agent's tasks in flight (streams.app.InFlight): a batch's rows are buffered only once every
+    send of it is acknowledged; a failed send is raised by the next batch's check and by the commit's wait,
+    and its rows never reach the sink. (A send refused by Kafka is a fault the broker cannot be made to
+    cause on demand here, so the futures stand in for the producer's.)"""
+    import asyncio
+
+    from streams.app import InFlight
+
+    async def run():
+        buffered = []
+        sends = InFlight(buffered.extend)
+        loop = asyncio.get_running_loop()
+        delivered, refused, waiting = loop.create_future(), loop.create_future(), loop.create_future()
+        sends.add([delivered, refused], [("routing_decisions", "a")])
+        sends.add([waiting], [("routing_decisions", "b")])
+        delivered.set_result("acknowledged")
+        refused.set_exception(RuntimeError("the broker refused the task"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="refused"):
+            sends.raise_failed()
+        with pytest.raises(RuntimeError, match="refused"):
+            await sends.wait()
+        assert buffered == [] and len(sends) == 2
+        waiting.set_result("acknowledged")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert buffered == [("routing_decisions", "b")] and len(sends) == 1
+
+    asyncio.run(run())
