@@ -110,6 +110,12 @@ class Settings:
     model_kind: str = "knn"
     publish_every: int = 25
     min_control: int = 20
+    #: until the shadow model has learned 100 labels, a version every this many learned labels, the first
+    #: without waiting for min_control (0: none); and before its first version the diverse share's distance
+    #: is weighted by how typical the item is, to this power (0: not). See docs/policy.md, "The shadow's
+    #: first versions sooner (2026-12-01, morning)".
+    early_every: int = 5
+    typical_first: float = 1.0
     model_signing_key: str = ""
     model_verify_key: str = ""
     dashboard_host: str = "127.0.0.1"

@@ -127,6 +127,8 @@ def loop_options(s: Settings) -> dict:
             "gold_rate": s.gold_rate, "gold_threshold": s.gold_threshold,
             "suspect_share": s.suspect_share,  # reviews of suspect labels (streams.labels.suspects)
             "multi_label": bool(s.multi_label),  # tasks take any subset (streams.selection.router)
+            # the shadow's first versions sooner, and typical items first until then (docs/policy.md)
+            "early_every": s.early_every, "policy_options": {"typical_first": s.typical_first},
             # when to retrain the production model (streams.evaluation.milestones)
             "milestones": {"every_labels": s.retrain_every_labels, "accuracy_gain": s.retrain_accuracy_gain,
                            "on_drift": bool(s.retrain_on_drift), "on_stop": bool(s.retrain_on_stop)}}

@@ -121,7 +121,7 @@ class Loop:
               gold_threshold: float = 0.7, model=None, hold_out_control: bool = True, live_scoring: bool = False,
               prequential: bool = True, n_classes: int | None = None, label_set=None,
               policy_options: dict | None = None, milestones: dict | None = None,
-              suspect_share: float = 0.0, multi_label: bool = False) -> "Loop":
+              suspect_share: float = 0.0, multi_label: bool = False, early_every: int = 0) -> "Loop":
         """A loop from plain options (named as the settings are; a cap of 0 is no cap).
 
         An offline replay (:mod:`feedbackloop.simulate`) gives its own ``model``,
@@ -148,7 +148,7 @@ class Loop:
         gold_items = gold_items or {}
         learner = Learner(model_name, kind=model_kind, publish_every=publish_every, min_control=min_control,
                           model=model, hold_out_control=hold_out_control, prequential=prequential,
-                          multi_label=multi_label)
+                          multi_label=multi_label, early_every=early_every)  # early versions: see Learner
         trainer = Trainer(learner, Consensus(overlap=overlap, max_annotators=max_annotators,
                                              gold=GoldChecks(threshold=gold_threshold)),
                           gold={item: g["label"] for item, g in gold_items.items()})

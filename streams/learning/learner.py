@@ -53,7 +53,10 @@ from streams.learning import models, one_vs_rest, snapshot
 from streams.learning.batch import BatchKNN
 from streams.learning.snapshot import SnapshotRejected
 
-__all__ = ["Learner", "ShadowModel", "SnapshotRejected", "load_version"]
+__all__ = ["EARLY_LABELS", "Learner", "ShadowModel", "SnapshotRejected", "load_version"]
+
+#: Learned labels over which a learner with ``early_every`` publishes its early versions (see :class:`Learner`).
+EARLY_LABELS = 100
 
 
 @dataclass
@@ -141,6 +144,12 @@ class Learner:
     min_control
         The first version waits for this many control labels, so its
         accuracy is measured on more than a handful of items.
+    early_every
+        Until the learner has learned :data:`EARLY_LABELS` labels (control labels held out are not
+        learned), a version every ``early_every`` learned labels, the first without waiting for
+        ``min_control`` (0: none, the first version waits). Scorers score with the newest version, so
+        the policy stops leaning on the production model's doubt after a few labels instead of a few
+        dozen (docs/policy.md, "The shadow's first versions sooner").
     model
         The model to learn, instead of a fresh one of ``kind`` (an offline
         replay gives its own, see :mod:`feedbackloop.simulate`).
@@ -183,11 +192,12 @@ class Learner:
 
     def __init__(self, name: str, kind: str = "knn", publish_every: int = 25, control_window: int = 1000,
                  min_control: int = 20, model=None, hold_out_control: bool = True, prequential: bool = True,
-                 multi_label: bool = False):
+                 multi_label: bool = False, early_every: int = 0):
         self.name = name
         self.kind = kind
         self.publish_every = publish_every
         self.min_control = min_control
+        self.early_every = early_every
         self.hold_out_control = hold_out_control
         self.prequential = prequential
         if model is None and multi_label:
@@ -197,6 +207,7 @@ class Learner:
         self.classes: set[str] = set()
         self.version = 0
         self.labels_seen = 0
+        self.held_out = 0  # control labels held out (not learned)
         self.prequential_hits = 0
         self.prequential_total = 0
         self.control: deque[tuple[dict, str]] = deque(maxlen=control_window)
@@ -260,6 +271,7 @@ class Learner:
         self._since_publish += 1
         if control and self.hold_out_control:
             self.control.append((x, label))
+            self.held_out += 1
             return True
         return False
 
@@ -340,7 +352,25 @@ class Learner:
 
     @property
     def due(self) -> bool:
-        return (self._since_publish >= self.publish_every and bool(self.classes)
+        """True when a new version is to be published: after ``publish_every`` labels (the first once
+        ``min_control`` control labels are held out), or early on every ``early_every`` learned labels.
+
+        >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        >>> key, learner = Ed25519PrivateKey.generate(), Learner("m", kind="linear", early_every=10)
+        >>> published = []  # (labels seen, of them learned) at each version
+        >>> for i in range(200):
+        ...     _ = learner.learn({"x": float(i % 2)}, "ab"[i % 2], control=i % 4 == 0)
+        ...     if learner.due:
+        ...         published.append((learner.publish(0, key)["labels_seen"], learner.labels_seen - learner.held_out))
+        >>> published[:2], published[9:]
+        ([(14, 10), (27, 20)], [(134, 100), (159, 119), (184, 138)])
+        """
+        if not self.classes:
+            return False
+        learned = self.labels_seen - self.held_out
+        if self.early_every and self.version < -(-EARLY_LABELS // self.early_every):
+            return learned >= self.early_every * (self.version + 1)
+        return (self._since_publish >= self.publish_every
                 and (self.version > 0 or len(self.control) >= self.min_control))
 
     def publish(self, now_ms: int, key) -> dict:
@@ -352,7 +382,7 @@ class Learner:
         data = snapshot.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
             "labels_seen": self.labels_seen, "prequential_hits": self.prequential_hits,
             "prequential_total": self.prequential_total, "control": list(self.control),
-            "label_offset": self.label_offset, "learned": list(self.learned)}})
+            "label_offset": self.label_offset, "learned": list(self.learned), "held_out": self.held_out}})
         return {
             "model_name": self.name,
             "version": self.version,
@@ -379,4 +409,5 @@ class Learner:
         self.control.extend(saved.get("control", []))
         self.learned.extend(saved.get("learned", []))
         self.label_offset = saved.get("label_offset", -1)
+        self.held_out = saved.get("held_out", len(self.control))
         self._since_publish = 0

@@ -128,6 +128,13 @@ class Policy:
         typical the item is of the recent stream; 0: none). None (default):
         1 on text, none on numeric features (there it cost labels: see
         docs/policy.md).
+    typical_first
+        Before the shadow model's first version (no ``shadow_margin`` among the signals yet), the
+        diverse share's distance is weighted by how typical the item is of the recent stream
+        (:class:`~streams.selection.density.Density` to this power; 0: not), so the first labels
+        spread over where the items are rather than going to the farthest outliers. Only for a
+        loop with a production model and a shadow (the worker): an offline replay scores with its
+        live model and never has a shadow signal (docs/policy.md, "The shadow's first versions sooner").
     text_diverse
         Whether the diverse share also samples text (False: on text it goes
         to uncertain; the novelty sketch hashes words into 64 slots, so the
@@ -142,7 +149,7 @@ class Policy:
     def __init__(self, budget: Budget, mix: dict[str, float] | None = None, control_share: float | None = None,
                  uncertainty: str = "uncertainty", spread: float = 0.08, step: float = 0.01,
                  rare_boost: float = 0.5, cold_start: int = 20, warmup: int = 0, density: float | None = None,
-                 text_diverse: bool = False, novelty: Novelty | None = None,
+                 typical_first: float = 0.0, text_diverse: bool = False, novelty: Novelty | None = None,
                  drift: DriftMonitor | None = None, seed: int | None = None):
         mix = normalize_mix(mix or DEFAULT_MIX)
         if control_share is not None:
@@ -160,6 +167,8 @@ class Policy:
         self.text_diverse = text_diverse
         self.density_weight = density
         self.density = Density()
+        self.typical_first = typical_first
+        self.shadow_seen = False  # a signal of the shadow model's seen: typical_first is over
         self.novelty = novelty if novelty is not None else Novelty()  # an empty one is falsy (len 0)
         self.drift = drift or DriftMonitor()
         self.rng = random.Random(seed)
@@ -314,6 +323,7 @@ class Policy:
         decay, b = self._failure_decay, budget.fraction
         failure_rate, failure_weight = self._failure_rate, self._failure_weight
         shares, rarity, controls = {}, {}, {}  # control rates by share: until a control item is selected
+        typical_first = 0.0 if self.shadow_seen else self.typical_first
         out = []
         for i, signal in enumerate(signals):
             failure_rate *= decay
@@ -324,6 +334,8 @@ class Policy:
                 score = None if score is None else 1.0 - score
             else:
                 score = signal.get(name)
+            if typical_first and "shadow_margin" in signal:  # the shadow's first version is served
+                self.shadow_seen, typical_first = True, 0.0
             key = (score is None, drift.boost)
             share = shares.get(key)
             if share is None:
@@ -377,6 +389,9 @@ class Policy:
             if share_d > 0.0 and sketch is not None:
                 target = elastic * share_d / weight
                 distance = novelty.distance(sketch) if row is None else nearest.distance(row, sketch)
+                if typical_first:  # no shadow yet: typical items first, not the outliers
+                    typical = density.update(sketch) ** typical_first
+                    distance = distance if distance == math.inf else distance * typical
                 if distance == math.inf:
                     p_d = 1.0
                 else:
