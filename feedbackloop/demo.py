@@ -896,12 +896,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--production", choices=PRODUCTION_MODELS, default="linear",
                    help="the production model, fitted on 2%% of the stream: linear (about a coin on bananas) or "
                         "knn (five nearest neighbours, a plausible one)")
-    d.add_argument("--early-every", type=int, default=5,
+    d.add_argument("--early-every", type=int, metavar="LABELS",
                    help="until the shadow has learned 100 labels, a version every this many learned labels (0: the "
-                        "worker's usual cadence; docs/policy.md, 2026-12-01 morning)")
-    d.add_argument("--typical-first", type=float, default=1.0,
+                        "usual cadence; default: the worker's FEEDBACKLOOP_EARLY_EVERY; 5 is what docs/policy.md, "
+                        "2026-12-01 morning, measured)")
+    d.add_argument("--typical-first", type=float, metavar="POWER",
                    help="before the shadow's first version, the diverse share prefers typical items (density to "
-                        "this power; 0: the farthest items, as a worker does by default)")
+                        "this power; 0: the farthest items; default: the worker's FEEDBACKLOOP_TYPICAL_FIRST)")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",
@@ -927,8 +928,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args, settings: Settings) -> int:
     """``feedbackloop demo``: play the demo with the command line's choices, print and write the report."""
     settings = settings.replace(budget_fraction=args.budget, publish_every=args.publish_every,
-                                control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate,
-                                early_every=args.early_every, typical_first=args.typical_first)
+                                control_fraction=args.control, overlap=args.overlap, gold_rate=args.gold_rate)
+    if args.early_every is not None:  # the demo runs what a worker runs unless told otherwise
+        settings = settings.replace(early_every=args.early_every)
+    if args.typical_first is not None:
+        settings = settings.replace(typical_first=args.typical_first)
     errors = [float(e) for e in args.annotator_errors.split(",")] if args.annotator_errors else None
     careless = max(errors or [args.annotator_error]) >= CARELESS or (errors is None and args.annotators >= 5)
     share = args.suspect_share if args.suspect_share is not None else (

@@ -79,8 +79,7 @@ def test_demo_offline_replays_each_seed_through_rehearse_and_needs_no_stack(monk
     assert f"{rows[0]['control_accuracy']:.3f}" in out.splitlines()[1]
     # the same figures as rehearse with the demo's stream, annotators and settings for that seed
     traffic = demo.stream(datasets.load("bananas").rows, 2, events=1500)
-    settings = Settings().replace(state_dir=str(tmp_path), budget_fraction=0.2, control_fraction=0.2, seed=2,
-                                  early_every=5, typical_first=1.0)  # the demo's defaults
+    settings = Settings().replace(state_dir=str(tmp_path), budget_fraction=0.2, control_fraction=0.2, seed=2)
     alone = demo.rehearse(settings, traffic,
                           demo.team(traffic.truth.get, 2))
     last = max(alone["control_accuracy"], key=int)
