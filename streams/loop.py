@@ -193,15 +193,7 @@ class Loop:
             candidates = [self.scorer.appeal(record, now_ms)]
         if columns:
             return Effects(candidates=candidates, columns=[("predictions", _prediction_columns(candidates))])
-        # the fields the predictions table keeps, no more: the sink stores the row as it is, no projection
-        # (the signals are stored once, in the event's decision row: migration 0019)
-        rows = [("predictions", {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"],
-                                 "model_name": c["model_name"], "model_version": c["model_version"],
-                                 "predicted_label": c["predicted_label"],
-                                 "confidence": max(c["probabilities"].values(), default=0.0),
-                                 "shadow_label": c["shadow_label"], "shadow_version": c["shadow_version"],
-                                 "scored_at": c["scored_ts"]})
-                for c in candidates if c["kind"] == "prediction"]
+        rows = [("predictions", _prediction_row(c)) for c in candidates if c["kind"] == "prediction"]
         return Effects(candidates=candidates, rows=rows)
 
     # -- routing ------------------------------------------------------------------------
@@ -515,21 +507,30 @@ class Loop:
         return Effects(rows=self.suspects.take(self.trainer, name, record, result, now_ms))
 
 
+#: The columns of a ``predictions`` row, in order (:func:`_prediction_row`).
+_PREDICTION_COLUMNS = ("event_id", "item_id", "ts", "model_name", "model_version", "predicted_label", "confidence",
+                      "shadow_label", "shadow_version", "scored_at")
+
+
+def _prediction_row(c: Candidate) -> dict:
+    """A prediction candidate's ``predictions`` row: the fields the table keeps, no more (the sink stores
+    the row as it is, no projection; the signals are stored once, in the event's decision row: migration
+    0019)."""
+    return {"event_id": c["event_id"], "item_id": c["item_id"], "ts": c["ts"], "model_name": c["model_name"],
+            "model_version": c["model_version"], "predicted_label": c["predicted_label"],
+            "confidence": max(c["probabilities"].values(), default=0.0), "shadow_label": c["shadow_label"],
+            "shadow_version": c["shadow_version"], "scored_at": c["scored_ts"]}
+
+
 def _prediction_columns(candidates: Sequence[Candidate]) -> dict[str, list]:
     """The ``predictions`` rows of the prediction ``candidates`` as columns: :meth:`Loop.score`'s rows,
     read from a :class:`~streams.selection.scorer.Scored` message's own columns where it is one."""
-    if hasattr(candidates, "confidence"):  # a scored message: predictions all
+    if hasattr(candidates, "confidence"):  # a scored message: predictions all, read as its columns
         column = candidates.column
         return {"event_id": column("event_id"), "item_id": column("item_id"), "ts": column("ts"),
                 "model_name": column("model_name"), "model_version": column("model_version"),
                 "predicted_label": column("predicted_label"), "confidence": candidates.confidence(),
                 "shadow_label": column("shadow_label"), "shadow_version": column("shadow_version"),
                 "scored_at": column("scored_ts")}
-    kept = [c for c in candidates if c["kind"] == "prediction"]
-    return {"event_id": [c["event_id"] for c in kept], "item_id": [c["item_id"] for c in kept],
-            "ts": [c["ts"] for c in kept], "model_name": [c["model_name"] for c in kept],
-            "model_version": [c["model_version"] for c in kept],
-            "predicted_label": [c["predicted_label"] for c in kept],
-            "confidence": [max(c["probabilities"].values(), default=0.0) for c in kept],
-            "shadow_label": [c["shadow_label"] for c in kept], "shadow_version": [c["shadow_version"] for c in kept],
-            "scored_at": [c["scored_ts"] for c in kept]}
+    rows = [_prediction_row(c) for c in candidates if c["kind"] == "prediction"]
+    return {name: [r[name] for r in rows] for name in _PREDICTION_COLUMNS}
