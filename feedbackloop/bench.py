@@ -320,8 +320,22 @@ def train(settings: Settings, n: int, run_dir: Path) -> dict:
 # -- the loops ----------------------------------------------------------------------------
 
 
+def bare_message(loop: Loop, name: str, record: dict, now: int) -> Effects:
+    """One input message through the worker's path, in one process: scored and preselected with its rows
+    as columns (as the score agent, :meth:`Loop.score` and :meth:`Loop.preselect_many` with ``columns``),
+    the preselected admitted (as the route agent, :meth:`Loop.admit`; no hop between them). The
+    decisions and tasks :meth:`Loop.route` gives each candidate (``tests/test_bare_loop.py``)."""
+    scored = loop.score(name, record, now, columns=True)
+    chosen = loop.preselect_many(scored.candidates, now, columns=True)
+    out = Effects(columns=scored.columns + chosen.columns)
+    for c in chosen.candidates:
+        out.extend(loop.admit(c, now))
+    return out
+
+
 def bare_loop(settings: Settings, n: int, run_dir: Path, model: dict | None = None) -> dict:
-    """The worker's own :class:`~streams.loop.Loop` (serving ``model``) in a plain confluent-kafka loop."""
+    """The worker's own :class:`~streams.loop.Loop` (serving ``model``) in a plain confluent-kafka loop, each
+    message taking the worker's path (:func:`bare_message`)."""
     consumer = Consumer({**settings.kafka_config(), "group.id": f"{settings.app_id}-bare",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({**settings.kafka_config(), "linger.ms": 5})
@@ -342,12 +356,11 @@ def bare_loop(settings: Settings, n: int, run_dir: Path, model: dict | None = No
             now = int(time.time() * 1000)
             for message in messages:
                 name, record = codec.decode(message.value(), ("Prediction", "PredictionBatch", "PredictionColumns"))
-                scored = loop.score(name, record, now)
-                effects = Effects(rows=scored.rows)
-                for c in scored.candidates:
-                    effects.extend(loop.route(c, now))
+                effects = bare_message(loop, name, record, now)
                 for task in effects.tasks:
                     producer.produce(tasks_topic, codec.encode("LabelingTask", task, check=False))
+                for table, block in effects.columns:
+                    sink.add_columns(table, block, project=True)
                 for table, row in effects.rows:
                     sink.add(table, row, project=True)
                 done += (len(record["events"]) if name == "PredictionBatch" else
