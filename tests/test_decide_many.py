@@ -167,6 +167,11 @@ def test_the_sketch_of_a_message_is_its_events_sketches_bit_for_bit():
         xs[0]["f0"] = xs[1]["f0"] = 1.5  # equal values: a deviation of exactly zero
         assert np.array_equal(a.update_many(xs), np.array([b.update(x) for x in xs]))
         assert a._stats == b._stats and a._slot == b._slot
+    # a feature first seen now (its count starts again beside the others'), and a message of one item
+    for size in (50, 1, 3):
+        xs = [{**{f"f{j}": float(v) for j, v in enumerate(rng.normal(0.0, 2.0, 7))}} for _ in range(size)]
+        assert np.array_equal(a.update_many(xs), np.array([b.update(x) for x in xs]))
+        assert a._stats == b._stats and all(type(v) is float for s in a._stats.values() for v in s[1:3])
 
 
 def candidates(n, seed):

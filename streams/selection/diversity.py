@@ -106,8 +106,9 @@ class Sketch:
 
     def update_many(self, xs: list[dict[str, float]]) -> np.ndarray | None:
         """:meth:`update` of each of ``xs`` in order, as the rows of one array: the same
-        running statistics and the same sketches, bit for bit (Welford's recurrence runs
-        item by item in plain floats; the standardising is elementwise, rounded as one item's).
+        running statistics and the same sketches, bit for bit (Welford's means run item by item
+        in plain floats, the sums of squared deviations are one running sum, added in the same
+        order; the standardising is elementwise, rounded as one item's).
         None, with nothing learned, unless every item has the same numeric features in the
         same order (text, or a stream whose features vary, is sketched item by item).
 
@@ -126,26 +127,28 @@ class Sketch:
         m = len(xs)
         values = np.array([list(x.values()) for x in xs], dtype=float).reshape(m, len(names))
         out = np.zeros((m, self.dims + self.text_dims))
+        counts = None  # each item's count as a float, for the features seen as often (all, usually)
         for j, key in enumerate(names):
             stats = self._stats.get(key)
             if stats is None:
                 stats = self._stats[key] = [0, 0.0, 0.0, *self._place(key, self.dims, 0)]
             n0, mean, m2, i, sign = stats
-            means, m2s = [], []
-            add_mean, add_m2 = means.append, m2s.append
-            for value, count in zip(values[:, j].tolist(), range(n0 + 1, n0 + m + 1)):  # Welford, as update
-                delta = value - mean
-                mean += delta / count
-                m2 += delta * (value - mean)
-                add_mean(mean)
-                add_m2(m2)
-            stats[0], stats[1], stats[2] = n0 + m, mean, m2
+            column = values[:, j]
+            if counts is None or counts[0] != n0 + 1:
+                counts = np.arange(n0 + 1.0, n0 + m + 1.0).tolist()  # exact: integers below 2**53
+            # Welford, as update: the means in turn, in plain floats (mean += (value - mean) / count); then
+            # each item's delta * (value - new mean) elementwise, and their running sum by add.accumulate,
+            # which adds in turn as the loop did: the same m2 at every item, bit for bit
+            means = np.fromiter([mean := mean + (value - mean) / count
+                                 for value, count in zip(column.tolist(), counts)], float, m)
+            before = np.concatenate(([stats[1]], means[:-1]))
+            spread = np.add.accumulate(np.concatenate(([m2], (column - before) * (column - means))))[1:]
+            stats[0], stats[1], stats[2] = n0 + m, mean, float(spread[-1])
             n = np.arange(n0 + 1, n0 + m + 1)
-            spread = np.array(m2s)
             ok = (n > 1) & (spread > 0.0)
             if ok.any():
                 scale = np.sqrt(spread[ok] / (n[ok] - 1))
-                out[ok, i] += sign * (values[ok, j] - np.array(means)[ok]) / scale
+                out[ok, i] += sign * (column[ok] - means[ok]) / scale
         return out
 
 
