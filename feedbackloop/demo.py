@@ -773,40 +773,55 @@ def verdict(report: dict) -> str:
             f"({s['ci_low']:.2f}-{s['ci_high']:.2f}) includes 1, so it may not beat random sampling")
 
 
+#: Control labels a version's accuracy needs before the summary reads it: on fewer the interval spans most of
+#: the scale (0 of 2 right reads 0.000), so the summary says how many such versions it left out instead.
+READ_FROM = 20
+
+
+def read_versions(report: dict) -> list[str]:
+    """The versions whose control accuracy was measured on at least :data:`READ_FROM` control labels.
+
+    >>> read_versions({"control_accuracy": {"1": 0.0, "2": 0.8, "3": None}, "control_labels": {"1": 2, "2": 25}})
+    ['2']
+    """
+    n = report.get("control_labels", {})
+    return [v for v, a in report["control_accuracy"].items() if a is not None and (n.get(v) or 0) >= READ_FROM]
+
+
 def version_lines(report: dict, rows: int = 8) -> list[str]:
     """Control accuracy per model version with its 95% (Wilson) interval on the control labels it was
-    measured on: every version, or the first, the last and evenly spaced ones between.
+    measured on: every version read (:func:`read_versions`), or the first, the last and evenly spaced ones
+    between; a line says how many earlier versions had too few control labels to be read.
 
-    >>> report = {"control_accuracy": {"1": 0.6, "2": None, "3": 0.85}, "control_labels": {"1": 20, "2": 0, "3": 100},
-    ...           "labels_seen": {"1": 25, "2": 50, "3": 75}}
+    >>> report = {"control_accuracy": {"1": 0.0, "2": 0.6, "3": None, "4": 0.85},
+    ...           "control_labels": {"1": 2, "2": 20, "3": 0, "4": 100}, "labels_seen": {"1": 5, "2": 25, "4": 75}}
     >>> print("\\n".join(version_lines(report)))
       version  labels  control accuracy (95% interval, control labels)
-            1      25   60.0%  (38.7-78.1%, n 20)
-            2      50     n/a  (n 0)
-            3      75   85.0%  (76.7-90.7%, n 100)
+            2      25   60.0%  (38.7-78.1%, n 20)
+            4      75   85.0%  (76.7-90.7%, n 100)
+      2 versions measured on fewer than 20 control labels, not read
     """
     acc, n, seen = report["control_accuracy"], report.get("control_labels", {}), report.get("labels_seen", {})
-    versions = list(acc)
+    versions = read_versions(report)
+    unread = len(acc) - len(versions)
     if len(versions) > rows:
         step = (len(versions) - 1) / (rows - 1)
         versions = [versions[round(i * step)] for i in range(rows)]
     out = ["  version  labels  control accuracy (95% interval, control labels)"]
     for v in versions:
-        a, k = acc[v], n.get(v, 0) or 0
-        if a is None or not k:
-            out.append(f"  {v:>7}  {seen.get(v, ''):>6}  {'n/a':>6}  (n {k})")
-            continue
+        a, k = acc[v], n[v]
         low, high = wilson(round(a * k), k)
         out.append(f"  {v:>7}  {seen.get(v, ''):>6}  {a:>6.1%}  ({low:.1%}-{high:.1%}, n {k})".replace("%-", "-", 1))
+    if unread:
+        out.append(f"  {unread} version{'s' * (unread != 1)} measured on fewer than {READ_FROM} control labels, not read")
     return out
 
 
 def summary(report: dict) -> str:
     """The report in a few readable lines: the verdict first, then control accuracy per version with
     its interval, the savings and the lift."""
-    acc = report["control_accuracy"]
-    first = next((v for v in acc.values() if v is not None), None)
-    last = next((v for v in reversed(list(acc.values())) if v is not None), None)
+    acc, read = report["control_accuracy"], read_versions(report)
+    first, last = (acc[read[0]], acc[read[-1]]) if read else (None, None)
     fmt = lambda v: "n/a" if v is None else f"{v:.1%}"
     fmt2 = lambda v: "n/a" if v is None else f"{v:.2f}"
     reasons = ", ".join(f"{k} {v}" for k, v in report["tasks_by_reason"].items())
@@ -817,7 +832,8 @@ def summary(report: dict) -> str:
         f"tasks             {report['tasks']:>7}   ({reasons})",
         f"labels            {report['labels']:>7}",
         f"model versions    {report['model_versions']:>7}",
-        f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version)",
+        f"control accuracy  {fmt(first):>7} -> {fmt(last)}  (first -> last version with {READ_FROM} or more "
+        "control labels)",
         *version_lines(report),
         f"production model  {fmt(report['production_accuracy']):>7}"
         + ("   (the exact set right)" if report.get("multi_label") else ""),
