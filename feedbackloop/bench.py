@@ -491,7 +491,9 @@ def event_to_task_stages(settings: Settings, dsn: str, times: dict, window: tupl
     """Where an event's time to its task goes, from what the run recorded (read once the worker has
     stopped): its producer's timestamp (``source_ts``), the score agent's batch start (``scored_at`` in
     ``predictions``), the candidates message's timestamp on ``labeling.candidates`` (its send), the
-    task's ``created_ts`` (the route agent admitting it) and the task message's timestamp. Per stage of
+    task's ``created_ts`` (the router admitting it) and the task message's timestamp; a task whose
+    candidate the owner's own scorer handed over in process has no candidates message, and its hop is
+    its admission (``candidates sent -> admitted`` 0). Per stage of
     :data:`EVENT_STAGES`: p50/p95/p99 over the tasks and the mean over the slowest 1%; and the waits the
     worker recorded in ``agent_stats`` during ``window`` (``wait:*``: rows written, collections,
     publishes) beside its agents' batches: count, total and longest seconds."""
@@ -507,20 +509,24 @@ def event_to_task_stages(settings: Settings, dsn: str, times: dict, window: tupl
 def stage_times(times: dict, scored: dict, hop: dict) -> dict:
     """Per stage of :data:`EVENT_STAGES`, p50/p95/p99/max and the mean over the slowest 1% of the tasks,
     from each task's ``times`` (event id -> source, created, task sent), ``scored`` and ``hop`` (event id ->
-    epoch ms); the stages of a task add up to its latency.
+    epoch ms; a task without a candidates message was admitted in process, its hop at its admission);
+    the stages of a task add up to its latency.
 
     >>> out = stage_times({"a": (1000, 1090, 1091), "b": (1000, 1300, 1310)}, {"a": 1040, "b": 1200},
-    ...                   {"a": 1060, "b": 1250})
+    ...                   {"a": 1060})
     >>> out["tasks"], out["ms"]["produced -> scored"]["max"], out["ms"]["admitted -> task sent"]["slowest_1pct_mean"]
     (2, 200, 10)
+    >>> out["ms"]["scored -> candidates sent"]["max"], out["ms"]["candidates sent -> admitted"]["max"], out["in_process"]
+    (100, 30, 1)
     """
-    rows = []
+    rows, in_process = [], 0
     for event_id, (source, created, sent) in times.items():
-        if event_id in scored and event_id in hop:
-            marks = (source, scored[event_id], hop[event_id], created, sent)
+        if event_id in scored:
+            in_process += event_id not in hop
+            marks = (source, scored[event_id], hop.get(event_id, created), created, sent)
             rows.append([b - a for a, b in zip(marks, marks[1:])])
     slowest = sorted(rows, key=sum)[-max(1, len(rows) // 100):] if rows else []
-    return {"tasks": len(rows), "ms": {
+    return {"tasks": len(rows), "in_process": in_process, "ms": {
         name: {**_percentiles([r[i] for r in rows]),
                "slowest_1pct_mean": round(statistics.mean(r[i] for r in slowest), 1) if slowest else None}
         for i, name in enumerate(EVENT_STAGES)}}
@@ -1026,7 +1032,10 @@ def latency_summary(result: dict, head: bool = True) -> str:
              f"{lat['ms']['p99']} ms ({lat['ms']['n']} tasks; target p99 < {TARGETS['p99_ms']})",
              f"label to serving: p50 {serve['ms']['p50']} p95 {serve['ms']['p95']} ms ({serve['ms']['n']} labels; "
              f"target p95 < {TARGETS['label_p95_ms']:,})"] if head else []
-    lines.append("event-to-task by stage (ms): p50 / p95 / p99 / mean of the slowest 1%")
+    stages = lat.get("stages", {})
+    lines.append("event-to-task by stage (ms): p50 / p95 / p99 / mean of the slowest 1%"
+                 + (f"; {stages['in_process']} of {stages['tasks']} tasks admitted in process"
+                    if "in_process" in stages else ""))
     for name, p in lat.get("stages", {}).get("ms", {}).items():
         lines.append(f"  {name:<30} {p['p50']} / {p['p95']} / {p['p99']} / {p['slowest_1pct_mean']}")
     lines.append("label to serving by stage (ms): p50 / p95")

@@ -4,16 +4,18 @@
   appeals, score them with the newest shadow model, and preselect: the policy
   gives each event its selection probability and the draw fixed by its id
   decides. An event not preselected gets its decision row here; only the
-  preselected few go on to the owner of the budget.
+  preselected few go on to the owner of the budget: in process when this
+  worker is the owner (:meth:`Runtime.admit_here`), else through
+  ``labeling.candidates``.
 * ``route`` (one owner, ``labeling.candidates`` has one partition): admission
-  under the global hourly, daily and weekly caps; admitted items become
-  labeling tasks (see docs/scaling.md).
+  under the global hourly, daily and weekly caps of the candidates other
+  workers send; admitted items become labeling tasks (see docs/scaling.md).
 * ``learn`` (one owner): labels are joined to their tasks and learned; new
   model versions are published on ``models`` and picked up by every scorer.
 * ``audit``: the labeling service's audit events, into ``audit_log``.
 
 A router's tasks are delivered before the decisions naming them are buffered
-(the route agent goes on while they are in flight; the commit waits for them);
+(the agent that admitted them goes on while they are in flight; the commit waits for them);
 rows go to ClickHouse in blocks, on a writer thread while the agents go on
 (:meth:`Runtime.write_due`), and every buffered row is written before offsets
 are committed (:class:`DurableConsumer`), so a committed offset never runs
@@ -175,6 +177,7 @@ class Runtime:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one insert at a time
         self.publisher = ThreadPoolExecutor(1, thread_name_prefix="publish")  # model versions, off the event loop
         self.router_ready = self.trainer_ready = False
+        self.candidates_owned = False  # this worker is assigned labeling.candidates (owns_budget)
         self._frozen = False  # the heap built at start is out of the collector's scans (freeze_startup_heap)
         self._rebuilding = asyncio.Lock()
         self.follower = self.task_follower = None
@@ -214,6 +217,8 @@ class Runtime:
         ``labels``), so the learner learns from the first label that comes in, not a rebuild later."""
         await self.start()
         topics = {tp.topic for tp in partitions}
+        # the assignment is the whole of it (not an increment): not assigned now is not owned
+        self.candidates_owned = self.settings.topic("labeling.candidates") in topics
         try:
             if self.settings.topic("labeling.candidates") in topics:
                 await self.ready_router()
@@ -225,6 +230,12 @@ class Runtime:
             freeze_startup_heap()
             self._frozen = True
         log.info("state ready for %d partitions", len(partitions))
+
+    def revoked(self, partitions) -> None:
+        """At revocation: a worker losing ``labeling.candidates`` stops admitting in process at once (its
+        scorer sends its candidates through Kafka again, :meth:`owns_budget`)."""
+        if self.settings.topic("labeling.candidates") in {tp.topic for tp in partitions}:
+            self.candidates_owned = False
 
     async def ready_router(self) -> None:
         """The caps rebuilt from ``labeling.tasks`` once this worker owns them (again: tasks another
@@ -267,10 +278,13 @@ class Runtime:
 
         # predictions first: an override or appeal in the same batch then finds its item
         await self.each(sorted(events, key=lambda e: e.message.topic != self.topics.predictions), handle)
-        for i in range(0, len(out), CANDIDATES_PER_MESSAGE):
-            part = slice(i, i + CANDIDATES_PER_MESSAGE)
-            for value in await self.encode_candidates(out[part], sources[part]):
-                await self.topics.candidates.send(value=value)
+        if out and self.owns_budget():
+            await self.admit_here(out)
+        else:
+            for i in range(0, len(out), CANDIDATES_PER_MESSAGE):
+                part = slice(i, i + CANDIDATES_PER_MESSAGE)
+                for value in await self.encode_candidates(out[part], sources[part]):
+                    await self.topics.candidates.send(value=value)
         self.add_columns(decisions)
         self.agent_stats("score", scored, started)
         await self.write_due()
@@ -284,9 +298,7 @@ class Runtime:
             nonlocal seen
             candidates = candidates_of(record)  # CandidateColumns, or CandidateBatch from an older scorer
             seen += len(candidates)
-            for c in candidates:
-                recorded = self.sink.remembers("routing_decisions", c["event_id"])  # before a restart
-                done.extend(self.loop.admit(c, now_ms(), recorded=recorded))
+            self.admit(candidates, done)
 
         await self.each(events, handle)
         # in flight while the agent takes the next candidates: the decisions naming the tasks are buffered once
@@ -295,6 +307,36 @@ class Runtime:
         self.agent_stats("route", seen, started)
         # its rows are written with the scorer's next block, the standing timer's or the commit's: a route
         # batch that waited for a write held up every candidate behind it (docs/scaling.md)
+
+    def admit(self, candidates, done: Effects) -> None:
+        """Admit preselected ``candidates`` under the global caps, their effects into ``done``; a candidate
+        whose decision was written before a restart is not decided again (:meth:`Loop.admit`)."""
+        remembers = self.sink.remembered("routing_decisions")
+        for c in candidates:
+            done.extend(self.loop.admit(c, now_ms(), recorded=remembers(c["event_id"])))
+
+    def owns_budget(self) -> bool:
+        """True while this worker owns ``labeling.candidates`` (the global budget) and no rebalance is
+        under way: its scorer then hands its preselected to the router in process (:meth:`admit_here`).
+        Faust marks a rebalance at its very start, before an agent's batch ends, so a worker about to
+        lose the partition sends its candidates through Kafka to whichever worker owns it next."""
+        return self.candidates_owned and not self.topics.candidates.app.rebalancing
+
+    async def admit_here(self, candidates: list) -> None:
+        """This worker owns the budget: admit its scorer's preselected ``candidates`` in process, as the
+        route agent admits those other workers send, instead of encoding them, sending them through
+        ``labeling.candidates`` and decoding them again (a Kafka round trip, the route agent's window and
+        its turn on the event loop: 60-70 ms of a kept-up event's ~150; docs/scaling.md). Their tasks are in
+        flight as the route agent's are (:meth:`deliver`), so the commit of the score agent's offsets waits
+        for them and their rows. After a restart nothing of them is on ``labeling.candidates``: a task sent
+        comes back to the router from ``labeling.tasks`` (:func:`~streams.replay.rebuild_router`, the event
+        then keeps its decision), a decision written from the sink's remembered keys, and an event with
+        neither is decided afresh."""
+        if not self.router_ready:
+            await self.ready_router()
+        done = Effects()
+        self.admit(candidates, done)
+        await self.deliver(done, wait=False)
 
     async def learn(self, events) -> None:
         if not self.trainer_ready:
@@ -767,6 +809,11 @@ def create_app(settings: Settings) -> faust.App:
     async def on_before_shutdown(sender, **kwargs):
         """Everything buffered written before the worker ends (:meth:`Runtime.stop`)."""
         await rt.stop()
+
+    @app.on_partitions_revoked.connect
+    async def on_partitions_revoked(sender, revoked, **kwargs):
+        """No more admissions in process once ``labeling.candidates`` is revoked (:meth:`Runtime.revoked`)."""
+        rt.revoked(revoked)
 
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender, assigned, **kwargs):

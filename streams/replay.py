@@ -11,7 +11,13 @@ must come back from what Kafka keeps:
 * a **scorer** re-reads the candidates it preselected within
   :data:`PRESELECTED_LOOKBACK_MS` (``labeling.candidates``): a re-delivered
   event whose candidate is already on its way to the owner is not decided
-  again (:func:`rebuild_preselection`), so no event is decided both ways;
+  again (:func:`rebuild_preselection`), so no event is decided both ways.
+  The owner's own scorer hands its candidates to the router in process
+  (``streams.app.Runtime.admit_here``): none is ever on its way, so none is
+  on the topic; what it decided comes back as the tasks it sent (the
+  router's, above: the event keeps its decision and gets no second task) and
+  as the decision rows the sink remembers, and an event with neither left
+  nothing behind and is decided afresh;
 * the **learner** resumes from the newest signed model version, which records
   the offset of the last label it reflects; the trainer re-reads the tasks (so
   a label for a task created before the restart still finds it) and the
@@ -131,7 +137,9 @@ def rebuild_router(router, settings, now_ms: int) -> int:
 
 
 def rebuild_preselection(router, settings, now_ms: int) -> int:
-    """Give ``router`` the events preselected within :data:`PRESELECTED_LOOKBACK_MS`; the number read."""
+    """Give ``router`` the events preselected within :data:`PRESELECTED_LOOKBACK_MS` whose candidates went
+    through ``labeling.candidates`` (those admitted in process never did; see the module's notes); the
+    number read."""
     with Reader(settings) as reader:
         start = reader.offset_at("labeling.candidates", now_ms - PRESELECTED_LOOKBACK_MS)
         _, end = reader.watermarks("labeling.candidates")

@@ -85,9 +85,10 @@ def report(counts: dict) -> None:
 # -- 1. the worker SIGKILLed during a backlog ------------------------------------------------
 
 BACKLOG, OVERRIDES, CAP = 20_000, 500, 1000
-#: Each life is killed as soon as it has committed a step on this topic: the first once
-#: it scored some input, the second once it routed some candidates.
-KILLED_AFTER = ("predictions", "labeling.candidates")
+#: Each life is killed as soon as it has committed a step on this topic: the first once it scored
+#: some input, the second once it scored (and, the one worker owning the budget, admitted in
+#: process) more; ``labeling.candidates`` carries nothing while one worker runs.
+KILLED_AFTER = ("predictions", "predictions")
 
 
 def killed_after_commits(lives: WorkerLives, settings: Settings, topics, poll: float = 0.1) -> list[dict]:
@@ -142,27 +143,31 @@ def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twic
 
 # -- 1b. the worker SIGKILLed while its tasks are in flight ----------------------------------
 
-#: Half the events preselected and no cap reached (the daily one is 10,000 by default), so the route agent sends tasks all through a backlog
-#: long enough for two lives to be killed in it.
+#: Half the events preselected and no cap reached (the daily one is 10,000 by default), so the worker sends
+#: tasks all through a backlog long enough for three lives to be killed in it.
 IN_FLIGHT_EVENTS, IN_FLIGHT_FRACTION, IN_FLIGHT_LIVES = 60_000, 0.5, 3
 
 
 def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(kafka, tmp_path, ts):
-    """The route agent takes its next candidates while its tasks are in flight, and buffers their
-    decision rows once Kafka has the tasks; the commit waits for every send in flight before it writes
-    rows and commits (:meth:`streams.app.Runtime.deliver`). Each life is killed right after the route
-    agent committed, while it routes a backlog in which every other event is a task: the rows of the
-    tasks in flight at that commit are buffered only once they are acknowledged, so a commit that did
-    not wait for them would have committed offsets whose decision and task rows a kill then loses (the
-    audit's "one decision per event", "one task row per selected event"). After the last restart every
-    selected event has one task on the topic and one task row, and every event one decision row."""
+    """The one worker owns the budget, so its score agent admits its preselected in process
+    (:meth:`streams.app.Runtime.admit_here`) and takes its next messages while their tasks are in flight,
+    buffering their decision rows once Kafka has the tasks; the commit waits for every send in flight
+    before it writes rows and commits (:meth:`streams.app.Runtime.deliver`). Each life is killed right
+    after a commit, while it scores a backlog in which every other event is a task: the rows of the tasks
+    in flight at that commit are buffered only once they are acknowledged, so a commit that did not wait
+    for them would have committed offsets whose decision and task rows a kill then loses (the audit's "one
+    decision per event", "one task row per selected event"). After a kill the score agent scores again
+    from its last commit: an event whose task was sent keeps its decision (the router rebuilt from
+    ``labeling.tasks``) and gets no second task. After the last restart every selected event has one task
+    on the topic and one task row, every event one decision row, and nothing went through
+    ``labeling.candidates``."""
     settings = scenario(kafka, tmp_path, "inflight", budget_fraction=IN_FLIGHT_FRACTION,
                         budget_per_hour=IN_FLIGHT_EVENTS, budget_per_day=IN_FLIGHT_EVENTS)
     with Producer(settings) as producer:
         predictions = [predict(producer, i, ts) for i in range(IN_FLIGHT_EVENTS)]
     lives = WorkerLives(settings, tmp_path)
     try:
-        kills = killed_after_commits(lives, settings, ["labeling.candidates"] * IN_FLIGHT_LIVES, poll=0.005)
+        kills = killed_after_commits(lives, settings, ["predictions"] * IN_FLIGHT_LIVES, poll=0.005)
         lives.start()
         drained = worker.wait_drained(settings, lives.process, timeout=240)
         stop_s = lives.stop()
@@ -172,9 +177,10 @@ def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(k
     counts = audit(settings, predictions)
     report({**counts, "kills": kills, "join_s": lives.joined, "drained": drained, "stop_s": stop_s})
     assert all(k["lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
-    assert counts["selected"] > IN_FLIGHT_EVENTS // 4, "too few tasks for the route agent to have them in flight"
+    assert counts["selected"] > IN_FLIGHT_EVENTS // 4, "too few tasks for the worker to have them in flight"
     assert drained, "the backlog was not drained after the last restart"
     assert not broken(counts)
+    assert watermark(settings, "labeling.candidates") == 0, "the owner's own candidates went through Kafka"
 
 
 # -- 2. the broker bounced while the worker runs ------------------------------------------

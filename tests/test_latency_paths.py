@@ -40,12 +40,14 @@ def test_the_stages_of_an_event_add_up_to_its_latency():
 
     times = {f"e{i}": (1000, 1100 + 7 * i, 1101 + 8 * i) for i in range(200)}  # source, created, task sent
     scored = {f"e{i}": 1010 + 3 * i for i in range(200)}
-    hop = {f"e{i}": 1050 + 5 * i for i in range(199)}  # one candidates message not found: its task is left out
+    hop = {f"e{i}": 1050 + 5 * i for i in range(150)}  # the others' candidates were admitted in process
+    del scored["e0"]  # a decision row not found: its task is left out
     out = stage_times(times, scored, hop)
-    assert out["tasks"] == 199
-    worst = max(sent - source for e, (source, created, sent) in times.items() if e in hop)
+    assert out["tasks"] == 199 and out["in_process"] == 50
+    worst = max(sent - source for e, (source, created, sent) in times.items() if e in scored)
     assert sum(out["ms"][name]["slowest_1pct_mean"] for name in EVENT_STAGES) == pytest.approx(worst, abs=0.5)
-    assert out["ms"]["produced -> scored"]["max"] == 10 + 3 * 198
+    assert out["ms"]["produced -> scored"]["max"] == 10 + 3 * 199
+    assert out["ms"]["candidates sent -> admitted"]["max"] == max(1100 + 7 * i - 1050 - 5 * i for i in range(150))
 
 
 @pytest.mark.kafka
@@ -57,10 +59,12 @@ def test_the_latency_bench_says_where_the_time_went(kafka, tmp_path):
     lat, serving = result["latency"], result["label_to_serving"]
     assert "worker" not in result and lat["rate"] == 200 and lat["ms"]["n"] > 0
     stages = lat["stages"]
-    assert stages["tasks"] == lat["ms"]["n"], "every task's candidates message and decision row were found"
+    assert stages["tasks"] == lat["ms"]["n"], "every task's decision row was found"
+    assert stages["in_process"] == stages["tasks"], (
+        "one worker owns the budget: its scorer hands every candidate to the router in process, none through Kafka")
     assert all(stages["ms"][name]["max"] <= lat["ms"]["max"] for name in bench.EVENT_STAGES)
     assert stages["ms"]["produced -> scored"]["p50"] >= 0
-    assert stages["agents"]["score"]["n"] > 0 and stages["agents"]["route"]["n"] > 0
+    assert stages["agents"]["score"]["n"] > 0 and "route" not in stages["agents"], "the route agent had nothing to do"
     assert serving["ms"]["n"] > 0 and set(serving["stages_ms"]) == {"sent -> publish started",
                                                                      "publish started -> served everywhere"}
     assert serving["agents"]["wait:publish"]["n"] >= 1  # a publish takes more than WAIT_RECORDED
@@ -98,3 +102,36 @@ def test_a_batch_in_flight_with_a_failed_send_keeps_its_rows_out_and_is_raised()
         assert buffered == [("routing_decisions", "b")] and len(sends) == 1
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_candidates_admitted_in_process_make_the_tasks_and_rows_of_the_kafka_hop(seed):
+    """The owner's own scorer hands its preselected to the router in process (streams.app.Runtime.admit_here)
+    instead of sending them through ``labeling.candidates``: the same tasks, byte for byte on the wire, and
+    the same decision and task rows as candidates encoded, sent and decoded, with the hourly cap refusing
+    some."""
+    from feedbackloop import bench
+    from feedbackloop.producer import as_columns
+    from schemas import codec
+    from schemas.candidate_columns import candidates_of, to_columns
+    from streams.loop import Effects, Loop
+
+    def owner():
+        return Loop.build(seed=seed, budget_fraction=0.3, budget_per_hour=120, model_kind="linear")
+
+    here, hop = owner(), owner()
+    out = {"here": Effects(), "hop": Effects()}
+    for i in range(4):
+        message = as_columns(list(bench._events(200, seed=seed * 100 + i, prefix=f"s{seed}-{i}-")))
+        for name, loop in (("here", here), ("hop", hop)):
+            chosen = loop.preselect_many(loop.score("PredictionColumns", message, T0, columns=True).candidates,
+                                         T0, columns=True).candidates
+            if name == "hop":
+                wire = [codec.encode("CandidateColumns", r, check=False) for r in to_columns(chosen)]
+                chosen = [c for value in wire for c in candidates_of(codec.decode(value, ("CandidateColumns",))[1])]
+            for c in chosen:
+                out[name].extend(loop.admit(c, T0 + 1))
+    tasks = {name: [codec.encode("LabelingTask", t, check=False) for t in e.tasks] for name, e in out.items()}
+    assert 0 < len(tasks["here"]) == 120 < sum(table == "routing_decisions" for table, _ in out["here"].rows)
+    assert tasks["here"] == tasks["hop"]
+    assert out["here"].rows == out["hop"].rows
