@@ -1,7 +1,8 @@
 """The shadow's first versions sooner, and typical items first until then (docs/policy.md, 2026-12-01 morning).
 
 Until the learner has learned ``EARLY_LABELS`` labels it publishes every ``early_every`` learned labels (the
-first without waiting for ``min_control``); before the shadow's first version is served, the diverse share
+first without waiting for ``min_control``), and each time the labels seen reach a multiple of ``publish_every``
+(so a worker sent N labels, N a multiple of it, publishes a version that has seen N); before the shadow's first version is served, the diverse share
 prefers items typical of the stream (``typical_first``) rather than the outliers farthest from every pick.
 """
 
@@ -30,24 +31,44 @@ def versions(learner: Learner, labels: int, control_every: int = 3) -> list[tupl
 
 
 def test_early_versions_then_the_usual_cadence():
-    early = versions(Learner("m", kind="linear", publish_every=25, min_control=20, early_every=5), 300)
-    learned = [n for _, n in early]
-    assert learned[:EARLY_LABELS // 5] == list(range(5, EARLY_LABELS + 1, 5))  # no wait for 20 control labels
-    seen = [n for n, _ in early]
-    assert all(b - a == 25 for a, b in zip(seen[EARLY_LABELS // 5 - 1:], seen[EARLY_LABELS // 5:]))
+    for control_every in (2, 3, 7):  # whatever the share of control labels held out (not learned)
+        early = versions(Learner("m", kind="linear", publish_every=25, min_control=20, early_every=5), 300,
+                         control_every)
+        seen, learned = [n for n, _ in early], [n for _, n in early]
+        assert early[0] == (min(n for n in range(1, 30) if n - -(-n // control_every) == 5), 5)  # no wait for control
+        assert set(range(5, EARLY_LABELS + 1, 5)) <= set(learned), control_every
+        assert set(range(25, 301, 25)) <= set(seen), control_every  # what a worker's waits count on
+        late = [n for n, k in early if k > EARLY_LABELS]
+        assert late and all(n % 25 == 0 for n in late) and seen[-1] == 300, control_every
     usual = versions(Learner("m", kind="linear", publish_every=25, min_control=20), 300)
-    assert usual[0][0] >= 25 and len([n for n, _ in usual]) < len(early)
+    assert usual[0][0] >= 25 and len(usual) < len(early)
 
 
-def test_a_resumed_learner_keeps_its_early_count():
+def test_a_version_at_every_count_a_worker_waits_for():
+    """A worker checks ``due`` once a batch of labels is learned: a version of the usual cadence is late
+    by a batch at most, and the next one comes at the next multiple, not ``publish_every`` after the late one."""
+    key, learner, seen = Ed25519PrivateKey.generate(), Learner("m", kind="linear", early_every=5), []
+    for i in range(300):
+        learner.learn({"x": float(i % 2)}, "ab"[i % 2], control=i % 4 == 0)
+        if i % 7 == 6 and learner.due:
+            seen.append(learner.publish(0, key)["labels_seen"])
+    checks = range(7, 301, 7)
+    late = [n for n in seen if n > 140]  # 105 learned by then: the usual cadence only
+    assert late == sorted({min(c for c in checks if c >= m) for m in range(150, 300, 25)})
+
+
+def test_a_resumed_learner_keeps_its_count():
     key = Ed25519PrivateKey.generate()
-    learner = Learner("m", kind="linear", early_every=5)
+    learner = Learner("m", kind="linear", early_every=5, publish_every=10)
     for i in range(30):
         learner.learn({"x": float(i % 2)}, "ab"[i % 2], control=i % 3 == 0)
     record = learner.publish(0, key)
-    again = Learner("m", kind="linear", early_every=5)
+    again = Learner("m", kind="linear", early_every=5, publish_every=10)
     again.resume(record, key.public_key())
     assert (again.held_out, again.labels_seen) == (learner.held_out, learner.labels_seen) == (10, 30)
+    assert not again.due
+    # a restarted worker's versions come at the counts the one that did not stop publishes at
+    assert versions(again, 110) == versions(learner, 110)
 
 
 def stream(n: int, seed: int) -> list[dict[str, float]]:

@@ -147,9 +147,11 @@ class Learner:
     early_every
         Until the learner has learned :data:`EARLY_LABELS` labels (control labels held out are not
         learned), a version every ``early_every`` learned labels, the first without waiting for
-        ``min_control`` (0: none, the first version waits). Scorers score with the newest version, so
-        the policy stops leaning on the production model's doubt after a few labels instead of a few
-        dozen (docs/policy.md, "The shadow's first versions sooner").
+        ``min_control`` (0: none, and the usual cadence above). Scorers score with the newest version,
+        so the policy stops leaning on the production model's doubt after a few labels instead of a
+        few dozen (docs/policy.md, "The shadow's first versions sooner"). The usual versions then come
+        each time the labels seen reach a multiple of ``publish_every``, early versions or not, so a
+        worker sent N labels, N a multiple of ``publish_every``, publishes a version that has seen N.
     model
         The model to learn, instead of a fresh one of ``kind`` (an offline
         replay gives its own, see :mod:`feedbackloop.simulate`).
@@ -217,7 +219,7 @@ class Learner:
         window = getattr(getattr(self.model.steps[knn], "engine", None), "maxlen", None) if knn else None
         self.learned: deque[tuple[dict, str]] = deque(maxlen=window or 1000)  # as learned, for rescale
         self.label_offset = -1  # offset on the labels topic of the newest label taken (set by the worker)
-        self._since_publish = 0
+        self.published_at = self.learned_at = 0  # labels seen and learned by the newest version (or the one resumed)
 
     def learn(self, x: dict[str, float], label: str, control: bool = False, weight: float = 1.0) -> dict[str, float]:
         """Predict ``x``, then learn it (or hold it out if ``control`` and
@@ -268,7 +270,6 @@ class Learner:
             self.prequential_total += 1
             self.prequential_hits += hit
         self.labels_seen += 1
-        self._since_publish += 1
         if control and self.hold_out_control:
             self.control.append((x, label))
             self.held_out += 1
@@ -353,7 +354,8 @@ class Learner:
     @property
     def due(self) -> bool:
         """True when a new version is to be published: after ``publish_every`` labels (the first once
-        ``min_control`` control labels are held out), or early on every ``early_every`` learned labels.
+        ``min_control`` control labels are held out); with ``early_every``, each ``early_every`` learned
+        labels up to :data:`EARLY_LABELS`, and each time the labels seen reach a multiple of ``publish_every``.
 
         >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         >>> key, learner = Ed25519PrivateKey.generate(), Learner("m", kind="linear", early_every=10)
@@ -362,22 +364,24 @@ class Learner:
         ...     _ = learner.learn({"x": float(i % 2)}, "ab"[i % 2], control=i % 4 == 0)
         ...     if learner.due:
         ...         published.append((learner.publish(0, key)["labels_seen"], learner.labels_seen - learner.held_out))
-        >>> published[:2], published[9:]
-        ([(14, 10), (27, 20)], [(134, 100), (159, 119), (184, 138)])
+        >>> published[:3], published[-4:]
+        ([(14, 10), (25, 18), (27, 20)], [(134, 100), (150, 112), (175, 131), (200, 150)])
         """
         if not self.classes:
             return False
-        learned = self.labels_seen - self.held_out
-        if self.early_every and self.version < -(-EARLY_LABELS // self.early_every):
-            return learned >= self.early_every * (self.version + 1)
-        return (self._since_publish >= self.publish_every
+        if self.early_every:
+            early = (self.learned_at // self.early_every + 1) * self.early_every
+            cadence = (self.published_at // self.publish_every + 1) * self.publish_every
+            return (self.labels_seen - self.held_out >= early and early <= EARLY_LABELS
+                    or self.labels_seen >= cadence)
+        return (self.labels_seen - self.published_at >= self.publish_every
                 and (self.version > 0 or len(self.control) >= self.min_control))
 
     def publish(self, now_ms: int, key) -> dict:
         """Bump the version and return it as a ``ModelVersion`` record signed with
         ``key``, the Ed25519 private key only the learner holds."""
         self.version += 1
-        self._since_publish = 0
+        self.published_at, self.learned_at = self.labels_seen, self.labels_seen - self.held_out
         self.rescale()
         data = snapshot.dumps({"model": self.model, "classes": sorted(self.classes), "state": {
             "labels_seen": self.labels_seen, "prequential_hits": self.prequential_hits,
@@ -410,4 +414,4 @@ class Learner:
         self.learned.extend(saved.get("learned", []))
         self.label_offset = saved.get("label_offset", -1)
         self.held_out = saved.get("held_out", len(self.control))
-        self._since_publish = 0
+        self.published_at, self.learned_at = self.labels_seen, self.labels_seen - self.held_out
