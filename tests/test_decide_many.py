@@ -123,6 +123,9 @@ def test_a_message_decided_at_once_decides_as_one_event_at_a_time(case, seed):
         kinds, signals, now, draws, xs, names = map(list, zip(*message))
         b = many.decide_many(kinds, signals, now, draws, xs, names)
         assert len(a) == len(b)
+        # the columns a message's path reads (a Decision is made for an item not selected only when asked for)
+        assert b.selected == [d.selected for d in a] and len(b.probability) == len(a)
+        assert all(close(p, d.probability) for p, d in zip(b.probability, a))
         for i, (x, y) in enumerate(zip(a, b)):
             assert same_decision(x, y), (k, i, x, y)
         decided += sum(d.selected for d in a)

@@ -245,6 +245,7 @@ class Nearest:
 
     def __init__(self, novelty: Novelty, sketches: np.ndarray):
         self.novelty = novelty
+        self.sketches = sketches
         self.width = w = novelty.sketch.width
         self.m = m = len(sketches)
         # row i is (1, v_i) as distance builds it (a row of zeros after a lone one: two columns at least)
@@ -284,12 +285,13 @@ class Nearest:
         np.minimum(self._added[i:], values, out=self._added[i:])
         self._moved = True
 
-    def distance(self, i: int, v: np.ndarray) -> float:
-        """:meth:`Novelty.distance` of row ``i`` (its sketch ``v``), the centers as they are now."""
+    def distance(self, i: int, v: np.ndarray | None = None) -> float:
+        """:meth:`Novelty.distance` of row ``i`` (its sketch ``v``, the row of ``sketches`` if not given),
+        the centers as they are now."""
         novelty = self.novelty
         count = novelty._count
         if count - self._start >= novelty.memory:  # the ring went round within the message: in full
-            return novelty.distance(v)
+            return novelty.distance(self.sketches[i] if v is None else v)
         for k in range(self._seen, count):
             self._add(k, i)
         self._seen = count

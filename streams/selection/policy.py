@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streams.selection.budget import Budget, VariableThreshold
@@ -93,6 +94,54 @@ class Decision:
     probability: float = 0.0
     priority: float = 0.0
     probabilities: dict[str, float] = field(default_factory=dict)
+
+
+class Decisions(Sequence):
+    """The decisions of a message (:meth:`Policy.decide_many`), in order, kept as columns: an item
+    not selected is its probability and its parts (``control``, ``uncertain``, ``diverse``), and its
+    :class:`Decision` is made only when asked for (by index or iterating), the same one; a message's
+    path reads :attr:`selected` and :attr:`probability` (:meth:`Router.preselect_columns
+    <streams.selection.router.Router.preselect_columns>`). Every item not selected has no reasons
+    and priority 0.
+
+    >>> out = Decisions()
+    >>> out.add(Decision(True, ["control"], 0.2, 0.5, {"control": 0.2, "uncertain": 0.0, "diverse": 0.0}))
+    >>> out.made.append(None); out.probability.append(0.1); out.parts.append((0.05, 0.04, 0.01))
+    >>> out.selected, out.probability, out[-1]
+    ([True, False], [0.2, 0.1], Decision(selected=False, reasons=[], probability=0.1, priority=0.0, \
+probabilities={'control': 0.05, 'uncertain': 0.04, 'diverse': 0.01}))
+    """
+
+    __slots__ = ("made", "probability", "parts")
+
+    def __init__(self):
+        self.made: list[Decision | None] = []  # None: not selected, made from its columns when asked for
+        self.probability: list[float] = []  # every item's
+        self.parts: list[tuple[float, float, float] | None] = []  # (control, uncertain, diverse) of the None
+
+    def add(self, d: Decision) -> None:
+        """Append a decision made already."""
+        self.made.append(d)
+        self.probability.append(d.probability)
+        self.parts.append(None)
+
+    def __len__(self) -> int:
+        return len(self.made)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        d = self.made[i]
+        if d is None:
+            c, p_u, p_d = self.parts[i]
+            d = self.made[i] = Decision(False, [], self.probability[i], 0.0,
+                                        {"control": c, "uncertain": p_u, "diverse": p_d})
+        return d
+
+    @property
+    def selected(self) -> list[bool]:
+        """Whether each item was selected."""
+        return [d is not None and d.selected for d in self.made]
 
 
 class Policy:
@@ -242,11 +291,13 @@ class Policy:
             draw = self.rng.random()
         if kind in ERROR_KINDS:
             return self._failure(kind, signals, now_ms, draw)
-        return self._predictions([signals], [now_ms], [draw], [x], [label])[0]
+        out = Decisions()
+        self._predictions(out, [signals], [now_ms], [draw], [x], [label])
+        return out[0]
 
     def decide_many(self, kinds: list[str], signals: list[dict[str, float]], now_ms: list[int],
                     draws: list[float] | None = None, xs: list[dict[str, float] | None] | None = None,
-                    labels: list[str | None] | None = None) -> list[Decision]:
+                    labels: list[str | None] | None = None) -> Decisions:
         """:meth:`decide` of each event in order (a message at a time): the same decisions and
         the same state after, bit for bit, with the per-event work that does not hang on earlier
         decisions done for the whole message at once: the novelty sketches (:meth:`Sketch.update_many
@@ -254,7 +305,8 @@ class Policy:
         (:meth:`Novelty.nearest <streams.selection.diversity.Novelty.nearest>`, one matrix product).
         The thresholds, the pacing, the budget and the centers added on selection go event by event,
         through the one body :meth:`decide` uses too (:meth:`_predictions`, a run of predictions
-        between two failures at a time).
+        between two failures at a time). The decisions come as :class:`Decisions` (a decision not
+        selected is made only when asked for).
 
         >>> from streams.selection.budget import Budget
         >>> one, many = Policy(Budget(fraction=0.2), seed=1), Policy(Budget(fraction=0.2), seed=1)
@@ -281,15 +333,17 @@ class Policy:
             for j, i in enumerate(at):
                 rows[i] = j
         failures = [i for i, kind in enumerate(kinds) if kind in ERROR_KINDS]
+        out = Decisions()
         if not failures:
-            return self._predictions(signals, now_ms, draws, xs, labels, sketches, nearest, rows)
-        out, start = [], 0
+            self._predictions(out, signals, now_ms, draws, xs, labels, sketches, nearest, rows)
+            return out
+        start = 0
         for i in failures + [n]:
             if start < i:
-                out += self._predictions(signals[start:i], now_ms[start:i], draws[start:i], xs[start:i],
-                                         labels[start:i], sketches, nearest, rows and rows[start:i])
+                self._predictions(out, signals[start:i], now_ms[start:i], draws[start:i], xs[start:i],
+                                  labels[start:i], sketches, nearest, rows and rows[start:i])
             if i < n:
-                out.append(self._failure(kinds[i], signals[i], now_ms[i], draws[i]))
+                out.add(self._failure(kinds[i], signals[i], now_ms[i], draws[i]))
             start = i + 1
         return out
 
@@ -307,10 +361,12 @@ class Policy:
         self.selected[kind] += 1
         return Decision(True, [kind], p, 1.0 + signals.get("uncertainty", 0.0), {kind: p})
 
-    def _predictions(self, signals, now_ms, draws, xs, labels, sketches=None, nearest=None, rows=None):
-        """The decisions of a run of predictions, in order: the one decision body. ``sketches`` (of
-        ``xs``, learned already) and ``nearest`` (their :class:`~streams.selection.diversity.Nearest`)
-        from :meth:`decide_many`, ``rows`` each item's row there (None: sketched here, in turn).
+    def _predictions(self, out, signals, now_ms, draws, xs, labels, sketches=None, nearest=None, rows=None):
+        """The decisions of a run of predictions, in order, appended to ``out`` (:class:`Decisions`: an
+        item not selected as its columns): the one decision body. ``sketches`` (of ``xs``, learned
+        already) and ``nearest`` (their :class:`~streams.selection.diversity.Nearest`) from
+        :meth:`decide_many`, ``rows`` each item's row there (None: sketched here, in turn; a row is
+        read from ``sketches`` only where its values are needed).
 
         What does not change within a run is looked up once: the shares (they hang only on the mix,
         a cold item and the drift boost), each label's rarity (labels come in between messages) and
@@ -324,7 +380,7 @@ class Policy:
         failure_rate, failure_weight = self._failure_rate, self._failure_weight
         shares, rarity, controls = {}, {}, {}  # control rates by share: until a control item is selected
         typical_first = 0.0 if self.shadow_seen else self.typical_first
-        out = []
+        made, probabilities, columns = out.made.append, out.probability.append, out.parts.append
         for i, signal in enumerate(signals):
             failure_rate *= decay
             failure_weight = decay * failure_weight + 1.0 - decay
@@ -344,7 +400,11 @@ class Policy:
             share_u, share_d, share_f, share_c = share
             x = xs[i]
             row = None if rows is None else rows[i]
-            sketch = sketches[row] if row is not None else (sketcher.update(x) if x is not None else None)
+            if row is None:
+                sketch = sketcher.update(x) if x is not None else None
+                sketched = sketch is not None
+            else:
+                sketch, sketched = None, True  # sketches[row], when its values are needed
             has_text = sketcher.has_text
             # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
             if share_d and (x is None or (has_text and not text_diverse)):
@@ -371,7 +431,9 @@ class Policy:
             p_u = p_d = 0.0
             rare = 0.0
             dense = density_weight if density_weight is not None else float(has_text)
-            if dense and sketch is not None and score is not None:
+            if dense and sketched and score is not None:
+                if sketch is None:
+                    sketch = sketches[row]
                 score *= density.update(sketch) ** dense
             if share_u > 0.0 and score is not None:
                 label = labels[i]
@@ -386,10 +448,12 @@ class Policy:
                         p_u = warm * p_u + (1.0 - warm) * target
                 p_u = pace * p_u
                 p_u = p_u if p_u < 1.0 else 1.0
-            if share_d > 0.0 and sketch is not None:
+            if share_d > 0.0 and sketched:
                 target = elastic * share_d / weight
-                distance = novelty.distance(sketch) if row is None else nearest.distance(row, sketch)
+                distance = novelty.distance(sketch) if row is None else nearest.distance(row)
                 if typical_first:  # no shadow yet: typical items first, not the outliers
+                    if sketch is None:
+                        sketch = sketches[row]
                     typical = density.update(sketch) ** typical_first
                     distance = distance if distance == math.inf else distance * typical
                 if distance == math.inf:
@@ -401,13 +465,16 @@ class Policy:
             probability = c + (1.0 - c) * p_elastic
             if not allowed:
                 budget.observe(False)
-                out.append(Decision(False, [], 0.0, 0.0, {"control": 0.0, "uncertain": 0.0, "diverse": 0.0}))
+                made(None)  # not selected: its Decision made from the columns when asked for
+                probabilities(0.0)
+                columns((0.0, 0.0, 0.0))
                 continue
-            parts = {"control": c, "uncertain": p_u, "diverse": p_d}
             draw = draws[i]
             if not (draw < c or draw < probability):  # not selected (the usual case)
                 budget.observe(False)
-                out.append(Decision(False, [], probability, 0.0, parts))
+                made(None)
+                probabilities(probability)
+                columns((c, p_u, p_d))
                 continue
 
             if draw < c:
@@ -429,17 +496,16 @@ class Policy:
             if reason == "control":
                 self.control_selected += 1
                 controls.clear()
-            if sketch is not None:
-                novelty.add(sketch)
+            if sketched:
+                novelty.add(sketch if sketch is not None else sketches[row])
             if reason == "control":
                 priority = 0.5
             elif reason == "uncertain":
                 priority = min(1.0, (score or 0.0) + rare)
             else:
                 priority = 0.5 * p_d + 0.25
-            out.append(Decision(True, reasons, probability, priority, parts))
+            out.add(Decision(True, reasons, probability, priority, {"control": c, "uncertain": p_u, "diverse": p_d}))
         self._failure_rate, self._failure_weight = failure_rate, failure_weight
-        return out
 
     # -- feedback -----------------------------------------------------------
 

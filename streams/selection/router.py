@@ -68,7 +68,7 @@ from streams import events
 from streams.events import Candidate, Decision, Task
 from streams.learning.features import featurize
 from streams.selection.budget import Budget
-from streams.selection.policy import Decision as PolicyDecision, Policy
+from streams.selection.policy import Decision as PolicyDecision, Decisions, Policy
 from streams.recent import Recent
 from streams.selection.signals import top_label
 from streams.labels.set_agreement import label_set
@@ -305,10 +305,11 @@ class Router:
         if not todo:
             return rows, [c for _, c in chosen]
         version, column, before = self.policy.version, _columns(candidates), bool(chosen)
-        kept = [i for i, d in zip(todo, decisions) if not d.selected]
-        for i, d in zip(todo, decisions):
-            if d.selected:
-                c = candidates[i]
+        selected = decisions.selected  # the decisions' columns: a Decision made only for those selected
+        kept = [i for i, s in zip(todo, selected) if not s]
+        for j, i in enumerate(todo):
+            if selected[j]:
+                c, d = candidates[i], decisions[j]
                 self._preselected.add(c["event_id"])
                 chosen.append((i, {**c, "selection_probability": d.probability, "reasons": d.reasons,
                                    "priority": d.priority, "policy_version": version}))
@@ -320,10 +321,9 @@ class Router:
             values = column(name)
             rows[name] += values if every else [values[i] for i in kept]
         rows["selected"] += [0] * len(kept)
-        not_selected = [d for d in decisions if not d.selected]
-        rows["reasons"] += [d.reasons for d in not_selected]
-        rows["selection_probability"] += [d.probability for d in not_selected]
-        rows["priority"] += [d.priority for d in not_selected]
+        rows["reasons"] += [[] for _ in kept]  # an item not selected has no reasons and priority 0 (Decisions)
+        rows["selection_probability"] += [p for p, s in zip(decisions.probability, selected) if not s]
+        rows["priority"] += [0.0] * len(kept)
         signals = column("signals")
         rows["signals"] += signals if every else [signals[i] for i in kept]
         rows["task_id"] += [None] * len(kept)
@@ -334,7 +334,7 @@ class Router:
         rows["decided_at"] += [now_ms] * len(kept)
         return rows, chosen
 
-    def _message(self, candidates, now_ms: int) -> tuple[list, list[int], list[PolicyDecision]]:
+    def _message(self, candidates, now_ms: int) -> tuple[list, list[int], Decisions]:
         """The body of :meth:`preselect_many` and :meth:`preselect_columns`: ``(out, todo, decisions)``,
         ``out[i]`` the :meth:`preselect` of a candidate decided before (or of every candidate, when an
         event is twice in the message: the second sees the first's decision), ``decisions`` the
