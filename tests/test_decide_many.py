@@ -248,3 +248,18 @@ def test_a_columns_message_scores_as_its_events_one_map_each(seed):
     assert list(got) == want and [got[i] for i in range(n)] == want  # made once: the same dicts again
     assert list(fast._recent) == list(slow._recent)
     assert all(fast.seen(item) == slow.seen(item) for item in slow._recent)
+
+
+def test_a_message_draws_what_each_event_drew_before():
+    """The draws fix decisions across restarts and versions: each is the 8-byte BLAKE2b digest of
+    ``seed:event_id`` over 2**64, whether drawn one at a time or a message at a time."""
+    import hashlib
+
+    from streams.selection.router import stable_draw, stable_draws
+
+    ids = ["e1", "ev-1-0", "", "événement-7", "x" * 300]
+    for seed in (0, 1, 12345):
+        expected = [int.from_bytes(hashlib.blake2b(f"{seed}:{e}".encode(), digest_size=8).digest(), "big") / 2**64
+                    for e in ids]
+        assert stable_draws(ids, seed) == expected == [stable_draw(e, seed) for e in ids]
+    assert stable_draws([], 0) == [] and len(set(stable_draws(ids, 0))) == len(ids)

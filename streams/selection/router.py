@@ -108,8 +108,22 @@ def stable_draw(event_id: str, seed: int) -> float:
     >>> stable_draw("e1", 0) == stable_draw("e1", 0) != stable_draw("e1", 1)
     True
     """
-    digest = hashlib.blake2b(f"{seed}:{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return stable_draws([event_id], seed)[0]
+
+
+def stable_draws(event_ids, seed: int) -> list[float]:
+    """:func:`stable_draw` of each of ``event_ids``: the 8-byte BLAKE2b digest of ``"{seed}:{event_id}"``
+    over 2**64, the seed's part hashed once and copied for each event (the same digests).
+
+    >>> stable_draws(["e1", "e2"], 3) == [stable_draw("e1", 3), stable_draw("e2", 3)]
+    True
+    """
+    seeded, out = hashlib.blake2b(f"{seed}:".encode(), digest_size=8), []
+    for event_id in event_ids:
+        h = seeded.copy()
+        h.update(event_id.encode())
+        out.append(int.from_bytes(h.digest(), "big") / 2**64)
+    return out
 
 
 class Router:
@@ -371,7 +385,7 @@ class Router:
         shadow, predicted, seed = column("shadow_label"), column("predicted_label"), self.seed
         decisions = self.policy.decide_many(
             pick(column("kind")), pick(column("signals")), pick(column("ts")),
-            [stable_draw(ids[i], seed) for i in todo], pick(xs),
+            stable_draws(pick(ids), seed), pick(xs),
             pick([s or p for s, p in zip(shadow, predicted)]))
         return out, todo, decisions
 
