@@ -144,8 +144,10 @@ def test_worker_sigkilled_during_a_backlog_loses_nothing_and_counts_nothing_twic
 # -- 1b. the worker SIGKILLed while its tasks are in flight ----------------------------------
 
 #: Half the events preselected and no cap reached (the daily one is 10,000 by default), so the worker sends
-#: tasks all through a backlog long enough for three lives to be killed in it.
-IN_FLIGHT_EVENTS, IN_FLIGHT_FRACTION, IN_FLIGHT_LIVES = 60_000, 0.5, 3
+#: tasks all through a backlog long enough for three lives to be killed in it; the events in messages of
+#: IN_FLIGHT_BATCH, so the score agent takes thousands of events at a time and its tasks queue in the
+#: producer (one request in flight to the broker): at a commit some are still in flight.
+IN_FLIGHT_EVENTS, IN_FLIGHT_FRACTION, IN_FLIGHT_LIVES, IN_FLIGHT_BATCH = 60_000, 0.5, 3, 50
 
 
 def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(kafka, tmp_path, ts):
@@ -163,7 +165,7 @@ def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(k
     ``labeling.candidates``."""
     settings = scenario(kafka, tmp_path, "inflight", budget_fraction=IN_FLIGHT_FRACTION,
                         budget_per_hour=IN_FLIGHT_EVENTS, budget_per_day=IN_FLIGHT_EVENTS)
-    with Producer(settings) as producer:
+    with Producer(settings, batch_size=IN_FLIGHT_BATCH) as producer:
         predictions = [predict(producer, i, ts) for i in range(IN_FLIGHT_EVENTS)]
     lives = WorkerLives(settings, tmp_path)
     try:
