@@ -263,3 +263,54 @@ def test_a_message_draws_what_each_event_drew_before():
                     for e in ids]
         assert stable_draws(ids, seed) == expected == [stable_draw(e, seed) for e in ids]
     assert stable_draws([], 0) == [] and len(set(stable_draws(ids, 0))) == len(ids)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_message_of_feature_rows_decides_as_its_dicts(seed):
+    """A message's features as rows of one array (a scored message's FeatureRows) decide as the same
+    features one dict each, bit for bit, and no dict is made for them on the way (but for a message of
+    one item, sketched as one event is)."""
+    from streams.selection.scorer import FeatureRows
+
+    one, many = make({}, seed), make({}, seed)
+    made = 0
+    for message in messages(events(3000, seed, dims=4), seed):
+        kinds, signals, now, draws, xs, labels = map(list, zip(*message))
+        names = list(xs[0])
+        rows = FeatureRows(names, [x[name] for x in xs for name in names])
+        a = one.decide_many(kinds, signals, now, draws, xs, labels)
+        b = many.decide_many(kinds, signals, now, draws, rows, labels)
+        assert all(same_decision(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+        same_state(one, many)
+        made += sum(d is not None for d in rows._made) if len(xs) > 1 else 0
+    assert made == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_scored_message_preselects_as_its_candidates_one_dict_each(seed):
+    """The router's preselection of a kNN-scored message (its columns, features as one array) gives the
+    rows and candidates of the same candidates handed over as dicts, and leaves the same state."""
+    from feedbackloop import bench
+    from feedbackloop.producer import as_columns
+    from streams.learning.learner import ShadowModel
+    from streams.learning.models import make as make_model
+    from streams.selection.scorer import Scored, Scorer
+
+    model = make_model("knn")
+    for e in bench._events(200, seed=seed + 50):
+        model.learn_one(e["features"], bench.truth(e["features"]))
+    scorer = Scorer(ShadowModel("s", 1, model, ["no", "yes"]))
+    by_columns, by_dicts = Router(make({}, seed), seed=seed), Router(make({}, seed), seed=seed)
+    for i in range(6):
+        record = as_columns(list(bench._events(400, seed=seed * 10 + i, prefix=f"m{seed}-{i}-")))
+        scored = scorer.columns(record, 5)
+        assert isinstance(scored, Scored)
+        dicts = [dict(c) for c in scorer.columns(record, 5)]
+        rows_a, chosen_a = by_columns.preselect_columns(scored, 5)
+        rows_b, chosen_b = by_dicts.preselect_columns(dicts, 5)
+        assert rows_a.keys() == rows_b.keys() and all(
+            len(rows_a[k]) == len(rows_b[k]) and all(close(x, y) for x, y in zip(rows_a[k], rows_b[k]))
+            for k in rows_a if k != "signals") and rows_a["signals"] == rows_b["signals"]
+        assert chosen_a == chosen_b and len(chosen_a) > 10
+        assert sum(f is not None for f in scored.features._made) == len(chosen_a)  # dicts for the preselected only
+    same_state(by_columns.policy, by_dicts.policy)

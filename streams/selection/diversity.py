@@ -118,14 +118,23 @@ class Sketch:
         (True, True)
         >>> a.update_many([{"x": 1.0}, {"y": 2.0}]) is None, a.update_many([{"w:word": 1.0}]) is None
         (True, True)
+
+        ``xs`` may be rows of one array with ``names`` and ``matrix()`` (a message's
+        :class:`~streams.selection.scorer.FeatureRows`): read as the array, no dict made.
         """
         if not xs:
             return None
-        names = list(xs[0])
-        if any(key.startswith(TEXT_PREFIX) for key in names) or any(list(x) != names for x in xs):
-            return None
-        m = len(xs)
-        values = np.array([list(x.values()) for x in xs], dtype=float).reshape(m, len(names))
+        m, matrix = len(xs), getattr(xs, "matrix", None)
+        if matrix is not None and len(set(xs.names)) == len(xs.names):  # rows of one array: no dict read
+            names = list(xs.names)
+            if any(key.startswith(TEXT_PREFIX) for key in names):
+                return None
+            values = matrix()
+        else:
+            names = list(xs[0])
+            if any(key.startswith(TEXT_PREFIX) for key in names) or any(list(x) != names for x in xs):
+                return None
+            values = np.array([list(x.values()) for x in xs], dtype=float).reshape(m, len(names))
         out = np.zeros((m, self.dims + self.text_dims))
         counts = None  # each item's count as a float, for the features seen as often (all, usually)
         for j, key in enumerate(names):

@@ -306,7 +306,8 @@ class Policy:
         The thresholds, the pacing, the budget and the centers added on selection go event by event,
         through the one body :meth:`decide` uses too (:meth:`_predictions`, a run of predictions
         between two failures at a time). The decisions come as :class:`Decisions` (a decision not
-        selected is made only when asked for).
+        selected is made only when asked for). ``xs`` may be a message's features as rows of one array
+        (:class:`~streams.selection.scorer.FeatureRows`): then no dict is made for them.
 
         >>> from streams.selection.budget import Budget
         >>> one, many = Policy(Budget(fraction=0.2), seed=1), Policy(Budget(fraction=0.2), seed=1)
@@ -324,15 +325,19 @@ class Policy:
             [rng.random() if d is None else d for d in draws]
         xs = xs if xs is not None else [None] * n
         labels = labels if labels is not None else [None] * n
-        at = [i for i, (kind, x) in enumerate(zip(kinds, xs)) if kind not in ERROR_KINDS and x is not None]
-        sketches = self.novelty.sketch.update_many([xs[i] for i in at]) if len(at) > 1 else None
+        failures = [i for i, kind in enumerate(kinds) if kind in ERROR_KINDS]
+        if hasattr(xs, "matrix") and not failures:  # every item's features, as one array: no dict made for them
+            at, message = range(n), xs
+        else:
+            at = [i for i, (kind, x) in enumerate(zip(kinds, xs)) if kind not in ERROR_KINDS and x is not None]
+            message = [xs[i] for i in at]
+        sketches = self.novelty.sketch.update_many(message) if len(at) > 1 else None
         nearest = self.novelty.nearest(sketches) if sketches is not None else None
         rows = None
         if sketches is not None:
             rows = [None] * n
             for j, i in enumerate(at):
                 rows[i] = j
-        failures = [i for i, kind in enumerate(kinds) if kind in ERROR_KINDS]
         out = Decisions()
         if not failures:
             self._predictions(out, signals, now_ms, draws, xs, labels, sketches, nearest, rows)
@@ -398,16 +403,16 @@ class Policy:
                 s = self.shares(cold=score is None)
                 share = shares[key] = (s["uncertain"], s["diverse"], s["failure"], s["control"])
             share_u, share_d, share_f, share_c = share
-            x = xs[i]
             row = None if rows is None else rows[i]
             if row is None:
+                x = xs[i]
                 sketch = sketcher.update(x) if x is not None else None
-                sketched = sketch is not None
-            else:
-                sketch, sketched = None, True  # sketches[row], when its values are needed
+                sketched = sketch is not None  # (x is not None)
+            else:  # sketched already (its features not read again): sketches[row], when its values are needed
+                sketch, sketched = None, True
             has_text = sketcher.has_text
             # no features: novelty is unknown; text: its farthest items are odd texts (see ``text_diverse``)
-            if share_d and (x is None or (has_text and not text_diverse)):
+            if share_d and (not sketched or (has_text and not text_diverse)):
                 if score is not None:
                     share_u += share_d
                 else:

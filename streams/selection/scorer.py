@@ -195,8 +195,7 @@ class Scorer:
         by_label = sorted(range(len(shadow_classes)), key=shadow_classes.__getitem__)  # ties: the first label
         shadow_labels = ([shadow_classes[by_label[j]] for j in votes[:, by_label].argmax(1).tolist()]
                          if shadow_classes else [None] * n)
-        out = Scored(record, [dict(zip(names, xi)) for xi in zip(*[iter(x)] * f)], scored, shadow_labels,
-                     model.version, now_ms)
+        out = Scored(record, FeatureRows(names, x), scored, shadow_labels, model.version, now_ms)
         self._recent.set_many(zip(record["item_id"], zip([out] * n, range(n))))  # made into a candidate if asked
         return out
 
@@ -266,6 +265,43 @@ class Scorer:
         return self._error("appeal", event, now_ms, None, event.get("reason"))
 
 
+class FeatureRows(Sequence):
+    """The feature dicts of a message's items, ``{name: value}`` in the order of ``names``, from the
+    message's flat row-major ``values``: a dict is made when one is asked for, once; :meth:`matrix`
+    gives them all as one array, no dict made (the policy's sketches read it, :meth:`Sketch.update_many
+    <streams.selection.diversity.Sketch.update_many>`).
+
+    >>> rows = FeatureRows(["x", "y"], [1.0, 2.0, 3.0, 4.0])
+    >>> len(rows), rows[-1], rows[1] is rows[1], rows.matrix().tolist()
+    (2, {'x': 3.0, 'y': 4.0}, True, [[1.0, 2.0], [3.0, 4.0]])
+    """
+
+    __slots__ = ("names", "values", "_made")
+
+    def __init__(self, names: list[str], values: list[float]):
+        self.names, self.values = names, values
+        self._made: list = [None] * (len(values) // len(names))
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        d = self._made[i]
+        if d is None:
+            i = i + len(self) if i < 0 else i
+            f = len(self.names)
+            d = self._made[i] = dict(zip(self.names, self.values[i * f:i * f + f]))
+        return d
+
+    def matrix(self):
+        """Every item's values as the rows of one array (floats)."""
+        import numpy as np
+
+        return np.asarray(self.values, dtype=float).reshape(len(self), len(self.names))
+
+
 class Scored(Sequence):
     """The candidates of a ``PredictionColumns`` message scored at once (:meth:`Scorer.columns`), kept
     as the message's columns: a candidate is made only when it is asked for (by index, or
@@ -291,7 +327,7 @@ class Scored(Sequence):
     #: Fields every candidate of a message has alike, and their value.
     ALIKE = {"kind": "prediction", "text": None, "user_label": None, "note": None}
 
-    def __init__(self, record: dict, features: list[dict], signals: list[dict], shadow_labels: list, version: int,
+    def __init__(self, record: dict, features: Sequence[dict], signals: list[dict], shadow_labels: list, version: int,
                  now_ms: int):
         self.record, self.features, self.signals, self.shadow_labels = record, features, signals, shadow_labels
         self.version, self.now = version, now_ms
