@@ -914,11 +914,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "knn (five nearest neighbours, a plausible one)")
     d.add_argument("--early-every", type=int, metavar="LABELS",
                    help="until the shadow has learned 100 labels, a version every this many learned labels (0: the "
-                        "usual cadence; default: the worker's FEEDBACKLOOP_EARLY_EVERY; 5 is what docs/policy.md, "
-                        "2026-12-01 morning, measured)")
+                        "usual cadence; default: the worker's FEEDBACKLOOP_EARLY_EVERY, 5 unless set; docs/policy.md, "
+                        "2026-12-01 morning and midday)")
     d.add_argument("--typical-first", type=float, metavar="POWER",
                    help="before the shadow's first version, the diverse share prefers typical items (density to "
-                        "this power; 0: the farthest items; default: the worker's FEEDBACKLOOP_TYPICAL_FIRST)")
+                        "this power; 0: the farthest items; default: the worker's FEEDBACKLOOP_TYPICAL_FIRST, 1 unless set)")
     d.add_argument("--override-rate", type=float, default=0.05, help="share of production errors users override")
     d.add_argument("--appeal-rate", type=float, default=0.02, help="share of the other errors users appeal")
     d.add_argument("--drift-at", type=int, metavar="N",

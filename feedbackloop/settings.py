@@ -112,11 +112,10 @@ class Settings:
     min_control: int = 20
     #: until the shadow model has learned 100 labels, a version every this many learned labels, the first
     #: without waiting for min_control (0: none); and before its first version the diverse share's distance
-    #: is weighted by how typical the item is, to this power (0: not). Off for a worker until measured beyond
-    #: the demo's stream; `feedbackloop demo` turns both on (docs/policy.md, "The shadow's first versions
-    #: sooner (2026-12-01, morning)").
-    early_every: int = 0
-    typical_first: float = 0.0
+    #: is weighted by how typical the item is, to this power (0: not). On for a worker and the demo alike
+    #: (docs/policy.md, "The shadow's first versions sooner", 2026-12-01 morning and midday).
+    early_every: int = 5
+    typical_first: float = 1.0
     model_signing_key: str = ""
     model_verify_key: str = ""
     dashboard_host: str = "127.0.0.1"
