@@ -108,6 +108,7 @@ CASES = {
     "numeric density": ({"density": 1.0}, {}),
     "text": ({}, {"text": True}),
     "text, diverse": ({"text_diverse": True}, {"text": True}),
+    "typical first": ({"typical_first": 1.0}, {}),  # no shadow signal in these streams: on all along
 }
 
 
