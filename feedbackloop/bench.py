@@ -292,9 +292,8 @@ def train(settings: Settings, n: int, run_dir: Path) -> dict:
     newest version, which every later worker resumes."""
     n = -(-n // settings.publish_every) * settings.publish_every
     pairs = training_set(n, settings.min_control)
-    # versions every publish_every labels only: with the early ones (Learner early_every) the last version
-    # before the n-th label falls short of n (282 of 300) and none with n labels ever comes
-    process = worker.spawn(settings.replace(clickhouse_dsn="chdb://" + str(run_dir / "ch-train"), early_every=0),
+    # n is a multiple of publish_every: a version that has seen n comes, early versions or not (Learner.due)
+    process = worker.spawn(settings.replace(clickhouse_dsn="chdb://" + str(run_dir / "ch-train")),
                            run_dir / "worker-train.log")
     key = keys.verify_key(settings)
     try:
