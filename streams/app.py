@@ -185,7 +185,8 @@ class Runtime:
         self.waits: list[tuple[int, str, float]] = []  # (ts, what, seconds), into agent_stats at the next batch
         self._learned_tables: set[str] = set()  # tables the learner buffered rows in since its last publish
         self._writing: asyncio.Future | None = None  # the write write_due started (write_rows retries in it)
-        self.in_flight = InFlight(self.add_rows)  # the route agent's tasks not yet acknowledged, with their rows
+        self.in_flight = InFlight(self.add_rows)  # the admitting agents' tasks not yet acknowledged, with their rows
+        self._sending = asyncio.Lock()  # sends made one batch after another, in the order deliver was called
         self._all_written = time.monotonic()  # when a write of every table last started
 
     # -- start --------------------------------------------------------------------------
@@ -457,35 +458,47 @@ class Runtime:
     async def deliver(self, effects: Effects, wait: bool = True) -> None:
         """Send the effects' records; their rows are buffered once Kafka has every one of them, so a
         decision row never names a task that was lost. With ``wait`` (the learner) this waits for Kafka;
-        without (the route agent) the sends stay in flight while the agent goes on, and their rows are
-        buffered when the last is acknowledged: the route agent waited a round trip to the broker (and
-        every agent batch on the event loop in between) before it took its next candidates. The commit
-        waits for every send in flight first (:class:`InFlight`), so a committed offset never runs
-        ahead of its tasks or their rows; a failed send is raised by the next :meth:`deliver` or the
-        commit, as it was by this one, and its offsets are not committed."""
-        # built here by the router, from decoded input: fastavro's validation (about two thirds of the
-        # encoding, most of it building errors for union branches it rules out) is skipped; a task goes
-        # straight to the producer Faust's topics send with (its futures, sensors and callbacks cost
-        # more than the encoding, once per task)
+        without (the agents that admit: the score agent of the owner, the route agent) the sends are made
+        and stay in flight while the agent goes on, and their rows are buffered when the last is
+        acknowledged: the route agent waited a round trip to the broker (and every agent batch on the event
+        loop in between) before it took its next candidates, and the producer makes a send wait while the
+        batch before it to the same partition is not yet sent (16 KiB, about 40 tasks), which the score
+        agent would wait through before scoring its next messages. The commit waits for every send in
+        flight first (:class:`InFlight`), so a committed offset never runs ahead of its tasks or their rows:
+        a batch is in flight from this call on, its sends made in the order of the calls; a failed send is
+        raised by the next :meth:`deliver` or the commit, as it was by this one, and its offsets are not
+        committed."""
         self.in_flight.raise_failed()
         if len(self.in_flight) >= IN_FLIGHT:  # the broker behind or away: wait for the oldest batch
             started = time.perf_counter()
             await self.in_flight.oldest()
             self.waited("in_flight", time.perf_counter() - started)
-        tasks = self.topics.tasks
-        send, name = tasks.app.producer.send, tasks.get_topic_name()
-        sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False),
-                           partition=None, timestamp=None, headers=None)
-                for t in effects.tasks]
-        sent += [await self.topics.models.send(key=m["model_name"].encode(), value=codec.encode("ModelVersion", m))
-                 for m in effects.models]
-        sent += [await self.topics.retraining.send(key=r["model_name"].encode(), value=codec.encode("Retraining", r))
-                 for r in effects.retraining]
-        if wait or not sent:
-            await asyncio.gather(*sent)
+        if not (effects.tasks or effects.models or effects.retraining):
             self.add_rows(effects.rows)
-            return
-        self.in_flight.add(sent, effects.rows)
+        elif wait:
+            await self.send(effects)
+            self.add_rows(effects.rows)
+        else:
+            self.in_flight.add([asyncio.ensure_future(self.send(effects))], effects.rows)
+
+    async def send(self, effects: Effects) -> list:
+        """Send the effects' records, in the order :meth:`deliver` was called, and wait until Kafka has them all."""
+        # built here by the router, from decoded input: fastavro's validation (about two thirds of the
+        # encoding, most of it building errors for union branches it rules out) is skipped; a task goes
+        # straight to the producer Faust's topics send with (its futures, sensors and callbacks cost
+        # more than the encoding, once per task)
+        async with self._sending:
+            tasks = self.topics.tasks
+            send, name = tasks.app.producer.send, tasks.get_topic_name()
+            sent = [await send(name, t["task_id"].encode(), codec.encode("LabelingTask", t, check=False),
+                               partition=None, timestamp=None, headers=None)
+                    for t in effects.tasks]
+            sent += [await self.topics.models.send(key=m["model_name"].encode(),
+                                                   value=codec.encode("ModelVersion", m)) for m in effects.models]
+            sent += [await self.topics.retraining.send(key=r["model_name"].encode(),
+                                                       value=codec.encode("Retraining", r))
+                     for r in effects.retraining]
+        return await asyncio.gather(*sent)
 
     def add_rows(self, rows) -> None:
         """Buffer ``(table, row)`` pairs in the sink, each run of one table's rows in one
