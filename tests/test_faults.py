@@ -179,9 +179,9 @@ def test_worker_sigkilled_with_tasks_in_flight_loses_none_and_sends_none_twice(k
     counts = audit(settings, predictions)
     report({**counts, "kills": kills, "join_s": lives.joined, "drained": drained, "stop_s": stop_s})
     assert all(k["lag"] > 0 for k in kills), "a kill came after the backlog was done: nothing was tested"
-    assert counts["selected"] > IN_FLIGHT_EVENTS // 4, "too few tasks for the worker to have them in flight"
     assert drained, "the backlog was not drained after the last restart"
     assert not broken(counts)
+    assert counts["selected"] > IN_FLIGHT_EVENTS // 4, "too few tasks for the worker to have them in flight"
     assert watermark(settings, "labeling.candidates") == 0, "the owner's own candidates went through Kafka"
 
 
