@@ -234,9 +234,11 @@ class Runtime:
 
     def revoked(self, partitions) -> None:
         """At revocation: a worker losing ``labeling.candidates`` stops admitting in process at once (its
-        scorer sends its candidates through Kafka again, :meth:`owns_budget`)."""
+        scorer sends its candidates through Kafka again, :meth:`owns_budget`), and its caps are rebuilt
+        from ``labeling.tasks`` if it owns them again (:meth:`ready_router`): meanwhile another owner sent
+        tasks its caps never counted (a scorer follows them for novelty only)."""
         if self.settings.topic("labeling.candidates") in {tp.topic for tp in partitions}:
-            self.candidates_owned = False
+            self.candidates_owned = self.router_ready = False
 
     async def ready_router(self) -> None:
         """The caps rebuilt from ``labeling.tasks`` once this worker owns them (again: tasks another

@@ -135,3 +135,21 @@ def test_candidates_admitted_in_process_make_the_tasks_and_rows_of_the_kafka_hop
     assert 0 < len(tasks["here"]) == 120 < sum(table == "routing_decisions" for table, _ in out["here"].rows)
     assert tasks["here"] == tasks["hop"]
     assert out["here"].rows == out["hop"].rows
+
+
+def test_a_worker_that_loses_the_budget_rebuilds_its_caps_if_it_owns_them_again():
+    """Revoking ``labeling.candidates`` ends admission in process and marks the caps stale (another owner
+    sends tasks they never count), so owning it again rebuilds them from ``labeling.tasks``
+    (streams.app.Runtime.ready_router); another partition's revocation changes neither."""
+    from types import SimpleNamespace
+
+    from feedbackloop.settings import Settings
+    from streams.app import Runtime
+
+    settings = Settings.from_env({})
+    rt = Runtime.__new__(Runtime)  # the state revocation touches, without a broker or an app
+    rt.settings, rt.candidates_owned, rt.router_ready = settings, True, True
+    rt.revoked([SimpleNamespace(topic=settings.topic("predictions"), partition=0)])
+    assert rt.candidates_owned and rt.router_ready
+    rt.revoked([SimpleNamespace(topic=settings.topic("labeling.candidates"), partition=0)])
+    assert not rt.candidates_owned and not rt.router_ready
