@@ -46,13 +46,13 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streams.selection.budget import Budget, VariableThreshold
 from streams.selection.density import Density
 from streams.selection.diversity import Novelty
 from streams.selection.drift import DriftMonitor
+from streams.selection.lazy import LazyItems
 
 ERROR_KINDS = ("override", "appeal")
 REASONS = ("uncertain", "diverse", "failure", "control")
@@ -96,7 +96,7 @@ class Decision:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
-class Decisions(Sequence):
+class Decisions(LazyItems):
     """The decisions of a message (:meth:`Policy.decide_many`), in order, kept as columns: an item
     not selected is its probability and its parts (``control``, ``uncertain``, ``diverse``), and its
     :class:`Decision` is made only when asked for (by index or iterating), the same one; a message's
@@ -106,42 +106,33 @@ class Decisions(Sequence):
 
     >>> out = Decisions()
     >>> out.add(Decision(True, ["control"], 0.2, 0.5, {"control": 0.2, "uncertain": 0.0, "diverse": 0.0}))
-    >>> out.made.append(None); out.probability.append(0.1); out.parts.append((0.05, 0.04, 0.01))
+    >>> out._made.append(None); out.probability.append(0.1); out.parts.append((0.05, 0.04, 0.01))
     >>> out.selected, out.probability, out[-1]
     ([True, False], [0.2, 0.1], Decision(selected=False, reasons=[], probability=0.1, priority=0.0, \
 probabilities={'control': 0.05, 'uncertain': 0.04, 'diverse': 0.01}))
     """
 
-    __slots__ = ("made", "probability", "parts")
+    __slots__ = ("_made", "probability", "parts")
 
     def __init__(self):
-        self.made: list[Decision | None] = []  # None: not selected, made from its columns when asked for
+        self._made: list[Decision | None] = []  # None: not selected, made from its columns when asked for
         self.probability: list[float] = []  # every item's
         self.parts: list[tuple[float, float, float] | None] = []  # (control, uncertain, diverse) of the None
 
     def add(self, d: Decision) -> None:
         """Append a decision made already."""
-        self.made.append(d)
+        self._made.append(d)
         self.probability.append(d.probability)
         self.parts.append(None)
 
-    def __len__(self) -> int:
-        return len(self.made)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        d = self.made[i]
-        if d is None:
-            c, p_u, p_d = self.parts[i]
-            d = self.made[i] = Decision(False, [], self.probability[i], 0.0,
-                                        {"control": c, "uncertain": p_u, "diverse": p_d})
-        return d
+    def _make(self, i: int) -> Decision:
+        c, p_u, p_d = self.parts[i]
+        return Decision(False, [], self.probability[i], 0.0, {"control": c, "uncertain": p_u, "diverse": p_d})
 
     @property
     def selected(self) -> list[bool]:
         """Whether each item was selected."""
-        return [d is not None and d.selected for d in self.made]
+        return [d is not None and d.selected for d in self._made]
 
 
 class Policy:
@@ -385,7 +376,7 @@ class Policy:
         failure_rate, failure_weight = self._failure_rate, self._failure_weight
         shares, rarity, controls = {}, {}, {}  # control rates by share: until a control item is selected
         typical_first = 0.0 if self.shadow_seen else self.typical_first
-        made, probabilities, columns = out.made.append, out.probability.append, out.parts.append
+        made, probabilities, columns = out._made.append, out.probability.append, out.parts.append
         for i, signal in enumerate(signals):
             failure_rate *= decay
             failure_weight = decay * failure_weight + 1.0 - decay

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 from streams.events import Candidate, candidate
 from streams.selection import set_signals, signals
+from streams.selection.lazy import LazyItems
 from streams.learning import one_vs_rest
 from streams.learning.batch import BatchKNN, predict_proba_many
 from streams.learning.features import featurize
@@ -265,7 +266,7 @@ class Scorer:
         return self._error("appeal", event, now_ms, None, event.get("reason"))
 
 
-class FeatureRows(Sequence):
+class FeatureRows(LazyItems):
     """The feature dicts of a message's items, ``{name: value}`` in the order of ``names``, from the
     message's flat row-major ``values``: a dict is made when one is asked for, once; :meth:`matrix`
     gives them all as one array, no dict made (the policy's sketches read it, :meth:`Sketch.update_many
@@ -282,18 +283,9 @@ class FeatureRows(Sequence):
         self.names, self.values = names, values
         self._made: list = [None] * (len(values) // len(names))
 
-    def __len__(self) -> int:
-        return len(self._made)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        d = self._made[i]
-        if d is None:
-            i = i + len(self) if i < 0 else i
-            f = len(self.names)
-            d = self._made[i] = dict(zip(self.names, self.values[i * f:i * f + f]))
-        return d
+    def _make(self, i: int) -> dict:
+        f = len(self.names)
+        return dict(zip(self.names, self.values[i * f:i * f + f]))
 
     def matrix(self):
         """Every item's values as the rows of one array (floats)."""
@@ -302,7 +294,7 @@ class FeatureRows(Sequence):
         return np.asarray(self.values, dtype=float).reshape(len(self), len(self.names))
 
 
-class Scored(Sequence):
+class Scored(LazyItems):
     """The candidates of a ``PredictionColumns`` message scored at once (:meth:`Scorer.columns`), kept
     as the message's columns: a candidate is made only when it is asked for (by index, or
     iterating), the same dict :meth:`Scorer.prediction` makes of the event, once. A message's
@@ -333,25 +325,16 @@ class Scored(Sequence):
         self.version, self.now = version, now_ms
         self._made: list = [None] * len(features)
 
-    def __len__(self) -> int:
-        return len(self._made)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        c = self._made[i]
-        if c is None:
-            i = i + len(self) if i < 0 else i
-            r, features = self.record, self.features[i]
-            classes, k = r["classes"], len(r["classes"])
-            c = self._made[i] = candidate(
-                event_id=r["event_id"][i], item_id=r["item_id"][i], ts=r["ts"][i], kind="prediction",
-                model_name=r["model_name"][i], model_version=r["model_version"][i],
-                predicted_label=r["predicted_label"][i], probabilities=dict(zip(classes, r["probabilities"][i * k:i * k + k])),
-                features=features, text=None, context=dict(r["context"][i]) if r["context"] else {},
-                shadow_label=self.shadow_labels[i], shadow_version=self.version, signals=self.signals[i],
-                user_label=None, note=None, scored_ts=self.now, x=features)
-        return c
+    def _make(self, i: int) -> Candidate:
+        r, features = self.record, self.features[i]
+        classes, k = r["classes"], len(r["classes"])
+        return candidate(
+            event_id=r["event_id"][i], item_id=r["item_id"][i], ts=r["ts"][i], kind="prediction",
+            model_name=r["model_name"][i], model_version=r["model_version"][i],
+            predicted_label=r["predicted_label"][i], probabilities=dict(zip(classes, r["probabilities"][i * k:i * k + k])),
+            features=features, text=None, context=dict(r["context"][i]) if r["context"] else {},
+            shadow_label=self.shadow_labels[i], shadow_version=self.version, signals=self.signals[i],
+            user_label=None, note=None, scored_ts=self.now, x=features)
 
     def column(self, name: str) -> list:
         """One field of every candidate, in order (``x`` is the features: numbers only)."""
